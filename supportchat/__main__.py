@@ -1,0 +1,3 @@
+from supportchat.admin import main
+
+raise SystemExit(main())

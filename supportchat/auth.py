@@ -1,0 +1,147 @@
+"""JWT verification at the handshake, token minting, and the secret bootstrap."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from twisted.logger import Logger
+
+from supportchat.config import AuthConfig
+from supportchat.storage.models import ROLES
+
+log = Logger()
+
+ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"]
+SECRET_FILE = "jwt_secret"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated user behind a connection or request."""
+
+    user_id: str
+    role: str
+    name: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.user_id, "role": self.role}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+class AuthError(Exception):
+    """A token was refused; ``reason`` is a short machine-readable word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def ensure_secret(config: AuthConfig, data_dir: str) -> tuple[str, str | None]:
+    """The HS256 secret: configured, or read from (or generated into) the
+    data directory with mode 0600. Returns it and the file used, if any."""
+    if config.jwt_secret:
+        return config.jwt_secret, None
+    path = os.path.join(data_dir, SECRET_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            secret = f.read().strip()
+        if len(secret) >= 32:
+            return secret, path
+    except FileNotFoundError:
+        pass
+    os.makedirs(data_dir, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+    log.info("Generated a new JWT signing secret in {path} (mode 0600)", path=path)
+    return secret, path
+
+
+class TokenVerifier:
+    """Checks signature, expiry, audience, issuer and our required claims."""
+
+    def __init__(self, config: AuthConfig, secret: str) -> None:
+        self._config = config
+        self._secret = secret
+        self._public_keys: dict[str, str] = {}
+        for kid, path in config.jwt_public_keys.items():
+            with open(path, encoding="ascii") as f:
+                self._public_keys[kid] = f.read()
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed", "token is not a JWT") from None
+        alg = header.get("alg")
+        kid = header.get("kid")
+        key: Any
+        if kid is not None and kid in self._public_keys:
+            key, algorithms = self._public_keys[kid], ASYMMETRIC_ALGORITHMS
+        elif alg == "HS256":
+            key, algorithms = self._secret, ["HS256"]
+        else:
+            raise AuthError("algorithm", "token algorithm or key id not accepted")
+        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        kwargs: dict[str, Any] = {}
+        if self._config.audience:
+            kwargs["audience"] = self._config.audience
+            options["require"].append("aud")
+        else:
+            options["verify_aud"] = False
+        if self._config.issuer:
+            kwargs["issuer"] = self._config.issuer
+            options["require"].append("iss")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, options=options,  # type: ignore[arg-type]
+                leeway=self._config.leeway, **kwargs,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired", "token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("audience", "token audience not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("issuer", "token issuer not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("signature", "token signature is invalid") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise AuthError("claims", f"token lacks the {e.claim!r} claim") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid", "token is invalid") from None
+        sub = claims.get("sub")
+        role = claims.get("role")
+        if not isinstance(sub, str) or not sub or len(sub) > 128:
+            raise AuthError("claims", "token 'sub' must be a non-empty string of at most 128 characters")
+        if role not in ROLES:
+            raise AuthError("claims", "token 'role' must be customer, agent or admin")
+        name = claims.get("name")
+        return Principal(sub, role, name if isinstance(name, str) else None)
+
+
+class TokenIssuer:
+    """Signs HS256 tokens with the server secret (visitors, admin command)."""
+
+    def __init__(self, config: AuthConfig, secret: str) -> None:
+        self._config = config
+        self._secret = secret
+
+    def mint(self, user_id: str, role: str, ttl: float, now: float, name: str | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        claims: dict[str, Any] = {"sub": user_id, "role": role, "iat": int(now), "exp": int(now + ttl)}
+        if name:
+            claims["name"] = name
+        if self._config.audience:
+            claims["aud"] = self._config.audience
+        if self._config.issuer:
+            claims["iss"] = self._config.issuer
+        return jwt.encode(claims, self._secret, algorithm="HS256")

@@ -1,0 +1,1 @@
+"""The message bus: how a committed message reaches connections on any node."""

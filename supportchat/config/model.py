@@ -1,0 +1,339 @@
+"""Config sections, their defaults, and the loader (TOML file + environment)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, get_type_hints
+
+ENV_PREFIX = "SUPPORTCHAT_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file, key and reason."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+@dataclass
+class ServerConfig:
+    """Process-level settings."""
+
+    listen: list[str] = field(default_factory=lambda: ["tcp:8080:interface=127.0.0.1"])
+    data_dir: str = "data"
+    public_url: str = ""
+    log_format: str = "text"
+    shutdown_timeout: float = 10.0
+    nofile_limit: int = 65536
+    node_id: str = ""
+
+    def validate(self, check: "_Checker") -> None:
+        check.that(bool(self.listen), "listen", "at least one endpoint is required")
+        check.that(self.log_format in ("text", "json"), "log_format", "must be 'text' or 'json'")
+        check.that(self.shutdown_timeout > 0, "shutdown_timeout", "must be positive")
+        check.that(self.nofile_limit >= 0, "nofile_limit", "must not be negative")
+        if self.public_url:
+            check.that(
+                self.public_url.startswith(("http://", "https://")),
+                "public_url",
+                "must start with http:// or https://",
+            )
+
+
+@dataclass
+class DatabaseConfig:
+    """Where conversations and messages are stored."""
+
+    url: str = ""
+    pool_size: int = 4
+    sqlite_synchronous: str = "FULL"
+    group_commit_max: int = 512
+
+    def validate(self, check: "_Checker") -> None:
+        if self.url:
+            check.that(
+                self.url.startswith(("sqlite:", "postgresql://", "postgres://", "mysql://")),
+                "url",
+                "scheme must be sqlite:, postgresql:// or mysql://",
+            )
+        check.that(1 <= self.pool_size <= 64, "pool_size", "must be between 1 and 64")
+        check.that(
+            self.sqlite_synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
+            "sqlite_synchronous",
+            "must be one of OFF, NORMAL, FULL, EXTRA",
+        )
+        check.that(self.group_commit_max >= 1, "group_commit_max", "must be at least 1")
+
+
+@dataclass
+class AuthConfig:
+    """JWT verification at the WebSocket handshake and REST calls."""
+
+    jwt_secret: str = ""
+    jwt_public_keys: dict[str, str] = field(default_factory=dict)
+    audience: str = ""
+    issuer: str = ""
+    visitors_enabled: bool = True
+    visitor_token_ttl: int = 30 * 86400
+    handshake_rate: float = 20.0
+    handshake_burst: int = 40
+    leeway: int = 30
+
+    def validate(self, check: "_Checker") -> None:
+        if self.jwt_secret:
+            check.that(
+                len(self.jwt_secret) >= 32,
+                "jwt_secret",
+                "must be at least 32 characters (HS256 needs a long random key)",
+            )
+        for kid, path in self.jwt_public_keys.items():
+            check.that(
+                os.path.isfile(path), f"jwt_public_keys.{kid}", f"no such file: {path}"
+            )
+        check.that(self.visitor_token_ttl > 0, "visitor_token_ttl", "must be positive")
+        check.that(self.handshake_rate > 0, "handshake_rate", "must be positive")
+        check.that(self.handshake_burst >= 1, "handshake_burst", "must be at least 1")
+        check.that(self.leeway >= 0, "leeway", "must not be negative")
+
+
+@dataclass
+class WebSocketConfig:
+    """The /ws endpoint: limits, compression, heartbeat, origins."""
+
+    path: str = "/ws"
+    max_message_bytes: int = 65536
+    max_frame_bytes: int = 65536
+    max_body_chars: int = 4000
+    deflate: bool = True
+    deflate_threshold: int = 1024
+    deflate_window_bits: int = 11
+    deflate_mem_level: int = 4
+    deflate_no_context_takeover: bool = False
+    auto_ping_interval: float = 30.0
+    auto_ping_timeout: float = 10.0
+    open_handshake_timeout: float = 10.0
+    close_handshake_timeout: float = 5.0
+    allowed_origins: list[str] = field(default_factory=list)
+    heartbeat: int = 30
+    testee_path: str = ""
+    testee_max_message_bytes: int = 16 * 1024 * 1024 + 1024
+
+    def validate(self, check: "_Checker") -> None:
+        check.that(self.path.startswith("/") and len(self.path) > 1, "path", "must start with / and name a path")
+        check.that(1024 <= self.max_message_bytes <= 64 * 1024 * 1024, "max_message_bytes", "must be between 1024 and 67108864")
+        check.that(1024 <= self.max_frame_bytes <= 64 * 1024 * 1024, "max_frame_bytes", "must be between 1024 and 67108864")
+        check.that(1 <= self.max_body_chars <= self.max_message_bytes, "max_body_chars", "must be between 1 and max_message_bytes")
+        check.that(self.deflate_threshold >= 0, "deflate_threshold", "must not be negative")
+        check.that(9 <= self.deflate_window_bits <= 15, "deflate_window_bits", "must be between 9 and 15")
+        check.that(1 <= self.deflate_mem_level <= 9, "deflate_mem_level", "must be between 1 and 9")
+        check.that(self.auto_ping_interval >= 0, "auto_ping_interval", "must not be negative (0 turns it off)")
+        check.that(self.auto_ping_timeout > 0, "auto_ping_timeout", "must be positive")
+        check.that(self.open_handshake_timeout > 0, "open_handshake_timeout", "must be positive")
+        check.that(self.close_handshake_timeout > 0, "close_handshake_timeout", "must be positive")
+        check.that(self.heartbeat > 0, "heartbeat", "must be positive")
+        for i, origin in enumerate(self.allowed_origins):
+            check.that(origin != "*" and "*" not in origin.split("://", 1)[0], f"allowed_origins[{i}]", "a wildcard origin is not allowed")
+            check.that(origin.startswith(("http://", "https://")), f"allowed_origins[{i}]", "must be scheme://host[:port]")
+        if self.testee_path:
+            check.that(self.testee_path.startswith("/") and self.testee_path != self.path, "testee_path", "must start with / and differ from path")
+
+
+@dataclass
+class ChatConfig:
+    """Conversation semantics."""
+
+    idempotency_window: int = 86400
+    sync_limit_max: int = 500
+    presence_ttl: int = 35
+    frame_rate: float = 50.0
+    frame_burst: int = 100
+
+    def validate(self, check: "_Checker") -> None:
+        check.that(self.idempotency_window >= 300, "idempotency_window", "must be at least 300 seconds")
+        check.that(1 <= self.sync_limit_max <= 10000, "sync_limit_max", "must be between 1 and 10000")
+        check.that(self.presence_ttl > 0, "presence_ttl", "must be positive")
+        check.that(self.frame_rate > 0, "frame_rate", "must be positive")
+        check.that(self.frame_burst >= 1, "frame_burst", "must be at least 1")
+
+
+@dataclass
+class RedisConfig:
+    """Redis for scale-out (empty url: the in-process bus)."""
+
+    url: str = ""
+
+    def validate(self, check: "_Checker") -> None:
+        if self.url:
+            check.that(self.url.startswith(("redis://", "rediss://")), "url", "must start with redis:// or rediss://")
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    source: str = "<defaults>"
+
+    def database_url(self) -> str:
+        """The effective database URL (SQLite in the data directory by default)."""
+        if self.database.url:
+            return self.database.url
+        return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
+
+
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis")
+
+
+class _Checker:
+    """Collects the section name so errors carry the full key."""
+
+    def __init__(self, source: str, section: str) -> None:
+        self.source = source
+        self.section = section
+
+    def that(self, ok: bool, key: str, reason: str) -> None:
+        if not ok:
+            raise ConfigError(self.source, f"{self.section}.{key}", reason)
+
+
+def _coerce(source: str, key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field type, converting env strings."""
+    origin = getattr(hint, "__origin__", None)
+    if hint is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(source, key, f"expected a boolean, got {value!r}")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected a boolean, got {type(value).__name__}")
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(source, key, f"expected an integer, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(source, key, f"expected a number, got {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
+    if origin is list:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError as e:
+                    raise ConfigError(source, key, f"invalid JSON list: {e}") from None
+            else:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(source, key, "expected a list of strings")
+    if origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConfigError(source, key, f"invalid JSON object: {e}") from None
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        raise ConfigError(source, key, "expected a table of strings")
+    raise ConfigError(source, key, "unsupported option type")  # pragma: no cover
+
+
+def _build_section(cls: type, data: Mapping[str, Any], source: str, section: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        full = f"{section}.{key}"
+        if key not in names:
+            raise ConfigError(source, full, "unknown option")
+        kwargs[key] = _coerce(source, full, value, hints[key])
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read ``path`` (or the defaults), apply ``SUPPORTCHAT_<SECTION>_<KEY>``
+    environment variables and explicit ``overrides``, and validate it all."""
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    source = path or "<defaults>"
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                parsed = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(path, "-", "file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(path, "-", f"invalid TOML: {e}") from None
+        for section, values in parsed.items():
+            if section not in raw:
+                raise ConfigError(path, section, "unknown section")
+            if not isinstance(values, dict):
+                raise ConfigError(path, section, "must be a table")
+            raw[section].update(values)
+    config_classes = _section_classes()
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in raw or not key:
+            continue
+        fields = {f.name for f in dataclasses.fields(config_classes[section])}
+        if key not in fields:
+            raise ConfigError(f"environment {name}", f"{section}.{key}", "unknown option")
+        raw[section][key] = value
+    for section, values in (overrides or {}).items():
+        raw[section].update(values)
+    built: dict[str, Any] = {}
+    for section in SECTIONS:
+        cls = config_classes[section]
+        obj = _build_section(cls, raw[section], source, section)
+        obj.validate(_Checker(source, section))
+        built[section] = obj
+    return Config(source=source, **built)
+
+
+def _section_classes() -> dict[str, type]:
+    return {
+        "server": ServerConfig,
+        "database": DatabaseConfig,
+        "auth": AuthConfig,
+        "websocket": WebSocketConfig,
+        "chat": ChatConfig,
+        "redis": RedisConfig,
+    }

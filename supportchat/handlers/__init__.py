@@ -1,0 +1,1 @@
+"""Routing: what each client frame does. Knows nothing of Autobahn."""

@@ -1,0 +1,1 @@
+"""HTTP edge: the WebSocket guard, health, metrics and the REST API."""

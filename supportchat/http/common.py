@@ -1,0 +1,54 @@
+"""JSON responses and request helpers shared by every resource."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.web.http import Request
+
+
+def json_body(request: Request, status: int, body: Any, headers: dict[str, str] | None = None) -> bytes:
+    """Set status and JSON content type; return the encoded body."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in (headers or {}).items():
+        request.setHeader(name.encode("ascii"), value.encode("ascii"))
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def json_error(request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    return json_body(request, status, {"error": {"code": code, "message": message}}, headers)
+
+
+def client_ip(request: Request) -> str:
+    addr = request.getClientAddress()
+    return str(getattr(addr, "host", "unknown"))
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host:port`` with the port made explicit (Autobahn compares
+    origins in that form), or None when it is not an http(s) origin."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port or DEFAULT_PORTS[parts.scheme]}"
+
+
+def redacting_log_formatter(timestamp: str, request: Request) -> str:
+    """Access-log line without query strings (they may carry tokens)."""
+    path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
+    method = request.method.decode("ascii", "replace")
+    return f'{client_ip(request)} - - {timestamp} "{method} {path}" {request.code} {request.sentLength or "-"}'

@@ -1,0 +1,39 @@
+"""Prometheus metrics, in a registry per server (tests stay independent)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric the server exports at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge(
+            "websocket_connections_active", "Open WebSocket chat connections.", registry=r
+        )
+        self.messages_received = Counter(
+            "messages_received_total", "Chat message frames received from clients.", registry=r
+        )
+        self.messages_acked = Counter(
+            "messages_acknowledged_total", "Chat messages acknowledged after commit (duplicates included).", registry=r
+        )
+        self.messages_duplicate = Counter(
+            "messages_duplicate_total", "Chat messages recognised as repeats of an earlier client_msg_id.", registry=r
+        )
+        self.messages_delivered = Counter(
+            "messages_delivered_total", "Message frames pushed to recipient connections.", registry=r
+        )
+        self.handshake_rejections = Counter(
+            "handshake_rejections_total", "WebSocket handshakes refused, by reason.", ["reason"], registry=r
+        )
+        self.frame_errors = Counter(
+            "frame_errors_total", "Error frames sent, by code.", ["code"], registry=r
+        )
+        self.ack_latency = Histogram(
+            "message_ack_latency_seconds", "Time from receiving a message frame to sending its ack.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )

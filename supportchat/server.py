@@ -1,0 +1,262 @@
+"""The server container: built with the reactor and the config, it makes
+each component once, on first use (``get_<thing>()``), and composes the
+services. Nothing else builds components or touches a global reactor."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar, cast
+
+import txaio
+from twisted.application.internet import TimerService
+from twisted.application.service import IService
+from twisted.application.strports import service as strports_service
+from twisted.internet.defer import inlineCallbacks
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+
+from supportchat.auth import TokenIssuer, TokenVerifier, ensure_secret
+from supportchat.background import BackgroundTasks
+from supportchat.bus.memory import LocalBus
+from supportchat.config import Config
+from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.connections import ConnectionRegistry
+from supportchat.http.common import normalize_origin, redacting_log_formatter
+from supportchat.http.guard import GuardedWebSocketResource
+from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz, Visitors
+from supportchat.metrics import Metrics
+from supportchat.ratelimit import KeyedRateLimiter
+from supportchat.service import ChatService, DatabaseService, OrderedMultiService
+from supportchat.storage.database import Database
+from supportchat.storage.engines import engine_from_url
+from supportchat.storage.memory import MemoryPresenceStore
+from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
+from supportchat.ws.options import websocket_options
+from supportchat.ws.protocol import ChatServerFactory, EchoTesteeFactory
+
+T = TypeVar("T")
+
+PURGE_INTERVAL = 3600.0
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "")
+
+
+def own_origins(config: Config) -> list[str]:
+    """Origins allowed by default: the public URL's, or each TCP listener's
+    (with localhost aliases for loopback and wildcard interfaces)."""
+    if config.server.public_url:
+        origin = normalize_origin(config.server.public_url)
+        return [origin] if origin else []
+    out: list[str] = []
+    for desc in config.server.listen:
+        parts = desc.split(":")
+        kind = parts[0]
+        if kind not in ("tcp", "ssl") or len(parts) < 2 or not parts[1].isdigit():
+            continue
+        port = parts[1]
+        iface = ""
+        for p in parts[2:]:
+            if p.startswith("interface="):
+                iface = p[len("interface="):]
+        scheme = "https" if kind == "ssl" else "http"
+        hosts = [iface] if iface not in LOCAL_HOSTS else ["127.0.0.1", "localhost"]
+        for host in hosts:
+            origin = normalize_origin(f"{scheme}://{host}:{port}")
+            if origin and origin not in out:
+                out.append(origin)
+    return out
+
+
+class SupportChatServer:
+    """Everything one node needs, built lazily from the reactor and config."""
+
+    def __init__(self, reactor: Any, config: Config, threadless_db: bool = False) -> None:
+        self.reactor = reactor
+        self.config = config
+        self._threadless_db = threadless_db
+        self._built: dict[str, Any] = {}
+        txaio.use_twisted()
+        txaio.config.loop = reactor  # type: ignore[attr-defined]
+
+    def _once(self, name: str, make: Callable[[], T]) -> T:
+        if name not in self._built:
+            self._built[name] = make()
+        return cast(T, self._built[name])
+
+    # -- components ----------------------------------------------------
+    def get_metrics(self) -> Metrics:
+        return self._once("metrics", Metrics)
+
+    def get_background(self) -> BackgroundTasks:
+        return self._once("background", BackgroundTasks)
+
+    def get_database(self) -> Database:
+        def make() -> Database:
+            engine = engine_from_url(self.config.database_url(), self.config.database.sqlite_synchronous)
+            return Database(engine, self.reactor, self.config.database.pool_size, threadless=self._threadless_db)
+
+        return self._once("database", make)
+
+    def get_store(self) -> SqlConversationStore:
+        return self._once(
+            "store", lambda: SqlConversationStore(self.get_database(), self.config.database.group_commit_max)
+        )
+
+    def get_idempotency_store(self) -> SqlIdempotencyStore:
+        return self._once("idempotency", lambda: SqlIdempotencyStore(self.get_database()))
+
+    def get_bus(self) -> LocalBus:
+        return self._once("bus", LocalBus)
+
+    def get_presence(self) -> MemoryPresenceStore:
+        return self._once(
+            "presence", lambda: MemoryPresenceStore(self.reactor, self.config.chat.presence_ttl)
+        )
+
+    def get_registry(self) -> ConnectionRegistry:
+        return self._once(
+            "registry", lambda: ConnectionRegistry(on_change=self.get_metrics().connections.set)
+        )
+
+    def get_handler(self) -> ChatHandler:
+        return self._once(
+            "handler",
+            lambda: ChatHandler(
+                clock=self.reactor,
+                store=self.get_store(),
+                bus=self.get_bus(),
+                presence=self.get_presence(),
+                registry=self.get_registry(),
+                metrics=self.get_metrics(),
+                background=self.get_background(),
+                config=self.config.chat,
+                heartbeat=self.config.websocket.heartbeat,
+            ),
+        )
+
+    def get_secret(self) -> str:
+        return self._once(
+            "secret", lambda: ensure_secret(self.config.auth, self.config.server.data_dir)[0]
+        )
+
+    def get_verifier(self) -> TokenVerifier:
+        return self._once("verifier", lambda: TokenVerifier(self.config.auth, self.get_secret()))
+
+    def get_issuer(self) -> TokenIssuer:
+        return self._once("issuer", lambda: TokenIssuer(self.config.auth, self.get_secret()))
+
+    def get_allowed_origins(self) -> list[str]:
+        def make() -> list[str]:
+            configured = [normalize_origin(o) for o in self.config.websocket.allowed_origins]
+            return [o for o in configured if o] + own_origins(self.config)
+
+        return self._once("origins", make)
+
+    def get_chat_factory(self) -> ChatServerFactory:
+        def make() -> ChatServerFactory:
+            factory = ChatServerFactory(
+                self.reactor, self.get_handler(), self.get_background(), self.config.websocket, self.config.chat
+            )
+            factory.setProtocolOptions(**websocket_options(self.config.websocket, self.get_allowed_origins()))
+            return factory
+
+        return self._once("chat_factory", make)
+
+    def get_handshake_limiter(self) -> KeyedRateLimiter:
+        return self._once(
+            "handshake_limiter",
+            lambda: KeyedRateLimiter(self.reactor, self.config.auth.handshake_rate, self.config.auth.handshake_burst),
+        )
+
+    @inlineCallbacks
+    def readiness(self) -> Any:
+        db = self.get_database()
+        version = yield db.schema_version()
+        latest = db.latest_version
+        return {
+            "ready": version == latest,
+            "database": "ok" if version == latest else "not migrated",
+            "schema_version": version,
+            "expected_schema_version": latest,
+        }
+
+    def get_root_resource(self) -> Resource:
+        def make() -> Resource:
+            root = Resource()
+            ws_path = [p.encode() for p in self.config.websocket.path.strip("/").split("/")]
+            _put_path(root, ws_path, GuardedWebSocketResource(
+                self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
+                self.get_allowed_origins(), self.get_metrics(),
+            ))
+            root.putChild(b"healthz", Healthz())
+            root.putChild(b"readyz", Readyz(self.readiness))
+            root.putChild(b"metrics", MetricsResource(self.get_metrics()))
+            api = Resource()
+            v1 = ApiRoot()
+            api.putChild(b"v1", v1)
+            root.putChild(b"api", api)
+            v1.putChild(b"visitors", Visitors(
+                self.reactor, self.get_issuer(), self.config.auth.visitor_token_ttl,
+                KeyedRateLimiter(self.reactor, self.config.auth.handshake_rate, self.config.auth.handshake_burst),
+                self.config.auth.visitors_enabled,
+            ))
+            if self.config.websocket.testee_path:
+                from autobahn.twisted.resource import WebSocketResource
+
+                testee = EchoTesteeFactory(self.reactor)
+                testee.setProtocolOptions(**websocket_options(
+                    self.config.websocket, self.get_allowed_origins(),
+                    max_message_bytes=self.config.websocket.testee_max_message_bytes,
+                ))
+                path = [p.encode() for p in self.config.websocket.testee_path.strip("/").split("/")]
+                _put_path(root, path, WebSocketResource(testee))
+            return root
+
+        return self._once("root", make)
+
+    def get_site(self) -> Site:
+        def make() -> Site:
+            site = Site(self.get_root_resource(), logFormatter=redacting_log_formatter, reactor=self.reactor)
+            site.displayTracebacks = False
+            return site
+
+        return self._once("site", make)
+
+    # -- services ------------------------------------------------------
+    def make_service(self) -> IService:
+        """database -> timers -> chat -> listeners; stopped in reverse."""
+        top = OrderedMultiService()
+        top.setName("supportchat")
+        db_service = DatabaseService(self.get_database(), self.get_store())
+        db_service.setName("database")
+        db_service.setServiceParent(top)
+        purge = TimerService(PURGE_INTERVAL, self._purge)
+        purge.clock = self.reactor
+        purge.setName("idempotency-purge")
+        purge.setServiceParent(top)
+        chat = ChatService(
+            self.reactor, self.get_registry(), self.get_handler(), self.get_background(),
+            self.config.server.shutdown_timeout,
+        )
+        chat.setName("chat")
+        chat.setServiceParent(top)
+        for i, desc in enumerate(self.config.server.listen):
+            listener = strports_service(desc, self.get_site(), reactor=self.reactor)
+            listener.setName(f"listen-{i}")
+            listener.setServiceParent(top)
+        return top
+
+    def _purge(self) -> None:
+        self.get_background().run(
+            "idempotency_purge", self.get_idempotency_store().purge, self.reactor.seconds()
+        )
+
+
+def _put_path(root: Resource, path: list[bytes], leaf: IResource) -> None:
+    node = root
+    for segment in path[:-1]:
+        child = node.children.get(segment)
+        if not isinstance(child, Resource):
+            child = Resource()
+            node.putChild(segment, child)
+        node = child
+    node.putChild(path[-1], leaf)
+

@@ -1,0 +1,134 @@
+"""The twistd entry point: ``twistd -n supportchat run [options]``.
+
+This is the only module that touches the global reactor. The whole
+configuration is validated in ``postOptions`` (an error names the file, the
+key and the reason, and twistd exits non-zero) and the database is migrated
+before any service starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService, ServiceMaker
+from twisted.logger import Logger
+from twisted.python import usage
+
+from supportchat.config import Config, ConfigError, load_config
+
+log = Logger()
+
+
+class RunOptions(usage.Options):
+    """Options of ``supportchat run``."""
+
+    synopsis = "[--config FILE] [--listen ENDPOINT]... [--data-dir DIR]"
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (defaults as in conf/supportchat.toml)."],
+        ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
+    ]
+    longdesc = "Run every role (WebSocket/HTTP gateway and storage) in one process."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self.config: Config | None = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint string to listen on, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        overrides: dict[str, dict[str, Any]] = {"server": {}}
+        if self["listen"]:
+            overrides["server"]["listen"] = list(self["listen"])
+        if self["data-dir"]:
+            overrides["server"]["data_dir"] = self["data-dir"]
+        try:
+            self.config = load_config(self["config"], overrides=overrides)
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+
+
+class Options(usage.Options):
+    """``twistd supportchat <command>``."""
+
+    synopsis = "<command> [options]"
+    subCommands = [
+        ["run", None, RunOptions, "Run the chat server (all roles in one process)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required, e.g. 'twistd -n supportchat run'")
+
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise the soft open-file limit towards ``wanted`` (up to the hard
+    limit); returns the effective soft limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def prepare_database(config: Config) -> int:
+    """Migrate the database before anything starts; exit non-zero with the
+    reason if that is impossible."""
+    from supportchat.storage.database import SchemaError, migrate_blocking
+    from supportchat.storage.engines import UnsupportedDatabase, engine_from_url, redact_url
+
+    url = config.database_url()
+    try:
+        engine = engine_from_url(url, config.database.sqlite_synchronous)
+        version, applied = migrate_blocking(engine)
+    except (UnsupportedDatabase, SchemaError) as e:
+        sys.stderr.write(f"supportchat: database {redact_url(url)}: {e}\n")
+        raise SystemExit(1) from None
+    except Exception as e:
+        sys.stderr.write(f"supportchat: database {redact_url(url)}: cannot open or migrate: {e}\n")
+        raise SystemExit(1) from None
+    for name in applied:
+        log.info("Applied migration {name}", name=name)
+    return version
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from supportchat.server import SupportChatServer
+
+    sub = options.subOptions
+    config = sub.config
+    assert config is not None
+    os.makedirs(config.server.data_dir, exist_ok=True)
+    limit = raise_nofile_limit(config.server.nofile_limit)
+    log.info("Open-file limit is {limit}", limit=limit)
+    version = prepare_database(config)
+    log.info("Database schema version {version}", version=version)
+    server = SupportChatServer(reactor, config)
+    server.get_secret()
+    for desc in config.server.listen:
+        log.info("Listening on {endpoint}", endpoint=desc)
+    return server.make_service()
+
+
+service_maker = ServiceMaker(
+    "supportchat",
+    "supportchat.tap",
+    "Self-hosted real-time customer-support chat server.",
+    "supportchat",
+)

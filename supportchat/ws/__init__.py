@@ -1,0 +1,1 @@
+"""WebSocket edge: frames are parsed here and handed to ``handlers``."""

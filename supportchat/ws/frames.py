@@ -1,0 +1,150 @@
+"""Client frames of wire protocol v1 as typed classes, parsed at the edge.
+
+``parse_frame`` turns a text frame into one of these or raises
+:class:`FrameError` carrying the error code and the client's ``ref``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Union
+
+MAX_ID_LENGTH = 128
+MAX_REF_LENGTH = 128
+
+
+class FrameError(Exception):
+    """A client frame we refuse; becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, ref: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class Ping:
+    ref: Any = None
+    plain: bool = False
+
+
+@dataclass(frozen=True)
+class Start:
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Accept:
+    conversation: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    conversation: str
+    client_msg_id: str
+    body: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Sync:
+    conversation: str
+    after_seq: int
+    limit: int
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Typing:
+    conversation: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Read:
+    conversation: str
+    seq: int
+    ref: Any = None
+
+
+ClientFrame = Union[Ping, Start, Accept, SendMessage, Sync, Typing, Read]
+
+
+def _ref(data: dict[str, Any]) -> Any:
+    ref = data.get("ref")
+    if ref is None or isinstance(ref, bool):
+        return None
+    if isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH):
+        return ref
+    return None
+
+
+def _str(data: dict[str, Any], key: str, ref: Any, max_len: int = MAX_ID_LENGTH) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise FrameError("bad_request", f"'{key}' must be a non-empty string", ref)
+    if len(value) > max_len:
+        raise FrameError("bad_request", f"'{key}' is longer than {max_len} characters", ref)
+    return value
+
+
+def _int(data: dict[str, Any], key: str, ref: Any, default: int | None = None, low: int = 0) -> int:
+    value = data.get(key, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, int):
+        raise FrameError("bad_request", f"'{key}' must be an integer", ref)
+    if value < low:
+        raise FrameError("bad_request", f"'{key}' must be at least {low}", ref)
+    return value
+
+
+def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFrame:
+    """Parse and validate one client text frame."""
+    if text.strip() == "ping":
+        return Ping(plain=True)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise FrameError("bad_request", "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise FrameError("bad_request", "frame must be a JSON object")
+    ref = _ref(data)
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise FrameError("bad_request", "'type' must be a string", ref)
+    if kind == "ping":
+        return Ping(ref)
+    if kind == "start":
+        return Start(ref)
+    if kind == "accept":
+        return Accept(_str(data, "conversation", ref), ref)
+    if kind == "message":
+        conversation = _str(data, "conversation", ref)
+        client_msg_id = _str(data, "client_msg_id", ref)
+        body = data.get("body")
+        if not isinstance(body, str):
+            raise FrameError("bad_request", "'body' must be a string", ref)
+        if not body.strip():
+            raise FrameError("bad_request", "'body' must not be empty", ref)
+        if len(body) > max_body_chars:
+            raise FrameError("too_large", f"'body' is longer than {max_body_chars} characters", ref)
+        return SendMessage(conversation, client_msg_id, body, ref)
+    if kind == "sync":
+        conversation = _str(data, "conversation", ref)
+        after = _int(data, "after_seq", ref, default=0)
+        limit = _int(data, "limit", ref, default=100, low=1)
+        return Sync(conversation, after, min(limit, sync_limit_max), ref)
+    if kind == "typing":
+        return Typing(_str(data, "conversation", ref), ref)
+    if kind == "read":
+        return Read(_str(data, "conversation", ref), _int(data, "seq", ref), ref)
+    raise FrameError("bad_request", f"unknown frame type {kind[:40]!r}", ref)
+
+
+def error_frame(code: str, message: str, ref: Any = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
