@@ -298,7 +298,7 @@ class SqlConversationStore:
         self._db = db
         self._batch_max = batch_max
         self._queue: list[tuple[AppendRequest, Deferred[AppendResult]]] = []
-        self._flushing: Deferred[None] | None = None
+        self._flushing: Deferred[Any] | None = None
         self.batches = 0
 
     def open_conversation(self, customer_id: str, now: float) -> "Deferred[tuple[Conversation, bool]]":
@@ -341,6 +341,7 @@ class SqlConversationStore:
         batch, self._queue = self._queue[: self._batch_max], self._queue[self._batch_max:]
         self.batches += 1
         d = self._db.run_interaction("append_batch", append_batch_txn, [req for req, _ in batch])
+        self._flushing = d
 
         def committed(results: list[AppendResult | Exception]) -> None:
             for (_, waiter), result in zip(batch, results):
@@ -360,7 +361,7 @@ class SqlConversationStore:
                 self._flush()
 
         d.addCallbacks(committed, failed)
-        self._flushing = d.addBoth(next_batch)
+        d.addBoth(next_batch)
 
     def drain(self) -> "Deferred[None]":
         """Fires once every queued append has committed or failed."""

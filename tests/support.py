@@ -1,0 +1,269 @@
+"""Test helpers: an in-process server on real sockets, a WebSocket chat
+client, a raw HTTP handshake, and a subprocess server for restart tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponse, PerMessageDeflateResponseAccept
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.python.filepath import FilePath
+
+from supportchat.auth import TokenIssuer
+from supportchat.config import load_config
+from supportchat.server import SupportChatServer
+
+SECRET = "test-secret-" + "x" * 40
+TIMEOUT = 15.0
+REPO = FilePath(__file__).parent().parent()
+
+
+def make_config(data_dir: str, **sections: dict[str, Any]) -> Any:
+    """Config for tests: listen on a free port, fixed secret, high limits."""
+    overrides: dict[str, dict[str, Any]] = {
+        "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": data_dir, "shutdown_timeout": 5.0},
+        "auth": {"jwt_secret": SECRET},
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_config(None, environ={}, overrides=overrides)
+
+
+def token(user_id: str, role: str = "customer", ttl: float = 3600, now: float | None = None, name: str | None = None) -> str:
+    import time
+
+    cfg = load_config(None, environ={}, overrides={"auth": {"jwt_secret": SECRET}})
+    return TokenIssuer(cfg.auth, SECRET).mint(user_id, role, ttl, time.time() if now is None else now, name)
+
+
+class RunningServer:
+    """A whole server (services, SQLite, listener) in this process."""
+
+    def __init__(self, reactor: Any, config: Any) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.server = SupportChatServer(reactor, config)
+        self.service = self.server.make_service()
+        self.port = 0
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        from supportchat.storage.database import migrate_blocking
+        from supportchat.storage.engines import engine_from_url
+
+        migrate_blocking(engine_from_url(self.config.database_url()))
+        self.service.startService()
+        listener = self.service.getServiceNamed("listen-0")
+        port = yield listener._waitingForPort
+        self.port = port.getHost().port
+        return self
+
+    def stop(self) -> Any:
+        return defer.maybeDeferred(self.service.stopService)
+
+    def url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+@defer.inlineCallbacks
+def start_server(testcase: Any, **sections: dict[str, Any]) -> Any:
+    """Start a server for ``testcase`` and stop it at cleanup."""
+    from twisted.internet import reactor
+
+    data_dir = testcase.mktemp()
+    os.makedirs(data_dir)
+    running = RunningServer(reactor, make_config(data_dir, **sections))
+    yield running.start()
+    testcase.addCleanup(running.stop)
+    return running
+
+
+class ChatClient(WebSocketClientProtocol):
+    """Collects server frames; ``next_frame`` waits for the next one of a type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Any] = []
+        self._cursor = 0
+        self._waiters: list[tuple[str | None, defer.Deferred[Any]]] = []
+        self.opened: defer.Deferred[ChatClient] = defer.Deferred()
+        self.closed: defer.Deferred[tuple[bool, int | None, str | None]] = defer.Deferred()
+        self.compressed_in = False
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        text = payload.decode("utf-8")
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            frame = text
+        self.frames.append(frame)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        progress = True
+        while progress and self._waiters:
+            progress = False
+            kind, waiter = self._waiters[0]
+            for i in range(self._cursor, len(self.frames)):
+                frame = self.frames[i]
+                if kind is None or (isinstance(frame, dict) and frame.get("type") == kind) or frame == kind:
+                    self._cursor = i + 1
+                    self._waiters.pop(0)
+                    waiter.callback(frame)
+                    progress = True
+                    break
+
+    def next_frame(self, kind: str | None = None) -> "defer.Deferred[Any]":
+        """The next unread frame (of ``kind``), skipping others before it."""
+        from twisted.internet import reactor
+
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append((kind, d))
+        self._dispatch()
+        return d.addTimeout(TIMEOUT, reactor)
+
+    def of_type(self, kind: str) -> list[Any]:
+        return [f for f in self.frames if isinstance(f, dict) and f.get("type") == kind]
+
+    def send(self, frame: Any) -> None:
+        data = frame if isinstance(frame, (bytes, str)) else json.dumps(frame)
+        self.sendMessage(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.opened.called:
+            self.opened.errback(ConnectionRefused(code, reason))
+        if not self.closed.called:
+            self.closed.callback((wasClean, code, reason))
+
+
+class ConnectionRefused(Exception):
+    def __init__(self, code: Any, reason: Any) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def _deflate_offers(window_bits: int = 0) -> tuple[list[Any], Any]:
+    offers = [PerMessageDeflateOffer(accept_max_window_bits=True)]
+
+    def accept(response: Any) -> Any:
+        if isinstance(response, PerMessageDeflateResponse):
+            return PerMessageDeflateResponseAccept(response)
+        return None
+
+    return offers, accept
+
+
+@defer.inlineCallbacks
+def connect(
+    port: int,
+    bearer: str | None = None,
+    path: str = "/ws",
+    deflate: bool = True,
+    origin: str | None = None,
+    protocols: list[str] | None = None,
+    query: str = "",
+    wait_hello: bool = True,
+) -> Any:
+    """Open a chat connection; by default waits for ``hello``."""
+    from twisted.internet import reactor
+
+    url = f"ws://127.0.0.1:{port}{path}{query}"
+    headers = {}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    factory = WebSocketClientFactory(url, origin=origin, protocols=protocols, headers=headers, reactor=reactor)
+    factory.protocol = ChatClient
+    options: dict[str, Any] = {"maxMessagePayloadSize": 0, "maxFramePayloadSize": 0, "failByDrop": False}
+    if deflate:
+        offers, accept = _deflate_offers()
+        options["perMessageCompressionOffers"] = offers
+        options["perMessageCompressionAccept"] = accept
+    factory.setProtocolOptions(**options)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    client = yield endpoint.connect(factory)
+    yield client.opened.addTimeout(TIMEOUT, reactor)
+    if wait_hello:
+        yield client.next_frame("hello")
+    return client
+
+
+def close_client(client: ChatClient) -> "defer.Deferred[Any]":
+    """Close cleanly and wait until the connection is gone."""
+    from twisted.internet import reactor
+
+    if not client.closed.called:
+        client.sendClose(1000)
+    return client.closed.addTimeout(TIMEOUT, reactor)
+
+
+class _RawHTTP(protocol.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n\r\n" in self.data and not self.done.called:
+            head, _, body = self.data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            if len(body) >= length or head.startswith(b"HTTP/1.1 101"):
+                self.done.callback(self.data)
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self.data)
+
+
+@defer.inlineCallbacks
+def raw_handshake(port: int, path: str = "/ws", headers: dict[str, str] | None = None) -> Any:
+    """Send a WebSocket upgrade request; returns (status, headers, body)."""
+    from twisted.internet import reactor
+
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    proto = yield endpoint.connect(protocol.Factory.forProtocol(_RawHTTP))
+    proto.transport.write(request)
+    data = yield proto.done.addTimeout(TIMEOUT, reactor)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    hdrs = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        hdrs[name.strip().lower()] = value.strip()
+    return status, hdrs, body
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """Environment for a subprocess running this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTCHAT_")}
+    env["PYTHONPATH"] = REPO.path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
