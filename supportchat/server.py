@@ -233,7 +233,7 @@ class SupportChatServer:
         purge.setName("idempotency-purge")
         purge.setServiceParent(top)
         chat = ChatService(
-            self.reactor, self.get_registry(), self.get_handler(), self.get_background(),
+            self.reactor, self.get_chat_factory().close_all, self.get_handler(), self.get_background(),
             self.config.server.shutdown_timeout,
         )
         chat.setName("chat")

@@ -11,7 +11,6 @@ from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
 from supportchat.handlers.chat import ChatHandler
-from supportchat.handlers.connections import ConnectionRegistry
 from supportchat.storage.database import Database
 from supportchat.storage.sql import SqlConversationStore
 
@@ -83,28 +82,20 @@ class ChatService(Service):
     def __init__(
         self,
         clock: IReactorTime,
-        registry: ConnectionRegistry,
+        close_all: Callable[[int, str, float], "Deferred[None]"],
         handler: ChatHandler,
         background: BackgroundTasks,
         timeout: float,
-        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._registry = registry
+        self._close_all = close_all
         self._handler = handler
         self._background = background
         self._timeout = timeout
-        self._on_stop = on_stop
 
     @inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        sessions = self._registry.sessions()
-        if sessions:
-            log.info("Closing {n} WebSocket connections (1001)", n=len(sessions))
-        for session in sessions:
-            session.close(1001, "server shutting down")
+        yield self._close_all(1001, "server shutting down", self._timeout)
         yield _with_timeout(self._clock, self._background.wait(), self._timeout)
         self._handler.stop()
-        if self._on_stop is not None:
-            self._on_stop()

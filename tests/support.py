@@ -17,10 +17,20 @@ from twisted.python.filepath import FilePath
 from supportchat.auth import TokenIssuer
 from supportchat.config import load_config
 from supportchat.server import SupportChatServer
+from supportchat.ws.protocol import ReactorTimer
 
 SECRET = "test-secret-" + "x" * 40
 TIMEOUT = 15.0
 REPO = FilePath(__file__).parent().parent()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests that must know it before listening)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_config(data_dir: str, **sections: dict[str, Any]) -> Any:
@@ -59,7 +69,14 @@ class RunningServer:
         migrate_blocking(engine_from_url(self.config.database_url()))
         self.service.startService()
         listener = self.service.getServiceNamed("listen-0")
-        port = yield listener._waitingForPort
+        seen: defer.Deferred[Any] = defer.Deferred()
+
+        def found(port: Any) -> Any:
+            seen.callback(port)
+            return port  # keep it for the service's own stopService
+
+        listener._waitingForPort.addCallback(found)
+        port = yield seen
         self.port = port.getHost().port
         return self
 
@@ -182,6 +199,7 @@ def connect(
         headers["Authorization"] = f"Bearer {bearer}"
     factory = WebSocketClientFactory(url, origin=origin, protocols=protocols, headers=headers, reactor=reactor)
     factory.protocol = ChatClient
+    factory._batched_timer = ReactorTimer(reactor)
     options: dict[str, Any] = {"maxMessagePayloadSize": 0, "maxFramePayloadSize": 0, "failByDrop": False}
     if deflate:
         offers, accept = _deflate_offers()
@@ -267,3 +285,12 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def http_client() -> Any:
+    """treq without persistent connections, so tests leave no sockets open."""
+    import treq
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))

@@ -29,14 +29,12 @@ class ServerConfig:
     listen: list[str] = field(default_factory=lambda: ["tcp:8080:interface=127.0.0.1"])
     data_dir: str = "data"
     public_url: str = ""
-    log_format: str = "text"
     shutdown_timeout: float = 10.0
     nofile_limit: int = 65536
     node_id: str = ""
 
     def validate(self, check: "_Checker") -> None:
         check.that(bool(self.listen), "listen", "at least one endpoint is required")
-        check.that(self.log_format in ("text", "json"), "log_format", "must be 'text' or 'json'")
         check.that(self.shutdown_timeout > 0, "shutdown_timeout", "must be positive")
         check.that(self.nofile_limit >= 0, "nofile_limit", "must not be negative")
         if self.public_url:
@@ -139,7 +137,7 @@ class WebSocketConfig:
         check.that(self.close_handshake_timeout > 0, "close_handshake_timeout", "must be positive")
         check.that(self.heartbeat > 0, "heartbeat", "must be positive")
         for i, origin in enumerate(self.allowed_origins):
-            check.that(origin != "*" and "*" not in origin.split("://", 1)[0], f"allowed_origins[{i}]", "a wildcard origin is not allowed")
+            check.that("*" not in origin, f"allowed_origins[{i}]", "wildcards are not allowed; list each origin")
             check.that(origin.startswith(("http://", "https://")), f"allowed_origins[{i}]", "must be scheme://host[:port]")
         if self.testee_path:
             check.that(self.testee_path.startswith("/") and self.testee_path != self.path, "testee_path", "must start with / and differ from path")
@@ -269,15 +267,16 @@ def _coerce(source: str, key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(source, key, "unsupported option type")  # pragma: no cover
 
 
-def _build_section(cls: type, data: Mapping[str, Any], source: str, section: str) -> Any:
+def _build_section(cls: type, data: Mapping[str, Any], sources: Mapping[str, str], source: str, section: str) -> Any:
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         full = f"{section}.{key}"
+        where = sources.get(full, source)
         if key not in names:
-            raise ConfigError(source, full, "unknown option")
-        kwargs[key] = _coerce(source, full, value, hints[key])
+            raise ConfigError(where, full, "unknown option")
+        kwargs[key] = _coerce(where, full, value, hints[key])
     return cls(**kwargs)
 
 
@@ -290,6 +289,7 @@ def load_config(
     environment variables and explicit ``overrides``, and validate it all."""
     env = dict(os.environ if environ is None else environ)
     raw: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    sources: dict[str, str] = {}
     source = path or "<defaults>"
     if path is not None:
         try:
@@ -317,12 +317,15 @@ def load_config(
         if key not in fields:
             raise ConfigError(f"environment {name}", f"{section}.{key}", "unknown option")
         raw[section][key] = value
+        sources[f"{section}.{key}"] = f"environment {name}"
     for section, values in (overrides or {}).items():
         raw[section].update(values)
+        for key in values:
+            sources[f"{section}.{key}"] = "command line"
     built: dict[str, Any] = {}
     for section in SECTIONS:
         cls = config_classes[section]
-        obj = _build_section(cls, raw[section], source, section)
+        obj = _build_section(cls, raw[section], sources, source, section)
         obj.validate(_Checker(source, section))
         built[section] = obj
     return Config(source=source, **built)

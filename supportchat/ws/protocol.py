@@ -4,10 +4,12 @@ conversations, and the handler knows nothing of Autobahn."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
@@ -19,12 +21,57 @@ from supportchat.ws.frames import FrameError, parse_frame
 SUBPROTOCOL = "supportchat.v1"
 
 
+class _Timer:
+    """A DelayedCall whose cancel() is safe after it fired or was cancelled
+    (Autobahn cancels some timers that may already have run)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: IDelayedCall) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
+class ReactorTimer:
+    """Autobahn's protocol timers (handshake, ping, close) on the injected
+    reactor. txaio's batched timer would reach for txaio's loop and leaves a
+    bucket DelayedCall pending after every cancel."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> _Timer:
+        return _Timer(self._reactor.callLater(delay, fn, *args, **kwargs))
+
+
 class ChatServerProtocol(WebSocketServerProtocol):
     """One chat connection: bytes in, typed frames out; frames out, bytes in."""
 
     factory: "ChatServerFactory"
     principal: Principal | None = None
     session: ClientSession | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.live.add(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Autobahn leaves the close-handshake timer running when the
+            # connection was failed (e.g. 1007); it has nothing left to do.
+            if self.closeHandshakeTimeoutCall is not None:
+                self.closeHandshakeTimeoutCall.cancel()
+                self.closeHandshakeTimeoutCall = None
+            self.factory.live.discard(self)
+            waiters, self.factory.lost_waiters[self] = self.factory.lost_waiters.get(self, []), []
+            self.factory.lost_waiters.pop(self, None)
+            for d in waiters:
+                d.callback(None)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         if SUBPROTOCOL in request.protocols:
@@ -93,12 +140,42 @@ class ChatServerFactory(WebSocketServerFactory):
         chat_config: ChatConfig,
     ) -> None:
         super().__init__(reactor=reactor)
+        self._batched_timer = ReactorTimer(reactor)
         self.handler = handler
         self.background = background
         self.max_body_chars = ws_config.max_body_chars
         self.sync_limit_max = chat_config.sync_limit_max
         self.deflate_threshold = ws_config.deflate_threshold if ws_config.deflate else 1 << 62
         self.pending_principal: Principal | None = None
+        self._clock = reactor
+        self.live: set[ChatServerProtocol] = set()
+        self.lost_waiters: dict[ChatServerProtocol, list[Deferred[None]]] = {}
+
+    def close_all(self, code: int, reason: str, timeout: float) -> "Deferred[None]":
+        """Close every connection with ``code`` and wait for them to go;
+        after ``timeout`` seconds, abort the ones still open."""
+        waits = []
+        for proto in list(self.live):
+            d: Deferred[None] = Deferred()
+            self.lost_waiters.setdefault(proto, []).append(d)
+            waits.append(d)
+            if proto.state == proto.STATE_OPEN:
+                proto.sendClose(code, reason)
+            elif proto.state != proto.STATE_CLOSING:
+                proto.dropConnection(abort=True)
+        everything = DeferredList(waits)
+
+        def abort() -> None:
+            for proto in list(self.live):
+                proto.dropConnection(abort=True)
+
+        timer = self._clock.callLater(timeout, abort)
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return everything.addCallback(done)
 
     def buildProtocol(self, addr: Any) -> Any:
         proto = super().buildProtocol(addr)
@@ -120,3 +197,4 @@ class EchoTesteeFactory(WebSocketServerFactory):
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor=reactor)
+        self._batched_timer = ReactorTimer(reactor)

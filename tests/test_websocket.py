@@ -1,0 +1,326 @@
+"""End to end over real sockets: a real server, a real Autobahn client,
+real SQLite. The handshake guard, the wire protocol, the limits."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any
+
+import jwt
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from tests.support import SECRET, close_client, free_port, connect, http_client, raw_handshake, start_server, token
+
+
+class HandshakeTests(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+
+    @inlineCallbacks
+    def assertRefused(self, status: int, code: str, headers: dict[str, str] | None = None, path: str = "/ws") -> Any:
+        got, hdrs, body = yield raw_handshake(self.server.port, path, headers)
+        self.assertEqual(got, status)
+        self.assertEqual(hdrs.get("content-type"), "application/json")
+        self.assertEqual(json.loads(body)["error"]["code"], code)
+        return hdrs
+
+    @inlineCallbacks
+    def test_no_token_is_401(self) -> Any:
+        """Without a token the upgrade is refused with 401 before any WebSocket exists."""
+        hdrs = yield self.assertRefused(401, "unauthorized")
+        self.assertEqual(hdrs.get("www-authenticate"), "Bearer")
+
+    @inlineCallbacks
+    def test_bad_tokens_are_401(self) -> Any:
+        """Expired, wrongly signed, unsigned (alg none) and wrong-audience tokens are all refused."""
+        now = time.time()
+        expired = token("u", now=now - 7200, ttl=60)
+        wrong_key = jwt.encode({"sub": "u", "role": "customer", "exp": now + 60}, "another-secret-" + "y" * 40, algorithm="HS256")
+        unsigned = jwt.encode({"sub": "u", "role": "customer", "exp": now + 60}, None, algorithm="none")
+        for bad in (expired, wrong_key, unsigned, "not-a-jwt"):
+            yield self.assertRefused(401, "unauthorized", {"Authorization": f"Bearer {bad}"})
+
+    @inlineCallbacks
+    def test_wrong_audience_is_401(self) -> Any:
+        """When an audience is configured, a token for another audience is refused."""
+        server = yield start_server(self, auth={"audience": "supportchat"})
+        ok = jwt.encode({"sub": "u", "role": "customer", "exp": time.time() + 60, "aud": "supportchat"}, SECRET, algorithm="HS256")
+        bad = jwt.encode({"sub": "u", "role": "customer", "exp": time.time() + 60, "aud": "other"}, SECRET, algorithm="HS256")
+        status, _, body = yield raw_handshake(server.port, headers={"Authorization": f"Bearer {bad}"})
+        self.assertEqual(status, 401)
+        client = yield connect(server.port, ok)
+        yield close_client(client)
+
+    @inlineCallbacks
+    def test_origin_allow_list(self) -> Any:
+        """Browsers from a foreign Origin get 403; the server's own origin and no Origin are allowed."""
+        port = free_port()
+        server = yield start_server(self, server={"listen": [f"tcp:{port}:interface=127.0.0.1"]})
+        good = token("u")
+        status, _, _ = yield raw_handshake(server.port, headers={"Authorization": f"Bearer {good}", "Origin": "http://evil.example"})
+        self.assertEqual(status, 403)
+        for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+            client = yield connect(server.port, good, origin=own)
+            yield close_client(client)
+        client = yield connect(server.port, good)
+        yield close_client(client)
+
+    @inlineCallbacks
+    def test_configured_origin_is_allowed(self) -> Any:
+        """An origin from allowed_origins may connect (default ports made explicit)."""
+        server = yield start_server(self, websocket={"allowed_origins": ["https://shop.example"]})
+        client = yield connect(server.port, token("u"), origin="https://shop.example")
+        yield close_client(client)
+        status, _, _ = yield raw_handshake(server.port, headers={"Authorization": f"Bearer {token('u')}", "Origin": "https://shop.example:8443"})
+        self.assertEqual(status, 403)
+
+    @inlineCallbacks
+    def test_handshake_flood_is_429(self) -> Any:
+        """Past the per-IP burst, handshakes get 429 with Retry-After."""
+        server = yield start_server(self, auth={"handshake_rate": 1.0, "handshake_burst": 3})
+        statuses = []
+        for _ in range(5):
+            status, hdrs, _ = yield raw_handshake(server.port)
+            statuses.append(status)
+        self.assertEqual(statuses, [401, 401, 401, 429, 429])
+        self.assertIn("retry-after", hdrs)
+
+    @inlineCallbacks
+    def test_token_by_query_and_subprotocol(self) -> Any:
+        """The token may come as access_token or as a bearer.<jwt> subprotocol; only supportchat.v1 is selected."""
+        t = token("qp")
+        client = yield connect(self.server.port, query=f"?access_token={t}")
+        self.assertEqual(client.frames[0]["user"]["id"], "qp")
+        yield close_client(client)
+        client = yield connect(self.server.port, protocols=["supportchat.v1", f"bearer.{t}"])
+        self.assertEqual(client.websocket_protocol_in_use, "supportchat.v1")
+        yield close_client(client)
+        yield self.assertRefused(400, "bad_request", {"Sec-WebSocket-Protocol": f"bearer.{t}"})
+
+    @inlineCallbacks
+    def test_tokens_never_reach_the_log(self) -> Any:
+        """Neither a query-string token nor a message body appears in any log line."""
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            from twisted.logger import formatEvent
+
+            lines.append(formatEvent(event) + repr(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        t = token("secretive")
+        client = yield connect(self.server.port, query=f"?access_token={t}")
+        client.send({"type": "start", "ref": 1})
+        conv = (yield client.next_frame("conversation"))["conversation"]["id"]
+        client.send({"type": "message", "ref": 2, "conversation": conv, "client_msg_id": "k", "body": "my card is 4111-1111"})
+        yield client.next_frame("ack")
+        yield close_client(client)
+        yield raw_handshake(self.server.port, path=f"/ws?access_token={t}x")
+        joined = "\n".join(lines)
+        self.assertNotIn(t, joined)
+        self.assertNotIn("4111-1111", joined)
+
+
+class ProtocolTests(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+
+    @inlineCallbacks
+    def pair(self) -> Any:
+        cust = yield connect(self.server.port, token("cust"))
+        agent = yield connect(self.server.port, token("agent", "agent", name="Ann"))
+        self.addCleanup(close_client, cust)
+        self.addCleanup(close_client, agent)
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        agent.send({"type": "accept", "ref": "a", "conversation": conv})
+        yield agent.next_frame("conversation")
+        yield cust.next_frame("message")  # the join event
+        yield agent.next_frame("message")
+        return cust, agent, conv
+
+    @inlineCallbacks
+    def test_conversation_round_trip_with_deflate(self) -> Any:
+        """Customer and agent exchange messages over permessage-deflate; acks and deliveries match."""
+        cust, agent, conv = yield self.pair()
+        self.assertIsNotNone(cust._perMessageCompress)
+        long_body = "I need help with order 12345. " * 60  # > 1 KB: sent compressed
+        for i, body in enumerate(["hello", long_body]):
+            cust.send({"type": "message", "ref": i, "conversation": conv, "client_msg_id": f"c{i}", "body": body})
+            ack = yield cust.next_frame("ack")
+            got = yield agent.next_frame("message")
+            self.assertEqual((got["msg_id"], got["seq"], got["body"]), (ack["msg_id"], ack["seq"], body))
+        agent.send({"type": "message", "ref": 9, "conversation": conv, "client_msg_id": "a1", "body": "hi!"})
+        got = yield cust.next_frame("message")
+        self.assertEqual(got["sender"], {"id": "agent", "role": "agent"})
+        self.assertEqual(got["seq"], 4)
+
+    @inlineCallbacks
+    def test_bad_frames_get_errors_and_connection_stays(self) -> Any:
+        """Malformed JSON, unknown type, missing fields and over-long bodies get error frames; the socket stays usable."""
+        cust, agent, conv = yield self.pair()
+        cust.send("{not json")
+        self.assertEqual((yield cust.next_frame("error"))["code"], "bad_request")
+        cust.send({"type": "fly", "ref": 1})
+        self.assertEqual((yield cust.next_frame("error"))["ref"], 1)
+        cust.send({"type": "message", "ref": 2, "conversation": conv})
+        self.assertEqual((yield cust.next_frame("error"))["code"], "bad_request")
+        cust.send({"type": "message", "ref": 3, "conversation": conv, "client_msg_id": "k", "body": "x" * 4001})
+        err = yield cust.next_frame("error")
+        self.assertEqual((err["code"], err["ref"]), ("too_large", 3))
+        cust.send(b"\x00\x01")
+        cust.sendMessage(b"\x00\x01", isBinary=True)
+        self.assertEqual((yield cust.next_frame("error"))["code"], "bad_request")
+        cust.send("ping")
+        self.assertEqual((yield cust.next_frame("pong")), "pong")
+        cust.send({"type": "ping", "ref": "p"})
+        self.assertEqual((yield cust.next_frame("pong"))["ref"], "p")
+
+    @inlineCallbacks
+    def test_oversized_message_closes_1009(self) -> Any:
+        """A 70 KB message closes the connection with 1009."""
+        cust = yield connect(self.server.port, token("big"), deflate=False)
+        cust.send(json.dumps({"type": "message", "body": "x" * 70_000}))
+        _, code, _ = yield cust.closed
+        self.assertEqual(code, 1009)
+
+    @inlineCallbacks
+    def test_compression_bomb_closes_1009(self) -> Any:
+        """A small compressed frame that inflates past the limit closes with 1009."""
+        cust = yield connect(self.server.port, token("bomb"), deflate=True)
+        self.assertEqual(len(zlib.compress(b"a" * 20_000_000)) < 64 * 1024, True)
+        cust.sendMessage(b"a" * 20_000_000)
+        _, code, _ = yield cust.closed
+        self.assertEqual(code, 1009)
+
+    @inlineCallbacks
+    def test_invalid_utf8_closes_1007(self) -> Any:
+        """A text frame that is not UTF-8 closes with 1007."""
+        cust = yield connect(self.server.port, token("utf"), deflate=False)
+        cust.sendMessage(b'{"type":"ping","x":"\xff\xfe"}', isBinary=False)
+        _, code, _ = yield cust.closed
+        self.assertEqual(code, 1007)
+
+    @inlineCallbacks
+    def test_duplicate_on_new_connection(self) -> Any:
+        """A client that resends after reconnecting gets the same ack; one message stored, one delivery."""
+        cust, agent, conv = yield self.pair()
+        frame = {"type": "message", "ref": 1, "conversation": conv, "client_msg_id": "retry-me", "body": "once"}
+        cust.send(frame)
+        first = yield cust.next_frame("ack")
+        yield close_client(cust)
+        again = yield connect(self.server.port, token("cust"))
+        self.addCleanup(close_client, again)
+        again.send(frame)
+        again.send(frame)
+        second = yield again.next_frame("ack")
+        third = yield again.next_frame("ack")
+        for ack in (second, third):
+            self.assertEqual((ack["msg_id"], ack["seq"], ack["ts"]), (first["msg_id"], first["seq"], first["ts"]))
+        again.send({"type": "sync", "ref": "s", "conversation": conv, "after_seq": 0})
+        history = yield again.next_frame("history")
+        self.assertEqual([m["client_msg_id"] for m in history["messages"]], [None, "retry-me"])
+        agent.send({"type": "ping", "ref": "barrier"})
+        yield agent.next_frame("pong")
+        self.assertEqual(len([m for m in agent.of_type("message") if m["kind"] == "text"]), 1)
+
+    @inlineCallbacks
+    def test_offline_participant_syncs_exactly_what_was_missed(self) -> Any:
+        """After a disconnect, sync from the last seen seq returns exactly the missed messages, in order, and hello shows the unread count."""
+        cust, agent, conv = yield self.pair()
+        cust.send({"type": "message", "ref": 1, "conversation": conv, "client_msg_id": "c1", "body": "before"})
+        ack = yield cust.next_frame("ack")
+        last_seen = ack["seq"]
+        yield close_client(cust)
+        sent = []
+        for i in range(25):
+            agent.send({"type": "message", "ref": i, "conversation": conv, "client_msg_id": f"a{i}", "body": f"while away {i}"})
+            sent.append((yield agent.next_frame("ack"))["seq"])
+        back = yield connect(self.server.port, token("cust"))
+        self.addCleanup(close_client, back)
+        [state] = back.frames[0]["conversations"]
+        self.assertEqual((state["unread"], state["last_seq"]), (25, sent[-1]))
+        got = []
+        after = last_seen
+        while True:
+            back.send({"type": "sync", "ref": after, "conversation": conv, "after_seq": after, "limit": 10})
+            page = yield back.next_frame("history")
+            got.extend(page["messages"])
+            if not page["has_more"]:
+                break
+            after = page["messages"][-1]["seq"]
+        self.assertEqual([m["seq"] for m in got], sent)
+        self.assertEqual([m["body"] for m in got], [f"while away {i}" for i in range(25)])
+
+    @inlineCallbacks
+    def test_typing_and_read_receipts(self) -> Any:
+        """Typing and read events reach the other participant over the wire."""
+        cust, agent, conv = yield self.pair()
+        cust.send({"type": "typing", "conversation": conv})
+        typing = yield agent.next_frame("typing")
+        self.assertEqual(typing["user_id"], "cust")
+        agent.send({"type": "read", "ref": 1, "conversation": conv, "seq": 1})
+        mine = yield agent.next_frame("read")
+        self.assertEqual(mine["ref"], 1)
+        theirs = yield cust.next_frame("read")
+        self.assertEqual((theirs["user_id"], theirs["seq"]), ("agent", 1))
+
+    @inlineCallbacks
+    def test_metrics_count_connections_and_messages(self) -> Any:
+        """/metrics shows active connections, messages, rejections and the ack latency histogram."""
+        treq = http_client()
+
+        cust, agent, conv = yield self.pair()
+        cust.send({"type": "message", "ref": 1, "conversation": conv, "client_msg_id": "m", "body": "count me"})
+        yield cust.next_frame("ack")
+        yield agent.next_frame("message")
+        yield raw_handshake(self.server.port)
+        response = yield treq.get(f"http://127.0.0.1:{self.server.port}/metrics")
+        text = (yield response.text())
+        self.assertIn("websocket_connections_active 2.0", text)
+        self.assertIn("messages_received_total 1.0", text)
+        self.assertIn("messages_acknowledged_total 1.0", text)
+        self.assertIn('handshake_rejections_total{reason="no_token"} 1.0', text)
+        self.assertIn("message_ack_latency_seconds_count 1.0", text)
+
+
+class HttpTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_health_ready_visitors_and_json_errors(self) -> Any:
+        """healthz and readyz answer, visitors get working tokens, unknown API paths are JSON 404s."""
+        treq = http_client()
+
+        server = yield start_server(self)
+        base = f"http://127.0.0.1:{server.port}"
+        r = yield treq.get(base + "/healthz")
+        self.assertEqual((r.code, (yield r.json())), (200, {"status": "ok"}))
+        r = yield treq.get(base + "/readyz")
+        body = yield r.json()
+        self.assertEqual((r.code, body["ready"]), (200, True))
+        r = yield treq.post(base + "/api/v1/visitors")
+        visitor = yield r.json()
+        self.assertEqual(r.code, 201)
+        client = yield connect(server.port, visitor["token"])
+        self.assertEqual(client.frames[0]["user"], {"id": visitor["user_id"], "role": "customer"})
+        yield close_client(client)
+        r = yield treq.get(base + "/api/v1/nothing-here")
+        self.assertEqual((r.code, (yield r.json())["error"]["code"]), (404, "not_found"))
+        r = yield treq.get(base + "/api/v1/visitors")
+        self.assertEqual((r.code, (yield r.json())["error"]["code"]), (405, "bad_request"))
+
+    @inlineCallbacks
+    def test_visitors_can_be_disabled(self) -> Any:
+        """With visitors_enabled off, no anonymous token is handed out."""
+        treq = http_client()
+
+        server = yield start_server(self, auth={"visitors_enabled": False})
+        r = yield treq.post(f"http://127.0.0.1:{server.port}/api/v1/visitors")
+        self.assertEqual(r.code, 404)
+        yield r.json()
