@@ -119,11 +119,24 @@ def makeService(options: Options) -> IService:
     log.info("Open-file limit is {limit}", limit=limit)
     version = prepare_database(config)
     log.info("Database schema version {version}", version=version)
+    _exit_zero_after_drain(reactor)
     server = SupportChatServer(reactor, config)
     server.get_secret()
     for desc in config.server.listen:
         log.info("Listening on {endpoint}", endpoint=desc)
     return server.make_service()
+
+
+def _exit_zero_after_drain(reactor: Any) -> None:
+    """twistd re-raises SIGTERM/SIGINT after shutdown, so the exit status
+    would say "killed". Our shutdown drains first (sockets closed with 1001,
+    commits finished), so once it has completed we report success: exit 0."""
+
+    def forget_signal() -> None:
+        if hasattr(reactor, "_exitSignal"):
+            reactor._exitSignal = None
+
+    reactor.addSystemEventTrigger("after", "shutdown", forget_signal)
 
 
 service_maker = ServiceMaker(

@@ -294,3 +294,63 @@ def http_client() -> Any:
     from twisted.web.client import Agent, HTTPConnectionPool
 
     return treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+class _ServerProcessProtocol(protocol.ProcessProtocol):
+    def __init__(self, marker: bytes) -> None:
+        self.output = b""
+        self.marker = marker
+        self.started: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.started.called and self.marker in self.output:
+            self.started.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        if not self.started.called:
+            self.started.errback(RuntimeError("server exited before listening:\n" + self.output.decode(errors="replace")))
+        self.ended.callback(code)
+
+
+class ServerProcess:
+    """``twistd -n supportchat run`` as a real process on a fixed port."""
+
+    def __init__(self, data_dir: str, port: int, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.env = python_env(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, **(extra_env or {}))
+        self.proto: _ServerProcessProtocol | None = None
+
+    def start(self) -> "defer.Deferred[None]":
+        from twisted.internet import reactor
+
+        self.proto = _ServerProcessProtocol(f"Site starting on {self.port}".encode())
+        args = [
+            PYTHON, "-c", "from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "supportchat", "run",
+            "--data-dir", self.data_dir, "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+        ]
+        reactor.spawnProcess(self.proto, PYTHON, args, env=self.env, path=REPO.path)
+        return self.proto.started.addTimeout(60, reactor)
+
+    def signal(self, name: str) -> None:
+        assert self.proto is not None
+        self.proto.transport.signalProcess(name)
+
+    def ended(self) -> "defer.Deferred[int | None]":
+        from twisted.internet import reactor
+
+        assert self.proto is not None
+        return self.proto.ended.addTimeout(60, reactor)
+
+    def kill(self) -> "defer.Deferred[Any]":
+        """SIGKILL if still running (cleanup)."""
+        if self.proto is None or self.proto.ended.called:
+            return defer.succeed(None)
+        self.signal("KILL")
+        return self.ended()

@@ -80,7 +80,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         if self.principal is None:  # not built through the guard: refuse
-            self.sendClose(1008, "unauthorized")
+            self.close(1008, "unauthorized")
             return
         self.session = ClientSession(self.principal, self)
         self.factory.background.run("open_session", self.factory.handler.on_open, self.session)
@@ -122,7 +122,10 @@ class ChatServerProtocol(WebSocketServerProtocol):
         self.sendMessage(data, isBinary=False, doNotCompress=len(data) < self.factory.deflate_threshold)
 
     def close(self, code: int, reason: str) -> None:
-        self.sendClose(code, reason)
+        # sendClose() only takes 1000 and 3000-4999; protocol codes such as
+        # 1001 (going away), 1008 (policy) and 1011 go through the frame call.
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:120], isReply=False)
 
 
 class ChatServerFactory(WebSocketServerFactory):
@@ -160,7 +163,7 @@ class ChatServerFactory(WebSocketServerFactory):
             self.lost_waiters.setdefault(proto, []).append(d)
             waits.append(d)
             if proto.state == proto.STATE_OPEN:
-                proto.sendClose(code, reason)
+                proto.close(code, reason)
             elif proto.state != proto.STATE_CLOSING:
                 proto.dropConnection(abort=True)
         everything = DeferredList(waits)
