@@ -321,7 +321,7 @@ class ServerProcess:
     """``twistd -n supportchat run`` as a real process on a fixed port."""
 
     def __init__(self, data_dir: str, port: int, extra_env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
+        self.data_dir = os.path.abspath(data_dir)
         self.port = port
         self.env = python_env(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, **(extra_env or {}))
         self.proto: _ServerProcessProtocol | None = None

@@ -1,0 +1,1 @@
+"""Storage seams: interfaces, in-memory twins, SQL implementations."""
