@@ -36,7 +36,7 @@ class TokenOptions(_Common):
         ["user-id", "u", None, "User id (the token's sub claim)."],
         ["role", "r", "agent", f"One of {', '.join(ROLES)}."],
         ["name", "n", None, "Display name."],
-        ["ttl", "t", "86400", "Lifetime in seconds.", int],  # type: ignore[list-item]
+        ["ttl", "t", 86400, "Lifetime in seconds.", int],  # type: ignore[list-item]
     ]
 
     def postOptions(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from twisted.internet.interfaces import IReactorTime
 
 
@@ -30,30 +32,27 @@ class TokenBucket:
 
 
 class KeyedRateLimiter:
-    """One bucket per key; idle buckets are forgotten so memory stays bounded."""
+    """One bucket per key. Memory stays bounded: when full, the least
+    recently used bucket is forgotten (a flood of new keys cannot reset the
+    buckets of clients being throttled right now)."""
 
     def __init__(self, clock: IReactorTime, rate: float, burst: float, max_keys: int = 100_000) -> None:
         self._clock = clock
         self.rate = rate
         self.burst = burst
         self._max_keys = max_keys
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def allow(self, key: str) -> bool:
         now = self._clock.seconds()
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= self._max_keys:
-                self._prune(now)
+            while len(self._buckets) >= self._max_keys:
+                self._buckets.popitem(last=False)
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        else:
+            self._buckets.move_to_end(key)
         return bucket.take(now)
-
-    def _prune(self, now: float) -> None:
-        full = self.burst / self.rate
-        for key in [k for k, b in self._buckets.items() if now - b.stamp >= full]:
-            del self._buckets[key]
-        if len(self._buckets) >= self._max_keys:
-            self._buckets.clear()
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -324,3 +324,23 @@ class HttpTests(unittest.TestCase):
         r = yield treq.post(f"http://127.0.0.1:{server.port}/api/v1/visitors")
         self.assertEqual(r.code, 404)
         yield r.json()
+
+
+class TesteeTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_testee_echoes_large_messages_without_auth_when_enabled(self) -> Any:
+        """The conformance echo endpoint, when configured, echoes (deflated) messages beyond 64 KiB without a token."""
+        server = yield start_server(self, websocket={"testee_path": "/ws-testee"})
+        client = yield connect(server.port, path="/ws-testee", wait_hello=False)
+        client.sendMessage(b"y" * 1_000_000)
+        echoed = yield client.next_frame()
+        self.assertEqual(echoed, "y" * 1_000_000)
+        self.assertIsNotNone(client._perMessageCompress)
+        yield close_client(client)
+
+    @inlineCallbacks
+    def test_testee_is_off_by_default(self) -> Any:
+        """Without testee_path there is no echo endpoint."""
+        server = yield start_server(self)
+        status, _, _ = yield raw_handshake(server.port, path="/ws-testee")
+        self.assertEqual(status, 404)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, get_type_hints
@@ -195,15 +196,20 @@ SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis")
 
 
 class _Checker:
-    """Collects the section name so errors carry the full key."""
+    """Knows the section and where each key came from, so errors carry the
+    full key and the file or environment variable that set it."""
 
-    def __init__(self, source: str, section: str) -> None:
+    def __init__(self, source: str, section: str, sources: Mapping[str, str] | None = None) -> None:
         self.source = source
         self.section = section
+        self.sources = sources or {}
 
     def that(self, ok: bool, key: str, reason: str) -> None:
         if not ok:
-            raise ConfigError(self.source, f"{self.section}.{key}", reason)
+            full = f"{self.section}.{key}"
+            option = re.split(r"[\[.]", key, maxsplit=1)[0]
+            where = self.sources.get(f"{self.section}.{option}", self.source)
+            raise ConfigError(where, full, reason)
 
 
 def _coerce(source: str, key: str, value: Any, hint: Any) -> Any:
@@ -312,7 +318,7 @@ def load_config(
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")
         if section not in raw or not key:
-            continue
+            raise ConfigError(f"environment {name}", section or name, f"unknown section; sections are {', '.join(SECTIONS)}")
         fields = {f.name for f in dataclasses.fields(config_classes[section])}
         if key not in fields:
             raise ConfigError(f"environment {name}", f"{section}.{key}", "unknown option")
@@ -326,7 +332,7 @@ def load_config(
     for section in SECTIONS:
         cls = config_classes[section]
         obj = _build_section(cls, raw[section], sources, source, section)
-        obj.validate(_Checker(source, section))
+        obj.validate(_Checker(source, section, sources))
         built[section] = obj
     return Config(source=source, **built)
 

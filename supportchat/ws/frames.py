@@ -106,7 +106,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         return Ping(plain=True)
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested arrays exhaust the parser
         raise FrameError("bad_request", "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise FrameError("bad_request", "frame must be a JSON object")

@@ -1,0 +1,220 @@
+"""Tests for supportchat-admin (supportchat.admin.main and python -m supportchat)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+
+import jwt
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from supportchat import admin
+from supportchat.auth import AuthError, Principal, TokenVerifier
+from supportchat.config import AuthConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIGRATIONS = os.path.join(ROOT, "supportchat", "storage", "migrations")
+
+
+def latest_migration() -> int:
+    """The highest migration number shipped in supportchat/storage/migrations."""
+    versions = [int(m.group(1)) for m in (re.match(r"^(\d+)_.*\.sql$", n) for n in os.listdir(MIGRATIONS)) if m]
+    return max(versions)
+
+
+def stored_secret(data_dir: str) -> str:
+    with open(os.path.join(data_dir, "jwt_secret"), encoding="ascii") as f:
+        return f.read().strip()
+
+
+class _AdminCase(TestCase):
+    def setUp(self):
+        # The admin command reads SUPPORTCHAT_* from the environment; make
+        # the tests independent of the developer's shell.
+        for name in [n for n in os.environ if n.startswith("SUPPORTCHAT_")]:
+            self.addCleanup(os.environ.__setitem__, name, os.environ.pop(name))
+        self.data_dir = self.tempdir()
+
+    def tempdir(self) -> str:
+        path = tempfile.mkdtemp(prefix="supportchat-admin-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    def run_main(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        code = admin.main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+
+class TokenCommandTests(_AdminCase):
+    def test_token_verifies(self):
+        """`token --user-id alice --role agent` prints a token the server accepts as alice/agent."""
+        code, out, _ = self.run_main("token", "--user-id", "alice", "--role", "agent", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        token = out.strip()
+        self.assertEqual(out.count("\n"), 1)
+        verifier = TokenVerifier(AuthConfig(), stored_secret(self.data_dir))
+        self.assertEqual(verifier.verify(token), Principal("alice", "agent"))
+
+    def test_token_default_ttl_is_a_day(self):
+        """Without --ttl the token lives 86400 seconds."""
+        code, out, _ = self.run_main("token", "--user-id", "alice", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        claims = jwt.decode(out.strip(), options={"verify_signature": False})
+        self.assertEqual(claims["exp"] - claims["iat"], 86400)
+        self.assertEqual(claims["role"], "agent")
+
+    def test_token_with_ttl_and_name(self):
+        """--ttl and --name end up in the token."""
+        code, out, _ = self.run_main("token", "--user-id", "bob", "--role", "admin", "--name", "Bob",
+                                     "--ttl", "60", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        token = out.strip()
+        verifier = TokenVerifier(AuthConfig(), stored_secret(self.data_dir))
+        self.assertEqual(verifier.verify(token), Principal("bob", "admin", "Bob"))
+        claims = jwt.decode(token, options={"verify_signature": False})
+        self.assertEqual(claims["exp"] - claims["iat"], 60)
+
+    def test_token_secret_reused(self):
+        """Two token commands on one data dir sign with the same stored secret."""
+        self.run_main("token", "--user-id", "a", "--ttl", "60", "--data-dir", self.data_dir)
+        first = stored_secret(self.data_dir)
+        code, out, _ = self.run_main("token", "--user-id", "b", "--ttl", "60", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        self.assertEqual(stored_secret(self.data_dir), first)
+        self.assertEqual(TokenVerifier(AuthConfig(), first).verify(out.strip()).user_id, "b")
+
+    def test_token_not_valid_with_other_secret(self):
+        """The printed token is really signed: another secret refuses it."""
+        code, out, _ = self.run_main("token", "--user-id", "a", "--ttl", "60", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        self.assertRaises(AuthError, TokenVerifier(AuthConfig(), "z" * 48).verify, out.strip())
+
+    def test_token_uses_config_audience_issuer(self):
+        """With --config setting audience and issuer, the token carries them and verifies under that config."""
+        conf = os.path.join(self.tempdir(), "chat.toml")
+        with open(conf, "w") as f:
+            f.write('[auth]\naudience = "supportchat"\nissuer = "https://chat.example"\n')
+        code, out, _ = self.run_main("token", "--config", conf, "--user-id", "c", "--ttl", "60",
+                                     "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        config = AuthConfig(audience="supportchat", issuer="https://chat.example")
+        self.assertEqual(TokenVerifier(config, stored_secret(self.data_dir)).verify(out.strip()).user_id, "c")
+
+    def test_bad_role(self):
+        """An unknown --role exits 2 with a message and prints no token."""
+        code, out, err = self.run_main("token", "--user-id", "alice", "--role", "root", "--data-dir", self.data_dir)
+        self.assertEqual(code, 2)
+        self.assertEqual(out, "")
+        self.assertIn("--role", err)
+        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "jwt_secret")))
+
+    def test_missing_user_id(self):
+        """Without --user-id the command exits 2."""
+        code, out, err = self.run_main("token", "--ttl", "60", "--data-dir", self.data_dir)
+        self.assertEqual(code, 2)
+        self.assertEqual(out, "")
+        self.assertIn("--user-id", err)
+
+    def test_bad_ttl(self):
+        """A non-positive --ttl exits 2."""
+        code, out, _ = self.run_main("token", "--user-id", "a", "--ttl", "0", "--data-dir", self.data_dir)
+        self.assertEqual((code, out), (2, ""))
+
+    def test_no_command(self):
+        """Without a command, or with an unknown one, the tool exits 2."""
+        self.assertEqual(self.run_main()[0], 2)
+        self.assertEqual(self.run_main("frobnicate")[0], 2)
+
+    def test_config_error(self):
+        """A bad --config exits 2 naming the file and key."""
+        conf = os.path.join(self.tempdir(), "bad.toml")
+        with open(conf, "w") as f:
+            f.write("[websocket]\nmax_body_chars = 0\n")
+        code, out, err = self.run_main("token", "--config", conf, "--user-id", "a", "--ttl", "60")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn(conf, err)
+        self.assertIn("websocket.max_body_chars", err)
+
+
+class MigrateCommandTests(_AdminCase):
+    def schema(self) -> tuple[int, set[str]]:
+        conn = sqlite3.connect(os.path.join(self.data_dir, "supportchat.db"))
+        try:
+            (version,) = conn.execute("SELECT version FROM schema_version").fetchone()
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+        return version, tables
+
+    def test_migrate_creates_database(self):
+        """`migrate` creates the SQLite database in the data dir at the latest schema version."""
+        code, out, _ = self.run_main("migrate", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        version, tables = self.schema()
+        self.assertEqual(version, latest_migration())
+        self.assertEqual(out, f"schema version {version}\n")
+        self.assertTrue({"conversations", "participants", "messages", "idempotency_keys"} <= tables)
+
+    def test_migrate_idempotent(self):
+        """Running `migrate` again changes nothing and keeps existing data."""
+        self.assertEqual(self.run_main("migrate", "--data-dir", self.data_dir)[0], 0)
+        conn = sqlite3.connect(os.path.join(self.data_dir, "supportchat.db"))
+        conn.execute("INSERT INTO conversations (id, customer_id, status, created_at) VALUES ('c1', 'u1', 'open', 1.0)")
+        conn.commit()
+        conn.close()
+        code, out, _ = self.run_main("migrate", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        self.assertEqual(out, f"schema version {latest_migration()}\n")
+        self.assertEqual(self.schema()[0], latest_migration())
+        conn = sqlite3.connect(os.path.join(self.data_dir, "supportchat.db"))
+        try:
+            self.assertEqual(conn.execute("SELECT id FROM conversations").fetchall(), [("c1",)])
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM schema_version").fetchone(), (1,))
+        finally:
+            conn.close()
+
+    def test_migrate_refuses_newer_schema(self):
+        """A database from a newer version makes `migrate` fail instead of touching it."""
+        self.assertEqual(self.run_main("migrate", "--data-dir", self.data_dir)[0], 0)
+        conn = sqlite3.connect(os.path.join(self.data_dir, "supportchat.db"))
+        conn.execute("UPDATE schema_version SET version = ?", (latest_migration() + 1,))
+        conn.commit()
+        conn.close()
+        e = self.assertRaises(SystemExit, self.run_main, "migrate", "--data-dir", self.data_dir)
+        self.assertNotEqual(e.code, 0)
+        self.assertIn("newer", sys.stderr.getvalue())
+        self.assertEqual(self.schema()[0], latest_migration() + 1)
+
+
+class ModuleEntryTests(_AdminCase):
+    timeout = 120
+
+    def test_python_m_supportchat(self):
+        """`python -m supportchat token ...` prints a token the server accepts."""
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "PYTHONPATH": ROOT,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": self.data_dir,
+        }
+        args = ["-m", "supportchat", "token", "--user-id", "dora", "--role", "customer", "--ttl", "60",
+                "--data-dir", self.data_dir]
+        d = getProcessOutputAndValue(sys.executable, args, env=env, path=self.tempdir(), reactor=reactor)
+
+        def check(result):
+            out, err, code = result
+            self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+            verifier = TokenVerifier(AuthConfig(), stored_secret(self.data_dir))
+            self.assertEqual(verifier.verify(out.decode("ascii").strip()), Principal("dora", "customer"))
+
+        return d.addCallback(check)
