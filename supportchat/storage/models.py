@@ -93,6 +93,9 @@ class AppendRequest:
     # Admins may write without being participants.
     require_participant: bool = True
     idempotency_window: float = 86400.0
+    # The seq will be above this (degraded mode: leave room for messages
+    # acknowledged through Redis that SQL has not received yet).
+    seq_floor: int = 0
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def append_one_txn(cur: Cursor, req: AppendRequest) -> AppendResult:
         participants.append(Participant(req.sender_id, req.sender_role))
     elif req.require_participant and not present:
         raise NotFound("no such conversation")
-    seq = int(row[0]) + 1
+    seq = max(int(row[0]), req.seq_floor) + 1
     msg = Message(
         conversation_id=req.conversation_id, msg_id=new_id("m", req.ts), seq=seq,
         sender_id=req.sender_id, sender_role=req.sender_role, client_msg_id=req.client_msg_id,
@@ -195,6 +195,21 @@ def _open_conversation_txn(cur: Cursor, customer_id: str, now: float) -> tuple[C
         (conv.id, customer_id, now),
     )
     return conv, True
+
+
+def add_participant_txn(cur: Cursor, conversation_id: str, user_id: str, role: str, now: float) -> bool:
+    """Add a participant; False if they already were one."""
+    cur.execute(
+        "SELECT 1 FROM participants WHERE conversation_id = ? AND user_id = ?", (conversation_id, user_id)
+    )
+    if cur.fetchone() is not None:
+        return False
+    cur.execute(
+        "INSERT INTO participants (conversation_id, user_id, role, joined_at, last_read_seq, unread)"
+        " VALUES (?, ?, ?, ?, 0, 0)",
+        (conversation_id, user_id, role, now),
+    )
+    return True
 
 
 def _get_conversation_txn(cur: Cursor, conversation_id: str) -> Conversation | None:
@@ -306,6 +321,9 @@ class SqlConversationStore:
 
     def get_conversation(self, conversation_id: str) -> "Deferred[Conversation | None]":
         return self._db.run_interaction("get_conversation", _get_conversation_txn, conversation_id)
+
+    def add_participant(self, conversation_id: str, user_id: str, role: str, now: float) -> "Deferred[bool]":
+        return self._db.run_interaction("add_participant", add_participant_txn, conversation_id, user_id, role, now)
 
     def list_conversations(self, user_id: str) -> "Deferred[list[Conversation]]":
         return self._db.run_interaction("list_conversations", _list_conversations_txn, user_id)
