@@ -32,6 +32,27 @@ class Metrics:
         self.frame_errors = Counter(
             "frame_errors_total", "Error frames sent, by code.", ["code"], registry=r
         )
+        self.persisted = Counter(
+            "persister_messages_total", "Messages flushed from the stream to SQL by this node.", registry=r
+        )
+        self.persister_batches = Counter(
+            "persister_batches_total", "Stream batches committed to SQL by this node.", registry=r
+        )
+        self.dead_letters = Counter(
+            "persister_dead_letters_total", "Stream entries moved to the dead-letter stream.", registry=r
+        )
+        self.stream_backlog = Gauge(
+            "stream_backlog_entries", "Stream entries not yet flushed to SQL (persister lag).", registry=r
+        )
+        self.degraded = Gauge(
+            "redis_degraded", "1 while Redis is unreachable and messages go straight to SQL.", registry=r
+        )
+        self.overloaded = Gauge(
+            "backpressure_engaged", "1 while new messages are refused because persisters lag.", registry=r
+        )
+        self.nodes_alive = Gauge(
+            "cluster_nodes_alive", "Nodes with a fresh heartbeat in Redis.", registry=r
+        )
         self.ack_latency = Histogram(
             "message_ack_latency_seconds", "Time from receiving a message frame to sending its ack.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

@@ -180,7 +180,7 @@ class SupportChatServer:
 
     def get_root_resource(self) -> Resource:
         def make() -> Resource:
-            root = Resource()
+            root = ApiRoot()
             ws_path = [p.encode() for p in self.config.websocket.path.strip("/").split("/")]
             _put_path(root, ws_path, GuardedWebSocketResource(
                 self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
@@ -189,7 +189,7 @@ class SupportChatServer:
             root.putChild(b"healthz", Healthz())
             root.putChild(b"readyz", Readyz(self.readiness))
             root.putChild(b"metrics", MetricsResource(self.get_metrics()))
-            api = Resource()
+            api = ApiRoot()
             v1 = ApiRoot()
             api.putChild(b"v1", v1)
             root.putChild(b"api", api)

@@ -11,6 +11,7 @@ from supportchat.ws.frames import (
     Accept,
     FrameError,
     Ping,
+    Pong,
     Read,
     SendMessage,
     Start,
@@ -118,7 +119,12 @@ class ErrorTests(SynchronousTestCase):
     def test_malformed_json(self):
         """Text that is not JSON is a bad_request."""
         self.assertBad('{"type": "ping"')
-        self.assertBad("pong")
+        self.assertBad("pang")
+
+    def test_pong_is_a_heartbeat_frame(self):
+        """A client's pong (plain text or JSON) parses as a heartbeat, not an error."""
+        self.assertIsInstance(parse("pong"), Pong)
+        self.assertEqual(parse('{"type":"pong","ref":4}'), Pong(4))
 
     def test_deeply_nested_json(self):
         """Deeply nested JSON within the message size limit is a bad_request, not a crash."""

@@ -310,8 +310,9 @@ class HttpTests(unittest.TestCase):
         client = yield connect(server.port, visitor["token"])
         self.assertEqual(client.frames[0]["user"], {"id": visitor["user_id"], "role": "customer"})
         yield close_client(client)
-        r = yield treq.get(base + "/api/v1/nothing-here")
-        self.assertEqual((r.code, (yield r.json())["error"]["code"]), (404, "not_found"))
+        for path in ("/api/v1/nothing-here", "/api", "/api/v1", "/nope", "/"):
+            r = yield treq.get(base + path)
+            self.assertEqual((r.code, (yield r.json())["error"]["code"]), (404, "not_found"), path)
         r = yield treq.get(base + "/api/v1/visitors")
         self.assertEqual((r.code, (yield r.json())["error"]["code"]), (405, "bad_request"))
 

@@ -34,6 +34,7 @@ from supportchat.ws.frames import (
     ClientFrame,
     FrameError,
     Ping,
+    Pong,
     Read,
     SendMessage,
     Start,
@@ -49,6 +50,13 @@ QUEUE_LIMIT = 50
 
 class ChatStore(ConversationStore, SessionStateStore, Protocol):
     """The conversation store that also keeps session state."""
+
+
+def reply(frame: dict[str, Any], ref: Any) -> dict[str, Any]:
+    """A direct reply carries the client's ``ref`` when it sent one."""
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
 
 
 def _not_found(ref: Any) -> FrameError:
@@ -156,11 +164,12 @@ class ChatHandler:
         """Handle one parsed frame; errors become ``error`` frames."""
         self._touch(session)
         bucket = self._buckets.get(session.id)
-        if bucket is not None and not isinstance(frame, Ping) and not bucket.take(self._clock.seconds()):
+        if bucket is not None and not isinstance(frame, (Ping, Pong)) and not bucket.take(self._clock.seconds()):
             self._send_error(session, "rate_limited", f"too many frames; retry in {bucket.retry_after():.2f}s", frame.ref)
             return succeed(None)
         handler = {
             Ping: self._ping,
+            Pong: self._pong,
             Start: self._start,
             Accept: self._accept,
             SendMessage: self._message,
@@ -190,17 +199,17 @@ class ChatHandler:
         if frame.plain:
             session.send_encoded("pong")
         else:
-            reply: dict[str, Any] = {"type": "pong"}
-            if frame.ref is not None:
-                reply["ref"] = frame.ref
-            session.send(reply)
+            session.send(reply({"type": "pong"}, frame.ref))
+
+    async def _pong(self, session: ClientSession, frame: Pong) -> None:
+        """Nothing to answer: receiving it already refreshed presence."""
 
     async def _start(self, session: ClientSession, frame: Start) -> None:
         if session.role != "customer":
             raise FrameError("forbidden", "only customers start conversations", frame.ref)
         conv, created = await self._store.open_conversation(session.user_id, self._clock.seconds())
         body = conv.to_wire()
-        session.send({"type": "conversation", "ref": frame.ref, "conversation": body})
+        session.send(reply({"type": "conversation", "conversation": body}, frame.ref))
         if created:
             await self._bus.publish(Delivery(
                 frame={"type": "conversation", "conversation": body},
@@ -233,7 +242,7 @@ class ChatHandler:
         else:
             await self._publish_message(result.message.to_wire(), [p.user_id for p in result.participants], None)
         fresh = await self._store.get_conversation(conv.id)
-        session.send({"type": "conversation", "ref": frame.ref, "conversation": (fresh or conv).to_wire()})
+        session.send(reply({"type": "conversation", "conversation": (fresh or conv).to_wire()}, frame.ref))
 
     async def _message(self, session: ClientSession, frame: SendMessage) -> None:
         received = self._clock.seconds()
@@ -255,16 +264,15 @@ class ChatHandler:
                 raise _not_found(frame.ref) from None
             raise
         msg = result.message
-        session.send({
+        session.send(reply({
             "type": "ack",
-            "ref": frame.ref,
             "conversation": msg.conversation_id,
             "client_msg_id": frame.client_msg_id,
             "msg_id": msg.msg_id,
             "seq": msg.seq,
             "ts": msg.ts,
             "duplicate": result.duplicate,
-        })
+        }, frame.ref))
         self._metrics.messages_acked.inc()
         self._metrics.ack_latency.observe(max(0.0, self._clock.seconds() - received))
         if result.duplicate:
@@ -275,29 +283,30 @@ class ChatHandler:
     async def _publish_message(self, frame: dict[str, Any], user_ids: list[str], exclude: str | None) -> None:
         await self._bus.publish(Delivery(frame=frame, user_ids=tuple(user_ids), exclude_connection=exclude))
 
-    async def _authorize(self, session: ClientSession, conversation_id: str, ref: Any) -> list[str]:
-        """The participants' ids, if the session may see the conversation."""
+    async def _authorize(self, session: ClientSession, conversation_id: str, ref: Any, write: bool = False) -> list[str]:
+        """The participants' ids, if the session may see (or, with
+        ``write``, act in) the conversation. Admins read any conversation;
+        acting needs joining, for everyone."""
         participants = await self._store.get_participants(conversation_id)
         ids = [p.user_id for p in participants]
         if session.user_id in ids:
             return ids
-        if session.role == "admin" and await self._store.get_conversation(conversation_id) is not None:
+        if not write and session.role == "admin" and await self._store.get_conversation(conversation_id) is not None:
             return ids
         raise _not_found(ref)
 
     async def _sync(self, session: ClientSession, frame: Sync) -> None:
         await self._authorize(session, frame.conversation, frame.ref)
         msgs = await self._store.get_messages(frame.conversation, frame.after_seq, frame.limit + 1)
-        session.send({
+        session.send(reply({
             "type": "history",
-            "ref": frame.ref,
             "conversation": frame.conversation,
             "messages": [m.to_wire() for m in msgs[: frame.limit]],
             "has_more": len(msgs) > frame.limit,
-        })
+        }, frame.ref))
 
     async def _typing(self, session: ClientSession, frame: Typing) -> None:
-        ids = await self._authorize(session, frame.conversation, frame.ref)
+        ids = await self._authorize(session, frame.conversation, frame.ref, write=True)
         others = tuple(u for u in ids if u != session.user_id)
         if others:
             await self._bus.publish(Delivery(
@@ -311,8 +320,10 @@ class ChatHandler:
         except StoreError:
             raise _not_found(frame.ref) from None
         participants = await self._store.get_participants(frame.conversation)
-        event = {"type": "read", "conversation": frame.conversation, "user_id": session.user_id, "seq": frame.seq}
-        session.send(dict(event, ref=frame.ref, unread=unread))
+        conv = await self._store.get_conversation(frame.conversation)
+        seq = max(0, min(frame.seq, conv.last_seq if conv is not None else frame.seq))
+        event = {"type": "read", "conversation": frame.conversation, "user_id": session.user_id, "seq": seq}
+        session.send(reply(dict(event, unread=unread), frame.ref))
         await self._bus.publish(Delivery(
             frame=event, user_ids=tuple(p.user_id for p in participants), exclude_connection=session.id
         ))

@@ -43,10 +43,13 @@ class NotFoundResource(JsonResource):
 
 
 class ApiRoot(Resource):
-    """``/api/v1``: unknown children answer a JSON 404."""
+    """A folder whose unknown children, and itself, answer a JSON 404."""
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NotFoundResource()
+
+    def render(self, request: Request) -> bytes:
+        return json_error(request, 404, "not_found", "no such resource")
 
 
 class Healthz(JsonResource):

@@ -27,9 +27,10 @@ class Conversation:
     last_seq: int = 0
     last_msg_id: str | None = None
     last_ts: float | None = None
+    closed_at: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "customer_id": self.customer_id,
@@ -38,6 +39,9 @@ class Conversation:
             "last_msg_id": self.last_msg_id,
             "last_ts": self.last_ts,
         }
+        if self.closed_at is not None:
+            out["closed_at"] = self.closed_at
+        return out
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,12 @@ class AppendRequest:
     data: dict[str, Any] | None = None
     # Add the sender as a participant in the same transaction (joining).
     join: bool = False
-    # Admins may write without being participants.
+    # Only participants may write (False: system messages such as bots' events).
     require_participant: bool = True
     idempotency_window: float = 86400.0
+    # Chosen before the first attempt (``new_id("m", ts)`` when None), so a
+    # transaction retried after a dropped connection stores the row once.
+    msg_id: str | None = None
     # The seq will be above this (degraded mode: leave room for messages
     # acknowledged through Redis that SQL has not received yet).
     seq_floor: int = 0

@@ -31,6 +31,13 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Pong:
+    """A client's answer to our ping (text "pong" or {"type":"pong"}): a heartbeat."""
+
+    ref: Any = None
+
+
+@dataclass(frozen=True)
 class Start:
     ref: Any = None
 
@@ -70,7 +77,7 @@ class Read:
     ref: Any = None
 
 
-ClientFrame = Union[Ping, Start, Accept, SendMessage, Sync, Typing, Read]
+ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read]
 
 
 def _ref(data: dict[str, Any]) -> Any:
@@ -104,6 +111,8 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     """Parse and validate one client text frame."""
     if text.strip() == "ping":
         return Ping(plain=True)
+    if text.strip() == "pong":
+        return Pong()
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # deeply nested arrays exhaust the parser
@@ -116,6 +125,8 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         raise FrameError("bad_request", "'type' must be a string", ref)
     if kind == "ping":
         return Ping(ref)
+    if kind == "pong":
+        return Pong(ref)
     if kind == "start":
         return Start(ref)
     if kind == "accept":
