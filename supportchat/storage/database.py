@@ -15,6 +15,7 @@ from typing import Any, Callable, Concatenate, ParamSpec, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from supportchat.storage.engines import Engine
 
@@ -52,50 +53,152 @@ class SchemaError(Exception):
     """The database schema cannot be used by this code."""
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every migration shipped with the package."""
-    out = []
+MIGRATION_NAME = re.compile(r"^(\d+)_([a-z0-9_]+)(?:\.([a-z]+))?\.sql$")
+
+
+def _migrations(engine: str = "sqlite") -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every migration shipped with the package,
+    as ``engine`` runs it.
+
+    Naming: ``NNN_name.sql`` is shared by every engine; ``NNN_name.<engine>.sql``
+    (engine: sqlite, postgresql, mysql) replaces it for that engine. A
+    version may exist only as overrides, one per engine."""
+    shared: dict[int, tuple[str, str]] = {}
+    override: dict[int, tuple[str, str]] = {}
     folder = resources.files("supportchat.storage") / "migrations"
     for entry in folder.iterdir():
-        m = re.match(r"^(\d+)_([a-z0-9_]+)\.sql$", entry.name)
-        if m:
-            out.append((int(m.group(1)), entry.name, entry.read_text("utf-8")))
-    out.sort()
+        m = MIGRATION_NAME.match(entry.name)
+        if not m:
+            continue
+        version, variant = int(m.group(1)), m.group(3)
+        if variant is None:
+            shared[version] = (entry.name, entry.read_text("utf-8"))
+        elif variant == engine:
+            override[version] = (entry.name, entry.read_text("utf-8"))
+    out = []
+    for version in sorted(set(shared) | set(override)):
+        name, sql = override.get(version) or shared[version]
+        out.append((version, name, sql))
     return out
 
 
+def latest_version(engine: str = "sqlite") -> int:
+    return max(v for v, _, _ in _migrations(engine))
+
+
 def _split_sql(script: str) -> list[str]:
-    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Statements of a migration script: split at ``;`` ending a line, except
+    inside ``BEGIN ... END;`` bodies (SQLite triggers)."""
+    statements: list[str] = []
+    current: list[str] = []
+    in_block = False
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("--"):
+            continue
+        current.append(line)
+        upper = stripped.upper()
+        if not in_block and upper.endswith("BEGIN"):
+            in_block = True
+            continue
+        if in_block:
+            if upper in ("END;", "END"):
+                in_block = False
+                statements.append("\n".join(current).rstrip().rstrip(";"))
+                current = []
+            continue
+        if stripped.endswith(";"):
+            statements.append("\n".join(current).rstrip().rstrip(";").strip())
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return [s for s in statements if s.strip()]
+
+
+class _Pool(adbapi.ConnectionPool):
+    """``ConnectionPool`` whose reconnect path is quiet: a dropped connection
+    is discarded and reported as :class:`adbapi.ConnectionLost` (the
+    caller retries), not logged as an error twice per failure."""
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        conn = self.connectionFactory(self)
+        trans = self.transactionFactory(self, conn)
+        try:
+            result = interaction(trans, *args, **kw)
+            trans.close()
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                _quiet_rollback(self, conn)
+            except adbapi.ConnectionLost:
+                pass
+            raise
+
+
+def _quiet_rollback(pool: adbapi.ConnectionPool, conn: Any) -> None:
+    """Roll back; if the connection is dead, drop it from the pool so this
+    thread reconnects on its next interaction."""
+    try:
+        conn._connection.rollback()
+        curs = conn._connection.cursor()
+        curs.execute(pool.good_sql)
+        curs.fetchall()
+        curs.close()
+        conn._connection.commit()
+        return
+    except BaseException:
+        pass
+    try:
+        pool.disconnect(conn._connection)
+    except BaseException:
+        pass
+    raise adbapi.ConnectionLost()
 
 
 class Database:
     """An ``adbapi.ConnectionPool`` on the injected reactor, or (for unit
-    tests) a threadless variant that runs each interaction inline."""
+    tests and the admin commands) a threadless variant that runs each
+    interaction inline on one connection.
 
-    def __init__(self, engine: Engine, reactor: Any, pool_size: int = 4, threadless: bool = False) -> None:
+    Transient failures (a dropped connection, a deadlock) make the pooled
+    variant run the interaction again, after a short back-off, until
+    ``retry_for`` seconds have passed since the first attempt. Every
+    ``*_txn`` function is written so that running it again is safe: reads,
+    absolute writes, and appends keyed on a ``msg_id`` chosen before the
+    first attempt.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        reactor: Any,
+        pool_size: int = 4,
+        threadless: bool = False,
+        retry_for: float = 30.0,
+    ) -> None:
         self.engine = engine
         self._reactor = reactor
         self._threadless = threadless
         self._conn: Any = None
         self._pool: adbapi.ConnectionPool | None = None
         self.stats: dict[str, list[float]] = {}
+        self.retries = 0
+        self.retry_for = retry_for
         size = 1 if engine.single_writer else pool_size
         self._pool_size = size
 
     @property
     def latest_version(self) -> int:
-        return max(v for v, _, _ in _migrations())
+        return latest_version(self.engine.name)
 
     def start(self) -> None:
         if self._threadless:
-            args, kwargs = self.engine.connect_args()
-            mod = __import__(self.engine.module_name)
-            self._conn = mod.connect(*args, **kwargs)
-            self.engine.on_connect(self._conn)
+            self._conn = self.engine.connect()
             return
         args, kwargs = self.engine.connect_args()
-        self._pool = adbapi.ConnectionPool(
+        self._pool = _Pool(
             self.engine.module_name,
             *args,
             cp_min=1,
@@ -104,6 +207,7 @@ class Database:
             cp_openfun=self.engine.on_connect,
             cp_reconnect=True,
             cp_noisy=False,
+            cp_good_sql="SELECT 1",
             **kwargs,
         )
         self._pool.start()
@@ -150,8 +254,30 @@ class Database:
             return succeed(result)
         if self._pool is None:
             return fail(RuntimeError("database not started"))
-        d: Deferred[R] = self._pool.runInteraction(wrapped)
-        return d
+        first = self._reactor.seconds()
+        out: Deferred[R] = Deferred()
+
+        def attempt(delay: float) -> None:
+            if self._pool is None:
+                out.errback(Failure(RuntimeError("database closed")))
+                return
+            d: Deferred[R] = self._pool.runInteraction(wrapped)
+            d.addCallbacks(out.callback, retry, errbackArgs=(delay,))
+
+        def retry(reason: Failure, delay: float) -> None:
+            elapsed = self._reactor.seconds() - first
+            if self._pool is None or reason.value is None or not engine.is_transient(reason.value) or elapsed + delay > self.retry_for:
+                out.errback(reason)
+                return
+            self.retries += 1
+            log.warn(
+                "{desc}: transient database failure ({error}); retrying in {delay:.2f}s",
+                desc=desc, error=type(reason.value).__name__, delay=delay,
+            )
+            self._reactor.callLater(delay, attempt, min(delay * 2, 2.0))
+
+        attempt(0.05)
+        return out
 
     def _record(self, desc: str, seconds: float) -> None:
         self.stats.setdefault(desc, []).append(seconds)
@@ -164,7 +290,7 @@ class Database:
 
     def migrate(self) -> "Deferred[int]":
         """Apply pending migrations; returns the resulting version."""
-        d = self.run_interaction("migrate", _migrate_txn, _migrations())
+        d = self.run_interaction("migrate", _migrate_txn, _migrations(self.engine.name))
 
         def applied(result: tuple[int, list[str]]) -> int:
             version, names = result
@@ -176,15 +302,16 @@ class Database:
 
 
 def _schema_version_txn(cur: Cursor) -> int:
-    try:
-        cur.execute("SELECT version FROM schema_version")
-    except Exception:
+    cur.execute(cur.engine.table_exists_sql(), ("schema_version",))
+    if cur.fetchone() is None:
         return 0
+    cur.execute("SELECT version FROM schema_version")
     row = cur.fetchone()
     return int(row[0]) if row else 0
 
 
 def _migrate_txn(cur: Cursor, migrations: list[tuple[int, str, str]]) -> tuple[int, list[str]]:
+    cur.engine.lock_migrations(cur)
     cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     cur.execute("SELECT version FROM schema_version")
     row = cur.fetchone()
@@ -202,23 +329,20 @@ def _migrate_txn(cur: Cursor, migrations: list[tuple[int, str, str]]) -> tuple[i
             continue
         for statement in _split_sql(sql):
             cur.execute(statement)
+        # (MySQL commits DDL implicitly, so the version is recorded after
+        # each migration rather than once at the end.)
         cur.execute("UPDATE schema_version SET version = ?", (version,))
         applied.append(name)
         current = version
     return current, applied
 
 
-
-def migrate_blocking(engine: Engine) -> tuple[int, list[str]]:
-    """Apply pending migrations with a direct connection. Only for start-up
-    (before the reactor runs) and the admin command."""
-    args, kwargs = engine.connect_args()
-    conn = __import__(engine.module_name).connect(*args, **kwargs)
+def _blocking(engine: Engine, fn: Callable[[Cursor], R]) -> R:
+    conn = engine.connect()
     try:
-        engine.on_connect(conn)
         raw = conn.cursor()
         try:
-            result = _migrate_txn(Cursor(engine, raw), _migrations())
+            result = fn(Cursor(engine, raw))
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -228,3 +352,29 @@ def migrate_blocking(engine: Engine) -> tuple[int, list[str]]:
         return result
     finally:
         conn.close()
+
+
+def migrate_blocking(engine: Engine) -> tuple[int, list[str]]:
+    """Apply pending migrations with a direct connection. Only for start-up
+    (before the reactor runs) and the admin command. Raises
+    :class:`DatabaseUnavailable` or :class:`SchemaError` with a clear message."""
+    migrations = _migrations(engine.name)
+    return _blocking(engine, lambda cur: _migrate_txn(cur, migrations))
+
+
+def check_schema_blocking(engine: Engine) -> int:
+    """The schema version, if this code can run on it; otherwise
+    :class:`SchemaError` saying what to do."""
+    version = _blocking(engine, _schema_version_txn)
+    latest = latest_version(engine.name)
+    if version > latest:
+        raise SchemaError(
+            f"database schema version {version} is newer than this code knows ({latest}); upgrade supportchat"
+        )
+    if version < latest:
+        raise SchemaError(
+            f"database schema is at version {version} but this code needs {latest}, and"
+            " [database] auto_migrate is off; run `supportchat-admin migrate --config FILE`"
+            " (with the same configuration), then start the server"
+        )
+    return version

@@ -1,11 +1,64 @@
-"""What differs between SQL engines: driver, parameter style, upserts, pragmas."""
+"""What differs between SQL engines: driver, connection arguments, parameter
+style, insert-ignore, row locks, full-text search, transient errors.
+
+SQL elsewhere is written once, with ``?`` placeholders; the engine converts
+it. Everything dialect-specific lives here or in per-engine migrations
+(``NNN_name.<engine>.sql``).
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from twisted.enterprise import adbapi
+
+
+class UnsupportedDatabase(Exception):
+    """The URL names no engine we can use, or is malformed."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database server cannot be reached or refused us; the message
+    names the URL with its password redacted."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with the password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+def convert_placeholders(sql: str) -> str:
+    """``?`` -> ``%s`` outside quoted literals, with literal ``%`` doubled
+    (psycopg and PyMySQL both use the ``format`` style)."""
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            out.append("%%" if ch == "%" else ch)
+        elif ch in ("'", '"', "`"):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        elif ch == "%":
+            out.append("%%")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class Engine:
@@ -18,10 +71,13 @@ class Engine:
     def convert(self, sql: str) -> str:
         return sql
 
-    def insert_ignore(self, table: str, columns: str, values: str) -> str:
+    def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
+        """An INSERT that silently skips a row whose ``key`` (a unique
+        column list; any unique key when None) already exists."""
         raise NotImplementedError
 
     def for_update(self) -> str:
+        """Suffix that row-locks what a SELECT reads until commit."""
         return ""
 
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -33,6 +89,47 @@ class Engine:
     def describe(self) -> str:
         """The URL with any password removed, for messages."""
         raise NotImplementedError
+
+    def connect(self) -> Any:
+        """A direct DB-API connection (start-up checks, admin commands)."""
+        args, kwargs = self.connect_args()
+        try:
+            conn = __import__(self.module_name).connect(*args, **kwargs)
+        except Exception as e:
+            raise DatabaseUnavailable(f"cannot connect to {self.describe()}: {_one_line(e)}") from None
+        self.on_connect(conn)
+        return conn
+
+    def is_transient(self, error: BaseException) -> bool:
+        """True for failures worth retrying the whole transaction for: a
+        dropped connection, a deadlock, a serialisation failure."""
+        return isinstance(error, adbapi.ConnectionLost)
+
+    def lock_migrations(self, cur: Any) -> None:
+        """Serialise concurrent ``migrate`` runs (several nodes starting)."""
+
+    def table_exists_sql(self) -> str:
+        """A query with one ``?`` (a table name) returning a row if it exists."""
+        return (
+            "SELECT 1 FROM information_schema.tables WHERE table_name = ?"
+            " AND table_schema = " + self.current_schema
+        )
+
+    current_schema = "current_schema()"
+
+    def fts_match(self) -> tuple[str, str]:
+        """(FROM-clause addition, WHERE condition) selecting messages ``m``
+        whose body matches the one ``?`` parameter (the user's query)."""
+        raise NotImplementedError
+
+    def fts_query(self, text: str) -> str:
+        """The user's search words in this engine's query syntax."""
+        return text
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 class SqliteEngine(Engine):
@@ -47,7 +144,7 @@ class SqliteEngine(Engine):
         self.path = path
         self.synchronous = synchronous.upper()
 
-    def insert_ignore(self, table: str, columns: str, values: str) -> str:
+    def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
         return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"
 
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -67,18 +164,204 @@ class SqliteEngine(Engine):
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
 
+    def table_exists_sql(self) -> str:
+        return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 
-def redact_url(url: str) -> str:
-    """The URL with the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    def is_transient(self, error: BaseException) -> bool:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            return True
+        return super().is_transient(error)
+
+    def fts_match(self) -> tuple[str, str]:
+        return (
+            " JOIN messages_fts ON messages_fts.rowid = m.rowid",
+            "messages_fts MATCH ?",
+        )
+
+    def fts_query(self, text: str) -> str:
+        # Each word as a quoted FTS5 string: no operator injection, all must match.
+        words = [w.replace('"', '""') for w in text.split()]
+        return " ".join(f'"{w}"' for w in words)
 
 
-class UnsupportedDatabase(Exception):
-    pass
+class _ServerEngine(Engine):
+    """Common to client/server engines: URL parsing and ``%s`` placeholders."""
+
+    default_port = 0
+    scheme = ""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise UnsupportedDatabase(f"{redact_url(url)}: {e}") from None
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = port or self.default_port
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password is not None else None
+        self.database = unquote(parts.path.lstrip("/"))
+        if not self.database:
+            raise UnsupportedDatabase(f"{redact_url(url)}: the URL names no database (add /NAME)")
+        self.options = dict(parse_qsl(parts.query, keep_blank_values=True))
+
+    def convert(self, sql: str) -> str:
+        return convert_placeholders(sql)
+
+    def for_update(self) -> str:
+        return " FOR UPDATE"
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    def with_database(self, name: str) -> "_ServerEngine":
+        """The same server and credentials, another database."""
+        parts = urlsplit(self.url)
+        return type(self)(parts._replace(path="/" + name).geturl())
+
+
+class PostgresEngine(_ServerEngine):
+    """PostgreSQL through psycopg 3 (DB-API 2, threadsafety 2: one
+    connection per adbapi pool thread is fine).
+
+    Isolation is PostgreSQL's default READ COMMITTED: every statement sees
+    what was committed before it started, so reads made after taking a row
+    lock see the previous lock holder's writes.
+    """
+
+    name = "postgresql"
+    module_name = "psycopg"
+    default_port = 5432
+    # Passed through from the URL query to libpq.
+    LIBPQ_OPTIONS = (
+        "sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword",
+        "connect_timeout", "application_name", "target_session_attrs", "options",
+    )
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        unknown = sorted(set(self.options) - set(self.LIBPQ_OPTIONS))
+        if unknown:
+            raise UnsupportedDatabase(
+                f"{redact_url(url)}: unknown option(s) {', '.join(unknown)}; known: {', '.join(self.LIBPQ_OPTIONS)}"
+            )
+
+    def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "dbname": self.database}
+        if self.user:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password
+        kwargs["connect_timeout"] = 10
+        kwargs["application_name"] = "supportchat"
+        kwargs.update(self.options)
+        return (), kwargs
+
+    def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
+        target = f" ({key})" if key else ""
+        return f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT{target} DO NOTHING"
+
+    def is_transient(self, error: BaseException) -> bool:
+        import psycopg
+
+        # OperationalError covers a lost connection, admin shutdown,
+        # deadlock and serialisation failure (TransactionRollback).
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return True
+        return super().is_transient(error)
+
+    def lock_migrations(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(7391820001)")
+        cur.fetchone()
+
+    def fts_match(self) -> tuple[str, str]:
+        return "", "m.body_tsv @@ websearch_to_tsquery('simple', ?)"
+
+
+# MySQL client error codes worth a retry: server gone away, lost connection,
+# connection refused/unknown host during reconnect, deadlock, lock wait timeout.
+MYSQL_TRANSIENT = {2003, 2006, 2013, 2055, 1205, 1213, 1927, 1053}
+
+
+class MysqlEngine(_ServerEngine):
+    """MySQL and MariaDB through PyMySQL (pure Python, DB-API 2).
+
+    Sessions run at READ COMMITTED (InnoDB's REPEATABLE READ would keep the
+    first snapshot of the transaction, so a read after a row lock could miss
+    the previous lock holder's commit)."""
+
+    name = "mysql"
+    module_name = "pymysql"
+    default_port = 3306
+    current_schema = "DATABASE()"
+    SSL_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity", "ssl_disabled")
+    OTHER_OPTIONS = ("connect_timeout", "charset", "unix_socket")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        unknown = sorted(set(self.options) - set(self.SSL_OPTIONS) - set(self.OTHER_OPTIONS))
+        if unknown:
+            known = ", ".join(self.SSL_OPTIONS + self.OTHER_OPTIONS)
+            raise UnsupportedDatabase(f"{redact_url(url)}: unknown option(s) {', '.join(unknown)}; known: {known}")
+
+    def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "host": self.host, "port": self.port, "database": self.database,
+            "charset": self.options.get("charset", "utf8mb4"), "autocommit": False,
+            "connect_timeout": int(self.options.get("connect_timeout", "10")),
+        }
+        if self.user:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if "unix_socket" in self.options:
+            kwargs["unix_socket"] = self.options["unix_socket"]
+        ssl: dict[str, Any] = {}
+        for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if self.options.get(key):
+                ssl[key[len("ssl_"):]] = self.options[key]
+        if ssl or _truthy(self.options.get("ssl_verify_cert")):
+            kwargs["ssl"] = ssl
+        for key in ("ssl_verify_cert", "ssl_verify_identity", "ssl_disabled"):
+            if key in self.options:
+                kwargs[key] = _truthy(self.options[key])
+        return (), kwargs
+
+    def on_connect(self, conn: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cur.close()
+        conn.commit()
+
+    def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
+        return f"INSERT IGNORE INTO {table} ({columns}) VALUES ({values})"
+
+    def is_transient(self, error: BaseException) -> bool:
+        import pymysql
+
+        if isinstance(error, pymysql.err.InterfaceError):
+            return True  # (0, '') : the connection is already closed
+        if isinstance(error, pymysql.err.OperationalError):
+            code = error.args[0] if error.args else None
+            return code in MYSQL_TRANSIENT
+        return super().is_transient(error)
+
+    def lock_migrations(self, cur: Any) -> None:
+        cur.execute("SELECT GET_LOCK('supportchat_migrate', 60)")
+        cur.fetchone()
+
+    def fts_match(self) -> tuple[str, str]:
+        return "", "MATCH (m.body) AGAINST (? IN BOOLEAN MODE)"
+
+    def fts_query(self, text: str) -> str:
+        # Every word required; operators in the user's text are dropped.
+        words = ["".join(c for c in w if c.isalnum() or c in "_'") for w in text.split()]
+        return " ".join(f"+{w}" for w in words if w)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on", "required")
 
 
 def engine_from_url(url: str, synchronous: str = "FULL") -> Engine:
@@ -92,9 +375,16 @@ def engine_from_url(url: str, synchronous: str = "FULL") -> Engine:
         if not path:
             raise UnsupportedDatabase("sqlite URL names no file")
         return SqliteEngine(path, synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresEngine(url)
+    if url.startswith(("mysql://", "mariadb://")):
+        return MysqlEngine(url)
     raise UnsupportedDatabase(
-        f"{redact_url(url)}: only sqlite is available in this version"
+        f"{redact_url(url)}: unknown scheme; use sqlite:///PATH, postgresql://... or mysql://..."
     )
 
 
-__all__ = ["Engine", "SqliteEngine", "engine_from_url", "redact_url", "sqlite3"]
+__all__ = [
+    "DatabaseUnavailable", "Engine", "MysqlEngine", "PostgresEngine", "SqliteEngine",
+    "UnsupportedDatabase", "convert_placeholders", "engine_from_url", "redact_url", "sqlite3",
+]

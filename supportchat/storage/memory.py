@@ -75,6 +75,7 @@ class MemoryConversationStore:
         self._participants: dict[str, dict[str, Participant]] = {}
         self._messages: dict[str, list[Message]] = {}
         self._reads: dict[tuple[str, str], _Read] = {}
+        self._by_id: dict[str, Message] = {}
 
     # -- conversations -------------------------------------------------
     def open_conversation(self, customer_id: str, now: float) -> "Deferred[tuple[Conversation, bool]]":
@@ -119,6 +120,11 @@ class MemoryConversationStore:
             return fail(e)
 
     def _append(self, req: AppendRequest) -> AppendResult:
+        if req.msg_id is not None and req.msg_id in self._by_id:
+            done = self._by_id[req.msg_id]
+            return AppendResult(
+                message=done, duplicate=False, participants=tuple(self._participants[done.conversation_id].values())
+            )
         if req.client_msg_id is not None:
             prior = self.idempotency.lookup_now(req.sender_id, req.client_msg_id, req.ts)
             if prior is not None:
@@ -139,10 +145,10 @@ class MemoryConversationStore:
         if req.join:
             parts[req.sender_id] = Participant(req.sender_id, req.sender_role)
             self._reads[(conv.id, req.sender_id)] = _Read()
-        seq = conv.last_seq + 1
+        seq = max(conv.last_seq, req.seq_floor) + 1
         msg = Message(
             conversation_id=conv.id,
-            msg_id=new_id("m", req.ts),
+            msg_id=req.msg_id or new_id("m", req.ts),
             seq=seq,
             sender_id=req.sender_id,
             sender_role=req.sender_role,
@@ -153,6 +159,7 @@ class MemoryConversationStore:
             data=req.data,
         )
         self._messages[conv.id].append(msg)
+        self._by_id[msg.msg_id] = msg
         self._conversations[conv.id] = replace(conv, last_seq=seq, last_msg_id=msg.msg_id, last_ts=req.ts)
         for uid in parts:
             read = self._reads[(conv.id, uid)]

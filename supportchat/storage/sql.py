@@ -8,6 +8,7 @@ per message. Each waiter's Deferred fires only after its batch committed.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -32,7 +33,7 @@ from supportchat.storage.models import (
 
 log = Logger()
 
-_CONV_COLS = "id, customer_id, status, created_at, last_seq, last_msg_id, last_ts"
+_CONV_COLS = "id, customer_id, status, created_at, last_seq, last_msg_id, last_ts, closed_at"
 _MSG_COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
 
 
@@ -41,6 +42,7 @@ def _conv(row: Any) -> Conversation:
         id=row[0], customer_id=row[1], status=row[2], created_at=float(row[3]),
         last_seq=int(row[4]), last_msg_id=row[5],
         last_ts=None if row[6] is None else float(row[6]),
+        closed_at=None if row[7] is None else float(row[7]),
     )
 
 
@@ -76,11 +78,15 @@ def idempotency_record_txn(
         (sender_id, client_msg_id),
     )
     cur.execute(
-        "INSERT INTO idempotency_keys (sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        cur.engine.insert_ignore(
+            "idempotency_keys",
+            "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at",
+            "?, ?, ?, ?, ?, ?, ?",
+            "sender_id, client_msg_id",
+        ),
         (sender_id, client_msg_id, outcome.conversation_id, outcome.msg_id, outcome.seq, outcome.ts, expires_at),
     )
-    return True
+    return cur.rowcount != 0
 
 
 def _participants_txn(cur: Cursor, conversation_id: str) -> list[Participant]:
@@ -99,80 +105,181 @@ def _get_message_txn(cur: Cursor, conversation_id: str, seq: int) -> Message:
     return _msg(cur.fetchone())
 
 
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _messages_by_id_txn(cur: Cursor, msg_ids: list[str]) -> dict[str, Message]:
+    out: dict[str, Message] = {}
+    for i in range(0, len(msg_ids), 500):
+        chunk = msg_ids[i:i + 500]
+        cur.execute(f"SELECT {_MSG_COLS} FROM messages WHERE msg_id IN ({_placeholders(len(chunk))})", chunk)
+        for row in cur.fetchall():
+            m = _msg(row)
+            out[m.msg_id] = m
+    return out
+
+
 def append_one_txn(cur: Cursor, req: AppendRequest) -> AppendResult:
-    """Idempotency check, seq assignment, insert, conversation and unread
-    updates, idempotency record: all in the caller's transaction."""
-    if req.client_msg_id is not None:
-        prior = idempotency_lookup_txn(cur, req.sender_id, req.client_msg_id, req.ts)
-        if prior is not None:
-            return AppendResult(
-                message=_get_message_txn(cur, prior.conversation_id, prior.seq),
-                duplicate=True,
-                participants=tuple(_participants_txn(cur, prior.conversation_id)),
-            )
-    cur.execute(
-        "SELECT last_seq FROM conversations WHERE id = ?" + cur.engine.for_update(),
-        (req.conversation_id,),
-    )
-    row = cur.fetchone()
-    if row is None:
-        raise NotFound("no such conversation")
-    participants = _participants_txn(cur, req.conversation_id)
-    present = any(p.user_id == req.sender_id for p in participants)
-    if req.join and present:
-        raise Conflict("already a participant")
-    if req.join:
-        cur.execute(
-            "INSERT INTO participants (conversation_id, user_id, role, joined_at, last_read_seq, unread)"
-            " VALUES (?, ?, ?, ?, 0, 0)",
-            (req.conversation_id, req.sender_id, req.sender_role, req.ts),
-        )
-        participants.append(Participant(req.sender_id, req.sender_role))
-    elif req.require_participant and not present:
-        raise NotFound("no such conversation")
-    seq = max(int(row[0]), req.seq_floor) + 1
-    msg = Message(
-        conversation_id=req.conversation_id, msg_id=new_id("m", req.ts), seq=seq,
-        sender_id=req.sender_id, sender_role=req.sender_role, client_msg_id=req.client_msg_id,
-        kind=req.kind, body=req.body, ts=req.ts, data=req.data,
-    )
-    cur.execute(
-        f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (msg.conversation_id, msg.msg_id, seq, msg.sender_id, msg.sender_role, msg.client_msg_id,
-         msg.kind, msg.body, msg.ts, None if msg.data is None else json.dumps(msg.data)),
-    )
-    cur.execute(
-        "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ?",
-        (seq, msg.msg_id, msg.ts, req.conversation_id),
-    )
-    cur.execute(
-        "UPDATE participants SET last_read_seq = ?, unread = 0 WHERE conversation_id = ? AND user_id = ?",
-        (seq, req.conversation_id, req.sender_id),
-    )
-    if req.kind != EVENT:
-        cur.execute(
-            "UPDATE participants SET unread = unread + 1 WHERE conversation_id = ? AND user_id <> ?",
-            (req.conversation_id, req.sender_id),
-        )
-    if req.client_msg_id is not None:
-        idempotency_record_txn(
-            cur, req.sender_id, req.client_msg_id,
-            IdempotencyRecord(req.conversation_id, msg.msg_id, seq, msg.ts),
-            req.ts + req.idempotency_window, req.ts,
-        )
-    return AppendResult(message=msg, duplicate=False, participants=tuple(participants))
+    """One append in the caller's transaction (see :func:`append_batch_txn`)."""
+    [result] = append_batch_txn(cur, [req])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def append_batch_txn(cur: Cursor, requests: list[AppendRequest]) -> list[AppendResult | Exception]:
     """Append a batch in one transaction. A refused request (StoreError)
-    refuses alone: it is checked before it writes anything."""
-    results: list[AppendResult | Exception] = []
-    for req in requests:
-        try:
-            results.append(append_one_txn(cur, req))
-        except StoreError as e:
-            results.append(e)
-    return results
+    refuses alone: it is checked before it writes anything.
+
+    Seq safety with several writers (PostgreSQL, MySQL: other nodes, other
+    pool threads): each conversation's row is read with ``SELECT ... FOR
+    UPDATE`` before anything else about it, so a second transaction
+    appending to the same conversation waits at that SELECT until the first
+    commits or rolls back, then reads the committed ``last_seq`` (both
+    engines run at READ COMMITTED, so the statements after the lock see
+    that commit too: participants, idempotency keys). ``last_seq + 1`` is
+    therefore always the next free seq, and the unique index on
+    (conversation_id, seq) would turn any mistake into an error, never a
+    gap or a duplicate. Conversations are locked in id order, so two
+    batches touching the same conversations cannot deadlock each other.
+    SQLite has a single writer connection, which serialises the same way.
+
+    Retries: every request carries a ``msg_id`` chosen before the first
+    attempt. A message whose msg_id is already stored (the connection
+    dropped after a commit the caller never heard of) is returned as
+    stored, and rows go in with an insert-ignore keyed on msg_id, so a
+    retried batch never stores a message twice.
+    """
+    results: list[AppendResult | Exception | None] = [None] * len(requests)
+    groups: dict[str, list[int]] = {}
+    for i, req in enumerate(requests):
+        groups.setdefault(req.conversation_id, []).append(i)
+    batch_keys: dict[tuple[str, str], Message] = {}
+    for conversation_id in sorted(groups):
+        _append_group_txn(cur, conversation_id, [(i, requests[i]) for i in groups[conversation_id]], results, batch_keys)
+    out: list[AppendResult | Exception] = []
+    for r in results:
+        assert r is not None
+        out.append(r)
+    return out
+
+
+def _append_group_txn(
+    cur: Cursor,
+    conversation_id: str,
+    items: list[tuple[int, AppendRequest]],
+    results: list[AppendResult | Exception | None],
+    batch_keys: dict[tuple[str, str], Message],
+) -> None:
+    cur.execute("SELECT last_seq FROM conversations WHERE id = ?" + cur.engine.for_update(), (conversation_id,))
+    row = cur.fetchone()
+    if row is None:
+        for i, _ in items:
+            results[i] = NotFound("no such conversation")
+        return
+    last_seq = int(row[0])
+    members = {p.user_id: p for p in _participants_txn(cur, conversation_id)}
+    stored = _messages_by_id_txn(cur, [req.msg_id for _, req in items if req.msg_id is not None])
+    new_rows: list[tuple[Any, ...]] = []
+    idem_rows: list[tuple[Any, ...]] = []
+    expired_keys: list[tuple[Any, ...]] = []
+    # Per participant: ("add", k) -> unread += k; ("set", seq, k) -> read up to seq, unread = k.
+    reads: dict[str, tuple[Any, ...]] = {}
+    last: Message | None = None
+    for i, req in items:
+        if req.msg_id is not None and req.msg_id in stored:
+            done = stored[req.msg_id]
+            if done.client_msg_id is not None:
+                batch_keys[(done.sender_id, done.client_msg_id)] = done
+            results[i] = AppendResult(message=done, duplicate=False, participants=tuple(members.values()))
+            continue
+        if req.client_msg_id is not None:
+            key = (req.sender_id, req.client_msg_id)
+            if key in batch_keys:
+                results[i] = AppendResult(message=batch_keys[key], duplicate=True, participants=tuple(members.values()))
+                continue
+            prior = idempotency_lookup_txn(cur, req.sender_id, req.client_msg_id, req.ts)
+            if prior is not None:
+                results[i] = AppendResult(
+                    message=_get_message_txn(cur, prior.conversation_id, prior.seq),
+                    duplicate=True,
+                    participants=tuple(_participants_txn(cur, prior.conversation_id)),
+                )
+                continue
+        present = req.sender_id in members
+        if req.join and present:
+            results[i] = Conflict("already a participant")
+            continue
+        if not req.join and req.require_participant and not present:
+            results[i] = NotFound("no such conversation")
+            continue
+        if req.join:
+            cur.execute(
+                "INSERT INTO participants (conversation_id, user_id, role, joined_at, last_read_seq, unread)"
+                " VALUES (?, ?, ?, ?, 0, 0)",
+                (conversation_id, req.sender_id, req.sender_role, req.ts),
+            )
+            members[req.sender_id] = Participant(req.sender_id, req.sender_role)
+        last_seq = max(last_seq, req.seq_floor) + 1
+        msg = Message(
+            conversation_id=conversation_id, msg_id=req.msg_id or new_id("m", req.ts), seq=last_seq,
+            sender_id=req.sender_id, sender_role=req.sender_role, client_msg_id=req.client_msg_id,
+            kind=req.kind, body=req.body, ts=req.ts, data=req.data,
+        )
+        new_rows.append((
+            msg.conversation_id, msg.msg_id, msg.seq, msg.sender_id, msg.sender_role, msg.client_msg_id,
+            msg.kind, msg.body, msg.ts, None if msg.data is None else json.dumps(msg.data),
+        ))
+        if req.sender_id in members:
+            reads[req.sender_id] = ("set", msg.seq, 0)
+        if req.kind != EVENT:
+            for uid in members:
+                if uid == req.sender_id:
+                    continue
+                state = reads.get(uid, ("add", 0))
+                reads[uid] = state[:-1] + (state[-1] + 1,)
+        if req.client_msg_id is not None:
+            batch_keys[(req.sender_id, req.client_msg_id)] = msg
+            expired_keys.append((req.sender_id, req.client_msg_id, req.ts))
+            idem_rows.append((
+                req.sender_id, req.client_msg_id, conversation_id, msg.msg_id, msg.seq, msg.ts,
+                req.ts + req.idempotency_window,
+            ))
+        last = msg
+        results[i] = AppendResult(message=msg, duplicate=False, participants=tuple(members.values()))
+    if last is None:
+        return
+    cur.executemany(cur.engine.insert_ignore("messages", _MSG_COLS, _placeholders(10), "msg_id"), new_rows)
+    cur.execute(
+        "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ?",
+        (last.seq, last.msg_id, last.ts, conversation_id),
+    )
+    for uid, state in reads.items():
+        if state[0] == "set":
+            cur.execute(
+                "UPDATE participants SET last_read_seq = ?, unread = ? WHERE conversation_id = ? AND user_id = ?",
+                (state[1], state[2], conversation_id, uid),
+            )
+        elif state[1]:
+            cur.execute(
+                "UPDATE participants SET unread = unread + ? WHERE conversation_id = ? AND user_id = ?",
+                (state[1], conversation_id, uid),
+            )
+    if idem_rows:
+        cur.executemany(
+            "DELETE FROM idempotency_keys WHERE sender_id = ? AND client_msg_id = ? AND expires_at <= ?",
+            expired_keys,
+        )
+        cur.executemany(
+            cur.engine.insert_ignore(
+                "idempotency_keys",
+                "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at",
+                _placeholders(7),
+                "sender_id, client_msg_id",
+            ),
+            idem_rows,
+        )
 
 
 def _open_conversation_txn(cur: Cursor, customer_id: str, now: float) -> tuple[Conversation, bool]:
@@ -186,7 +293,7 @@ def _open_conversation_txn(cur: Cursor, customer_id: str, now: float) -> tuple[C
         return _conv(row), False
     conv = Conversation(id=new_id("c", now), customer_id=customer_id, status="open", created_at=now)
     cur.execute(
-        f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, 0, NULL, NULL)",
+        f"INSERT INTO conversations ({_CONV_COLS}) VALUES (?, ?, ?, ?, 0, NULL, NULL, NULL)",
         (conv.id, conv.customer_id, conv.status, conv.created_at),
     )
     cur.execute(
@@ -345,6 +452,8 @@ class SqlConversationStore:
 
     # -- group commit --------------------------------------------------
     def append(self, request: AppendRequest) -> "Deferred[AppendResult]":
+        if request.msg_id is None:
+            request = replace(request, msg_id=new_id("m", request.ts))
         d: Deferred[AppendResult] = Deferred()
         self._queue.append((request, d))
         if self._flushing is None:
