@@ -1,0 +1,223 @@
+"""The persister: flushes the Redis stream to SQL in batches.
+
+At-least-once and idempotent: entries are read through a consumer group,
+inserted only if their msg_id is new, and acknowledged (XACK) only after the
+SQL commit. Entries left pending by a dead persister are claimed after an
+idle time (XAUTOCLAIM); an entry that keeps failing goes to a dead-letter
+stream after ``max_deliveries`` attempts. The stream is trimmed by MINID
+below the oldest entry any consumer group still needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from supportchat.metrics import Metrics
+from supportchat.redis.codec import decode_message
+from supportchat.redis.connection import RedisClient, RedisUnavailable
+from supportchat.storage.database import Database
+from supportchat.storage.models import Message
+from supportchat.storage.persist import persist_batch_txn
+
+log = Logger()
+
+GROUP = "persisters"
+
+
+def parse_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """XREADGROUP / XAUTOCLAIM entry lists -> [(id, fields)]."""
+    out = []
+    for entry in reply or []:
+        if not entry or entry[1] is None:
+            continue
+        entry_id, flat = entry[0], entry[1]
+        out.append((str(entry_id), {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}))
+    return out
+
+
+async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
+    try:
+        await redis.execute("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+    except RedisUnavailable:
+        raise
+    except Exception as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+async def stream_backlog(redis: RedisClient, stream: str, group: str) -> int:
+    """Entries the group has not acknowledged (not yet delivered + pending)."""
+    try:
+        groups = await redis.execute("XINFO", "GROUPS", stream)
+    except RedisUnavailable:
+        raise
+    except Exception:
+        return 0  # no stream yet
+    for info in groups or []:
+        fields = {str(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
+        if fields.get("name") == group:
+            lag = fields.get("lag")
+            pending = int(fields.get("pending") or 0)
+            if lag is None:  # Redis cannot tell (after deletions): count it
+                length = int(await redis.execute("XLEN", stream))
+                return max(length, pending)
+            return int(lag) + pending
+    return int(await redis.execute("XLEN", stream))
+
+
+class Persister(Service):
+    """One persister consumer; several may run against one stream."""
+
+    def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
+                 prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
+                 max_deliveries: int = 5, idempotency_window: float = 86400.0) -> None:
+        self._clock = clock
+        self._redis = redis
+        self._db = db
+        self._metrics = metrics
+        self.consumer = consumer
+        self._p = prefix
+        self.stream = f"{prefix}stream"
+        self.dead_stream = f"{prefix}dead"
+        self._batch = batch
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._max_deliveries = max_deliveries
+        self._window = idempotency_window
+        self._loop: Deferred[None] | None = None
+        self._stopping = False
+        self.flushed = 0
+        self.batches = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._loop = Deferred.fromCoroutine(self._run())
+        self._loop.addErrback(lambda f: log.failure("persister stopped", f))
+
+    def stopService(self) -> "Deferred[None] | None":
+        super().stopService()
+        self._stopping = True
+        return self._loop
+
+    async def _pause(self, seconds: float) -> None:
+        await deferLater(self._clock, seconds, lambda: None)
+
+    async def _run(self) -> None:
+        rounds = 0
+        while not self._stopping:
+            try:
+                if not self._redis.connected:
+                    await self._pause(0.2)
+                    continue
+                await ensure_group(self._redis, self.stream, GROUP)
+                # Our own pending entries first (a failed flush, or a restart under the same name).
+                pending = await self._read("0", block=False)
+                if pending:
+                    await self._flush(pending)
+                    continue
+                rounds += 1
+                if rounds % 10 == 1:
+                    await self._claim_and_trim()
+                fresh = await self._read(">", block=True)
+                if fresh:
+                    await self._flush(fresh)
+            except RedisUnavailable:
+                await self._pause(0.2)
+            except Exception:
+                log.failure("persister round failed; retrying")
+                await self._pause(1.0)
+
+    async def _read(self, start: str, block: bool) -> list[tuple[str, dict[str, str]]]:
+        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
+        if block:
+            args += ["BLOCK", self._block_ms]
+        reply = await self._redis.execute(*args, "STREAMS", self.stream, start)
+        if not reply:
+            return []
+        return parse_entries(reply[0][1])
+
+    async def _flush(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        messages: list[Message] = []
+        bad: list[str] = []
+        for entry_id, fields in entries:
+            try:
+                messages.append(decode_message(fields["m"]))
+            except Exception:
+                bad.append(entry_id)
+        if bad:
+            await self._dead_letter(bad, "undecodable")
+        over = await self._over_delivered([e for e, _ in entries if e not in bad])
+        if over:
+            await self._dead_letter(sorted(over), "too many attempts")
+        ids = [e for e, _ in entries if e not in bad and e not in over]
+        keep = [m for (e, _), m in zip([x for x in entries if x[0] not in bad], messages) if e not in over]
+        if not keep:
+            return
+        inserted, conflicts = await self._db.run_interaction("persist_batch", persist_batch_txn, keep, self._window)
+        if conflicts:
+            conflict_ids = [e for e, m in zip(ids, keep) if m.msg_id in conflicts]
+            await self._dead_letter(conflict_ids, "seq conflict or unknown conversation")
+        await self._redis.execute("XACK", self.stream, GROUP, *ids)
+        tops: dict[str, int] = {}
+        for m in keep:
+            tops[m.conversation_id] = max(tops.get(m.conversation_id, 0), m.seq)
+        for conv, top in tops.items():
+            await self._redis.execute("ZREMRANGEBYSCORE", f"{self._p}recent:{conv}", "-inf", top)
+        self.flushed += inserted
+        self.batches += 1
+        self._metrics.persisted.inc(inserted)
+        self._metrics.persister_batches.inc()
+
+    async def _over_delivered(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        reply = await self._redis.execute("XPENDING", self.stream, GROUP, ids[0], ids[-1], len(ids) + 100)
+        return {str(r[0]) for r in reply or [] if int(r[3]) > self._max_deliveries and str(r[0]) in ids}
+
+    async def _dead_letter(self, ids: list[str], reason: str) -> None:
+        for entry_id in ids:
+            rows = await self._redis.execute("XRANGE", self.stream, entry_id, entry_id)
+            for _, fields in parse_entries(rows):
+                await self._redis.execute("XADD", self.dead_stream, "*", "id", entry_id, "reason", reason, *sum(fields.items(), ()))
+            await self._redis.execute("XACK", self.stream, GROUP, entry_id)
+        self._metrics.dead_letters.inc(len(ids))
+        log.warn("{n} stream entries moved to the dead-letter stream: {reason}", n=len(ids), reason=reason)
+
+    async def _claim_and_trim(self) -> None:
+        reply = await self._redis.execute(
+            "XAUTOCLAIM", self.stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch
+        )
+        claimed = parse_entries(reply[1]) if reply else []
+        if claimed:
+            log.info("claimed {n} entries left pending by another persister", n=len(claimed))
+            await self._flush(claimed)
+        await trim_stream(self._redis, self.stream)
+
+
+async def trim_stream(redis: RedisClient, stream: str) -> None:
+    """XTRIM MINID below what every consumer group still needs."""
+    groups = await redis.execute("XINFO", "GROUPS", stream)
+    floor: str | None = None
+    for info in groups or []:
+        fields = {str(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
+        need = str(fields.get("last-delivered-id"))
+        if int(fields.get("pending") or 0) > 0:
+            summary = await redis.execute("XPENDING", stream, fields["name"])
+            if summary and summary[1]:
+                need = str(summary[1])
+        if floor is None or _id_key(need) < _id_key(floor):
+            floor = need
+    if floor is not None and floor != "0-0":
+        await redis.execute("XTRIM", stream, "MINID", floor)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,106 @@
+"""Lua scripts: each runs atomically inside Redis, so the idempotency check,
+the seq increment, the stream append and the idempotency record can never
+be separated by a crash. Keys live under one prefix (default ``sc:``);
+Redis Cluster is not supported (keys are derived inside the scripts), a
+single primary with replicas/Sentinel is.
+
+Layout, for conversation C and user U:
+  {p}stream           the message stream (persisters, bots consume it)
+  {p}seq:C            last seq assigned in C
+  {p}parts:C          hash user -> role of C's participants
+  {p}recent:C         zset seq -> message JSON not yet trimmed by persisters
+  {p}meta:C           hash last_seq, last_msg_id, last_ts
+  {p}sess:U:C         hash unread, last_read_seq (the source's session state)
+  {p}cnt:C, cnt:C:U   zsets of text-message seqs (all, and U's own) for unread
+  {p}idem:U:K         message JSON of U's client_msg_id K, with a TTL
+"""
+
+# ARGV: prefix, conv, sender, client_msg_id ('' for none), kind, head, tail,
+#       msg_id, ts, require_participant ('1'/'0'), window, key_ttl
+# The message JSON is head .. seq .. tail (head ends with '"seq":').
+APPEND = r"""
+local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local idem = p .. "idem:" .. sender .. ":" .. cmid
+if cmid ~= "" then
+  local prior = redis.call("GET", idem)
+  if prior then
+    return {"dup", prior, unpack(redis.call("HGETALL", p .. "parts:" .. conv))}
+  end
+end
+local parts_key, seq_key = p .. "parts:" .. conv, p .. "seq:" .. conv
+if redis.call("EXISTS", parts_key) == 0 or redis.call("EXISTS", seq_key) == 0 then
+  return {"seed"}
+end
+if require_part == "1" and redis.call("HEXISTS", parts_key, sender) == 0 then
+  return {"notfound"}
+end
+local seq = redis.call("INCR", seq_key)
+local msg = head .. seq .. tail
+redis.call("XADD", p .. "stream", "*", "m", msg)
+redis.call("ZADD", p .. "recent:" .. conv, seq, msg)
+redis.call("HSET", p .. "meta:" .. conv, "last_seq", seq, "last_msg_id", msg_id, "last_ts", ts)
+local parts = redis.call("HGETALL", parts_key)
+for i = 1, #parts, 2 do
+  local sk = p .. "sess:" .. parts[i] .. ":" .. conv
+  if parts[i] == sender then
+    redis.call("HSET", sk, "unread", 0, "last_read_seq", seq)
+  elseif kind ~= "event" then
+    redis.call("HINCRBY", sk, "unread", 1)
+  end
+  redis.call("EXPIRE", sk, ttl)
+end
+if kind ~= "event" then
+  redis.call("ZADD", p .. "cnt:" .. conv, seq, seq)
+  redis.call("ZADD", p .. "cnt:" .. conv .. ":" .. sender, seq, seq)
+  redis.call("EXPIRE", p .. "cnt:" .. conv, ttl)
+  redis.call("EXPIRE", p .. "cnt:" .. conv .. ":" .. sender, ttl)
+end
+for _, k in ipairs({seq_key, parts_key, p .. "meta:" .. conv, p .. "recent:" .. conv}) do
+  redis.call("EXPIRE", k, ttl)
+end
+if cmid ~= "" then
+  redis.call("SET", idem, msg, "EX", window)
+end
+return {"ok", msg, unpack(parts)}
+"""
+
+# Seed (or raise) a conversation's counter and participants from SQL.
+# ARGV: prefix, conv, floor_seq, key_ttl, user1, role1, user2, role2, ...
+SEED = r"""
+local p, conv, floor, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local seq_key, parts_key = p .. "seq:" .. conv, p .. "parts:" .. conv
+local cur = tonumber(redis.call("GET", seq_key) or "-1")
+if cur < floor then redis.call("SET", seq_key, floor) end
+for i = 5, #ARGV, 2 do
+  redis.call("HSETNX", parts_key, ARGV[i], ARGV[i + 1])
+end
+redis.call("EXPIRE", seq_key, ttl)
+redis.call("EXPIRE", parts_key, ttl)
+return tonumber(redis.call("GET", seq_key))
+"""
+
+# ARGV: prefix, conv, user, seq -> new unread count, or -1 if not a participant
+MARK_READ = r"""
+local p, conv, user, seq = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call("HEXISTS", p .. "parts:" .. conv, user) == 0 then return -1 end
+local last = tonumber(redis.call("GET", p .. "seq:" .. conv) or "0")
+if seq > last then seq = last end
+if seq < 0 then seq = 0 end
+local after = "(" .. seq
+local unread = redis.call("ZCOUNT", p .. "cnt:" .. conv, after, "+inf")
+             - redis.call("ZCOUNT", p .. "cnt:" .. conv .. ":" .. user, after, "+inf")
+redis.call("HSET", p .. "sess:" .. user .. ":" .. conv, "unread", unread, "last_read_seq", seq)
+return unread
+"""
+
+# Store idempotency outcomes written while Redis was down (recovery).
+# ARGV: prefix, window, then sender, client_msg_id, message JSON triples
+REMEMBER = r"""
+local p, window = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 3 do
+  redis.call("SET", p .. "idem:" .. ARGV[i] .. ":" .. ARGV[i + 1], ARGV[i + 2], "EX", window, "NX")
+end
+return 1
+"""
