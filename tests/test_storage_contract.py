@@ -271,30 +271,62 @@ class PresenceStoreContract:
     def make_store(self, clock: Clock, ttl: float) -> Any:
         raise NotImplementedError
 
-    def test_presence_expires_without_heartbeat(self) -> None:
+    @inlineCallbacks
+    def test_presence_expires_without_heartbeat(self) -> Any:
         """Online until the TTL passes without a touch; removing a connection is immediate."""
         clock = Clock()
+        clock.advance(1_800_000_000)
         store = self.make_store(clock, 35)
-        ok = self.successResultOf  # type: ignore[attr-defined]
-        ok(store.touch("u", "s1"))
-        ok(store.touch("u", "s2"))
+        yield store.touch("u", "s1")
+        yield store.touch("u", "s2")
         clock.advance(30)
-        ok(store.touch("u", "s1"))
-        self.assertTrue(ok(store.is_online("u")))
+        yield store.touch("u", "s1")
+        self.assertTrue((yield store.is_online("u")))
         clock.advance(34)
-        self.assertTrue(ok(store.is_online("u")))
-        self.assertEqual(ok(store.online_users()), ["u"])
+        self.assertTrue((yield store.is_online("u")))
+        self.assertEqual((yield store.online_users()), ["u"])
         clock.advance(2)
-        self.assertFalse(ok(store.is_online("u")))
-        ok(store.touch("v", "s3"))
-        ok(store.remove("v", "s3"))
-        self.assertFalse(ok(store.is_online("v")))
-        self.assertEqual(ok(store.online_users()), [])
+        self.assertFalse((yield store.is_online("u")))
+        yield store.touch("v", "s3")
+        yield store.remove("v", "s3")
+        self.assertFalse((yield store.is_online("v")))
+        self.assertEqual((yield store.online_users()), [])
 
 
-class MemoryPresenceTests(PresenceStoreContract, unittest.SynchronousTestCase):
+class MemoryPresenceTests(PresenceStoreContract, unittest.TestCase):
     def make_store(self, clock: Clock, ttl: float) -> Any:
         return MemoryPresenceStore(clock, ttl)
+
+
+class RedisPresenceTests(PresenceStoreContract, unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from tests.redis_support import connected_client, shared
+
+        server = shared()
+        server.cli("FLUSHALL")
+        self.redis = yield connected_client(self, server.url)
+
+    def make_store(self, clock: Clock, ttl: float) -> Any:
+        from supportchat.redis.presence import RedisPresenceStore
+
+        return RedisPresenceStore(clock, self.redis, ttl, "node-a")
+
+    @inlineCallbacks
+    def test_nodes_for_routes_to_live_connections(self) -> Any:
+        """nodes_for names the nodes where a user has live connections."""
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        from supportchat.redis.presence import RedisPresenceStore
+
+        a = RedisPresenceStore(clock, self.redis, 35, "node-a")
+        b = RedisPresenceStore(clock, self.redis, 35, "node-b")
+        yield a.touch("u", "s1")
+        clock.advance(20)
+        yield b.touch("u", "s2")
+        self.assertEqual((yield a.nodes_for("u")), {"node-a", "node-b"})
+        clock.advance(20)  # node-a's connection missed its heartbeats
+        self.assertEqual((yield a.nodes_for("u")), {"node-b"})
 
 
 class MessageBusContract:
