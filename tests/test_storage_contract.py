@@ -14,7 +14,13 @@ from supportchat.bus.interfaces import Delivery
 from supportchat.bus.memory import LocalBus
 from supportchat.storage.database import Database
 from supportchat.storage.engines import SqliteEngine
-from supportchat.storage.memory import MemoryConversationStore, MemoryIdempotencyStore, MemoryPresenceStore
+from supportchat.storage.history import SqlHistoryStore, repeat_batches
+from supportchat.storage.memory import (
+    MemoryConversationStore,
+    MemoryHistoryStore,
+    MemoryIdempotencyStore,
+    MemoryPresenceStore,
+)
 from supportchat.storage.models import EVENT, TEXT, AppendRequest, Conflict, IdempotencyRecord, NotFound
 from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
 from tests.dbs import threadless_db
@@ -225,6 +231,163 @@ class PostgresConversationStoreTests(ConversationStoreContract, unittest.TestCas
 class MariadbConversationStoreTests(ConversationStoreContract, unittest.TestCase):
     def make_store(self) -> Any:
         return SqlConversationStore(threadless_db(self, "mysql"))
+
+
+class HistoryStoreContract:
+    """History pages, visibility, search, retention, export and erase, and
+    appends retried with the msg_id of their first attempt."""
+
+    def make_stores(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store, self.history = self.make_stores()
+
+    def ok(self, d: "Deferred[Any]") -> Any:
+        return self.successResultOf(d)  # type: ignore[attr-defined]
+
+    def conversation(self, customer: str, bodies: list[str], now: float = 1000.0, agent: str | None = None) -> Any:
+        conv, _ = self.ok(self.store.open_conversation(customer, now))
+        if agent is not None:
+            self.ok(self.store.append(AppendRequest(
+                conversation_id=conv.id, sender_id=agent, sender_role="agent", kind=EVENT,
+                body=f"{agent} joined refund", ts=now, data={"name": "joined"}, join=True,
+            )))
+        for i, body in enumerate(bodies):
+            self.ok(self.store.append(msg(conv.id, customer, f"{customer}-{now}-{i}", body=body, ts=now + 1 + i)))
+        return conv
+
+    def test_retried_append_with_same_msg_id_stores_once(self) -> None:
+        """An append retried with the msg_id of the first attempt (a dropped
+        connection after commit) returns the stored message, not a second row."""
+        conv, _ = self.ok(self.store.open_conversation("cust", 1000.0))
+        first = self.ok(self.store.append(msg(conv.id, "cust", "k1", body="once", msg_id="m-fixed-1")))
+        again = self.ok(self.store.append(msg(conv.id, "cust", "k1", body="once", ts=1001.0, msg_id="m-fixed-1")))
+        self.assertEqual(first.message.msg_id, "m-fixed-1")
+        self.assertEqual(again.message, first.message)
+        self.assertFalse(again.duplicate)
+        self.assertEqual([m.msg_id for m in self.ok(self.store.get_messages(conv.id, 0, 10))], ["m-fixed-1"])
+        self.assertEqual(self.ok(self.store.get_conversation(conv.id)).last_seq, 1)
+
+    def test_pages_by_after_and_before_seq(self) -> None:
+        """Keyset pages: after_seq ascending, before_seq gives the newest page below it, both bound a window."""
+        conv = self.conversation("cust", [f"b{i}" for i in range(1, 11)])
+
+        def page(after: int | None, before: int | None, limit: int) -> list[int]:
+            return [m.seq for m in self.ok(self.history.messages_page(conv.id, after, before, limit))]
+
+        self.assertEqual(page(None, None, 3), [1, 2, 3])
+        self.assertEqual(page(3, None, 3), [4, 5, 6])
+        self.assertEqual(page(8, None, 5), [9, 10])
+        self.assertEqual(page(None, 11, 3), [8, 9, 10])
+        self.assertEqual(page(None, 4, 5), [1, 2, 3])
+        self.assertEqual(page(2, 6, 10), [3, 4, 5])
+        self.assertEqual(page(10, None, 5), [])
+        self.assertEqual(page(None, None, 100), list(range(1, 11)))
+
+    def test_visibility(self) -> None:
+        """Customers see their own conversations, agents those they joined, admins all; missing is None."""
+        mine = self.conversation("alice", ["hello"], agent="ann")
+        theirs = self.conversation("bob", ["hello"])
+
+        def seen(cid: str, uid: str, role: str) -> Any:
+            return self.ok(self.history.visible_conversation(cid, uid, role))
+
+        self.assertEqual(seen(mine.id, "alice", "customer").id, mine.id)
+        self.assertIsNone(seen(theirs.id, "alice", "customer"))
+        self.assertEqual(seen(mine.id, "ann", "agent").id, mine.id)
+        self.assertIsNone(seen(theirs.id, "ann", "agent"))
+        self.assertEqual(seen(theirs.id, "root", "admin").id, theirs.id)
+        self.assertIsNone(seen("c-missing", "root", "admin"))
+        self.assertIsNone(seen(mine.id, "ALICE", "customer"))  # ids are case-sensitive
+
+    def test_search_matches_words_within_reach(self) -> None:
+        """Search finds messages with every word, any case, newest first, only where the user takes part; events never."""
+        self.conversation("alice", ["Where is my refund", "the parcel arrived damaged", "REFUND please, parcel lost"],
+                          agent="ann")
+        self.conversation("bob", ["refund for invoice 7731", "thanks"], now=2000.0)
+
+        def bodies(uid: str | None, q: str) -> list[str]:
+            return [m.body for m in self.ok(self.history.search(uid, q, 10))]
+
+        self.assertEqual(bodies("alice", "refund"), ["REFUND please, parcel lost", "Where is my refund"])
+        self.assertEqual(bodies("ann", "parcel refund"), ["REFUND please, parcel lost"])
+        self.assertEqual(bodies("bob", "refund"), ["refund for invoice 7731"])
+        self.assertEqual(bodies(None, "refund"), ["refund for invoice 7731", "REFUND please, parcel lost", "Where is my refund"])
+        self.assertEqual(bodies("carol", "refund"), [])
+        self.assertEqual(bodies(None, "joined"), [])
+        self.assertEqual(bodies(None, "   "), [])
+        self.assertEqual(len(self.ok(self.history.search(None, "refund", 2))), 2)
+
+    def test_retention_deletes_only_conversations_closed_before_the_cutoff(self) -> None:
+        """Closed before the cutoff: gone (messages, participants); closed later or still open: kept."""
+        old = self.conversation("old", [f"word{i}" for i in range(7)], agent="ann")
+        recent = self.conversation("recent", ["keep me"])
+        still_open = self.conversation("open", ["keep me too"])
+        self.assertTrue(self.ok(self.history.close_conversation(old.id, 5000.0)))
+        self.assertTrue(self.ok(self.history.close_conversation(recent.id, 9000.0)))
+        self.assertFalse(self.ok(self.history.close_conversation(old.id, 5001.0)))
+        self.assertEqual(self.ok(self.store.get_conversation(old.id)).status, "closed")
+        total = self.ok(repeat_batches(lambda: self.history.retention_batch(6000.0, 3)))
+        self.assertGreaterEqual(total, 9)
+        self.assertIsNone(self.ok(self.store.get_conversation(old.id)))
+        self.assertEqual(self.ok(self.store.get_messages(old.id, 0, 100)), [])
+        self.assertEqual(self.ok(self.store.get_participants(old.id)), [])
+        self.assertEqual(self.ok(self.store.list_conversations("ann")), [])
+        self.assertEqual(self.ok(self.history.search(None, "word3", 10)), [])
+        self.assertEqual(len(self.ok(self.store.get_messages(recent.id, 0, 100))), 1)
+        self.assertEqual(len(self.ok(self.store.get_messages(still_open.id, 0, 100))), 1)
+        self.assertEqual(self.ok(self.history.retention_batch(6000.0, 3)), 0)
+
+    def test_export_then_erase_a_customer(self) -> None:
+        """Export lists the customer's conversations with participants and
+        messages; erase removes all of it and nothing of anyone else."""
+        first = self.conversation("alice", ["my order one"], agent="ann")
+        self.ok(self.history.close_conversation(first.id, 1500.0))
+        second = self.conversation("alice", ["my order two"], now=2000.0)
+        other = self.conversation("bob", ["not alice"])
+        data = self.ok(self.history.export_customer("alice"))
+        self.assertEqual(data["customer_id"], "alice")
+        self.assertEqual([c["id"] for c in data["conversations"]], [first.id, second.id])
+        self.assertEqual(data["conversations"][0]["status"], "closed")
+        self.assertEqual(sorted(p["id"] for p in data["conversations"][0]["participants"]), ["alice", "ann"])
+        self.assertEqual([m["body"] for m in data["conversations"][1]["messages"]], ["my order two"])
+        self.assertEqual(data["conversations"][0]["messages"][1]["sender"], {"id": "alice", "role": "customer"})
+        self.ok(repeat_batches(lambda: self.history.erase_customer_batch("alice", 2)))
+        self.assertEqual(self.ok(self.history.export_customer("alice"))["conversations"], [])
+        self.assertIsNone(self.ok(self.store.get_conversation(first.id)))
+        self.assertEqual(self.ok(self.store.get_states("alice")), [])
+        self.assertEqual(self.ok(self.history.search(None, "order", 10)), [])
+        self.assertEqual([m.body for m in self.ok(self.store.get_messages(other.id, 0, 10))], ["not alice"])
+        # A fresh conversation for the same id starts from nothing.
+        again, created = self.ok(self.store.open_conversation("alice", 3000.0))
+        self.assertTrue(created)
+        reused_key = f"alice-{1000.0}-0"
+        self.assertFalse(self.ok(self.store.append(msg(again.id, "alice", reused_key, body="x", ts=3001.0))).duplicate)
+
+
+class MemoryHistoryTests(HistoryStoreContract, unittest.SynchronousTestCase):
+    def make_stores(self) -> tuple[Any, Any]:
+        store = MemoryConversationStore()
+        return store, MemoryHistoryStore(store)
+
+
+class SqliteHistoryTests(HistoryStoreContract, unittest.SynchronousTestCase):
+    def make_stores(self) -> tuple[Any, Any]:
+        db = threadless_sqlite(self)
+        return SqlConversationStore(db), SqlHistoryStore(db)
+
+
+class PostgresHistoryTests(HistoryStoreContract, unittest.SynchronousTestCase):
+    def make_stores(self) -> tuple[Any, Any]:
+        db = threadless_db(self, "postgresql")
+        return SqlConversationStore(db), SqlHistoryStore(db)
+
+
+class MariadbHistoryTests(HistoryStoreContract, unittest.SynchronousTestCase):
+    def make_stores(self) -> tuple[Any, Any]:
+        db = threadless_db(self, "mysql")
+        return SqlConversationStore(db), SqlHistoryStore(db)
 
 
 class IdempotencyStoreContract:

@@ -3,7 +3,7 @@ and one contract suite in ``tests/`` runs against all of them."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -77,3 +77,34 @@ class PresenceStore(Protocol):
     def is_online(self, user_id: str) -> "Deferred[bool]": ...
 
     def online_users(self) -> "Deferred[list[str]]": ...
+
+
+class HistoryStore(Protocol):
+    """History pages, search, closing, retention and per-customer privacy."""
+
+    def visible_conversation(self, conversation_id: str, user_id: str, role: str) -> "Deferred[Conversation | None]":
+        """The conversation if the user may read it (admins: any; others:
+        as a participant); None for both missing and not-yours."""
+
+    def messages_page(
+        self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> "Deferred[list[Message]]":
+        """Ascending by seq. Only ``before_seq``: the last ``limit`` below
+        it; otherwise the first ``limit`` above ``after_seq`` (and below
+        ``before_seq`` if given)."""
+
+    def search(self, user_id: str | None, text: str, limit: int) -> "Deferred[list[Message]]":
+        """Non-event messages containing every word of ``text``, newest
+        first, in conversations ``user_id`` takes part in (all if None)."""
+
+    def close_conversation(self, conversation_id: str, now: float) -> "Deferred[bool]": ...
+
+    def retention_batch(self, cutoff: float, batch: int) -> "Deferred[int]":
+        """Delete some of what belongs to conversations closed before
+        ``cutoff`` (at most ``batch`` messages); rows deleted, 0 when done."""
+
+    def erase_customer_batch(self, customer_id: str, batch: int) -> "Deferred[int]":
+        """Delete some of what is stored about a customer; 0 when done."""
+
+    def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":
+        """Every conversation of the customer with participants and messages."""

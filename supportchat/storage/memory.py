@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -244,3 +245,101 @@ class MemoryPresenceStore:
 
     def online_users(self) -> "Deferred[list[str]]":
         return succeed(sorted(u for u in list(self._seen) if self._alive(u)))
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return {w.lower() for w in re.findall(r"\w+", text)}
+
+
+class MemoryHistoryStore:
+    """History, search, retention and privacy over a MemoryConversationStore."""
+
+    def __init__(self, conversations: MemoryConversationStore) -> None:
+        self._c = conversations
+
+    def visible_conversation(self, conversation_id: str, user_id: str, role: str) -> "Deferred[Conversation | None]":
+        conv = self._c._conversations.get(conversation_id)
+        if conv is None or (role != "admin" and user_id not in self._c._participants.get(conversation_id, {})):
+            return succeed(None)
+        return succeed(conv)
+
+    def messages_page(
+        self, conversation_id: str, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> "Deferred[list[Message]]":
+        msgs = [
+            m for m in self._c._messages.get(conversation_id, [])
+            if m.seq > (after_seq or 0) and (before_seq is None or m.seq < before_seq)
+        ]
+        if before_seq is not None and after_seq is None:
+            return succeed(msgs[-limit:] if limit else [])
+        return succeed(msgs[:limit])
+
+    def search(self, user_id: str | None, text: str, limit: int) -> "Deferred[list[Message]]":
+        wanted = _words(text)
+        if not wanted:
+            return succeed([])
+        found = [
+            m for cid, msgs in self._c._messages.items()
+            if user_id is None or user_id in self._c._participants.get(cid, {})
+            for m in msgs
+            if m.kind != EVENT and wanted <= _words(m.body)
+        ]
+        found.sort(key=lambda m: (m.ts, m.msg_id), reverse=True)
+        return succeed(found[:limit])
+
+    def close_conversation(self, conversation_id: str, now: float) -> "Deferred[bool]":
+        conv = self._c._conversations.get(conversation_id)
+        if conv is None or conv.status != "open":
+            return succeed(False)
+        self._c._conversations[conversation_id] = replace(conv, status="closed", closed_at=now)
+        return succeed(True)
+
+    def _delete(self, ids: list[str]) -> int:
+        n = 0
+        for cid in ids:
+            msgs = self._c._messages.pop(cid, [])
+            for m in msgs:
+                self._c._by_id.pop(m.msg_id, None)
+            parts = self._c._participants.pop(cid, {})
+            for uid in parts:
+                self._c._reads.pop((cid, uid), None)
+            del self._c._conversations[cid]
+            keys = self._c.idempotency._keys
+            for k in [k for k, (rec, _) in keys.items() if rec.conversation_id == cid]:
+                del keys[k]
+            n += 1 + len(msgs) + len(parts)
+        return n
+
+    def retention_batch(self, cutoff: float, batch: int) -> "Deferred[int]":
+        ids = [
+            c.id for c in self._c._conversations.values()
+            if c.status == "closed" and c.closed_at is not None and c.closed_at < cutoff
+        ]
+        return succeed(self._delete(ids))
+
+    def erase_customer_batch(self, customer_id: str, batch: int) -> "Deferred[int]":
+        ids = [c.id for c in self._c._conversations.values() if c.customer_id == customer_id]
+        n = self._delete(ids)
+        keys = self._c.idempotency._keys
+        for k in [k for k in keys if k[0] == customer_id]:
+            del keys[k]
+            n += 1
+        return succeed(n)
+
+    def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":
+        out = []
+        convs = sorted(
+            (c for c in self._c._conversations.values() if c.customer_id == customer_id),
+            key=lambda c: (c.created_at, c.id),
+        )
+        for conv in convs:
+            entry = conv.to_wire()
+            entry["participants"] = [{"id": p.user_id, "role": p.role} for p in self._c._participants[conv.id].values()]
+            messages = [m.to_wire() for m in self._c._messages[conv.id]]
+            for m in messages:
+                m.pop("type", None)
+            entry["messages"] = messages
+            out.append(entry)
+        return succeed({"customer_id": customer_id, "conversations": out})
