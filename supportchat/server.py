@@ -10,7 +10,7 @@ import txaio
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.application.strports import service as strports_service
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
@@ -30,6 +30,8 @@ from supportchat.storage.database import Database
 from supportchat.storage.engines import engine_from_url
 from supportchat.storage.memory import MemoryPresenceStore
 from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
+
+ROLES_ALL = ("gateway", "persister")
 from supportchat.ws.options import websocket_options
 from supportchat.ws.protocol import ChatServerFactory, EchoTesteeFactory
 
@@ -68,9 +70,11 @@ def own_origins(config: Config) -> list[str]:
 class SupportChatServer:
     """Everything one node needs, built lazily from the reactor and config."""
 
-    def __init__(self, reactor: Any, config: Config, threadless_db: bool = False) -> None:
+    def __init__(self, reactor: Any, config: Config, threadless_db: bool = False,
+                 roles: tuple[str, ...] = ROLES_ALL) -> None:
         self.reactor = reactor
         self.config = config
+        self.roles = roles
         self._threadless_db = threadless_db
         self._built: dict[str, Any] = {}
         txaio.use_twisted()
@@ -103,13 +107,78 @@ class SupportChatServer:
     def get_idempotency_store(self) -> SqlIdempotencyStore:
         return self._once("idempotency", lambda: SqlIdempotencyStore(self.get_database()))
 
-    def get_bus(self) -> LocalBus:
-        return self._once("bus", LocalBus)
+    # -- Redis mode ------------------------------------------------------
+    @property
+    def redis_mode(self) -> bool:
+        return bool(self.config.redis.url)
 
-    def get_presence(self) -> MemoryPresenceStore:
-        return self._once(
-            "presence", lambda: MemoryPresenceStore(self.reactor, self.config.chat.presence_ttl)
-        )
+    def get_node_id(self) -> str:
+        def make() -> str:
+            import os
+            import socket
+
+            return self.config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+        return self._once("node_id", make)
+
+    def get_redis(self) -> Any:
+        from supportchat.redis.connection import RedisClient
+
+        return self._once("redis", lambda: RedisClient(self.reactor, self.config.redis.url, name="redis"))
+
+    def get_redis_subscriber(self) -> Any:
+        from supportchat.redis.bus import make_subscriber_hook
+        from supportchat.redis.connection import RedisClient
+
+        return self._once("redis_subscriber", lambda: RedisClient(
+            self.reactor, self.config.redis.url, name="redis-subscriber", subscriber=True,
+            on_connect=make_subscriber_hook(self.get_bus()),
+        ))
+
+    def get_chat_store(self) -> Any:
+        """What the chat handler writes to: Redis first in Redis mode, SQL otherwise."""
+        def make() -> Any:
+            if not self.redis_mode:
+                return self.get_store()
+            from supportchat.redis.store import RedisChatStore
+
+            return RedisChatStore(self.reactor, self.get_redis(), self.get_store(), self.config.redis.prefix,
+                                  self.config.redis.retry_after)
+
+        return self._once("chat_store", make)
+
+    def get_monitor(self) -> Any:
+        from supportchat.redis.node import ClusterMonitor
+
+        return self._once("monitor", lambda: ClusterMonitor(
+            self.reactor, self.get_redis(), self.get_metrics(), self.get_node_id(), list(self.roles),
+            self.config.redis.prefix, self.config.redis.node_ttl, self.config.redis.backlog_high,
+            self.config.redis.backlog_low, self.get_chat_store() if "gateway" in self.roles else None,
+        ))
+
+    def get_bus(self) -> Any:
+        def make() -> Any:
+            if not self.redis_mode:
+                return LocalBus()
+            from supportchat.redis.bus import RedisBus
+
+            bus = RedisBus(self.get_redis(), self.get_presence(), self.get_node_id(), self.config.redis.prefix)
+            store = self.get_chat_store()
+            bus.subscribe(lambda delivery: store.observe(delivery.frame))
+            return bus
+
+        return self._once("bus", make)
+
+    def get_presence(self) -> Any:
+        def make() -> Any:
+            if not self.redis_mode:
+                return MemoryPresenceStore(self.reactor, self.config.chat.presence_ttl)
+            from supportchat.redis.presence import RedisPresenceStore
+
+            return RedisPresenceStore(self.reactor, self.get_redis(), self.config.chat.presence_ttl,
+                                      self.get_node_id(), self.config.redis.prefix)
+
+        return self._once("presence", make)
 
     def get_registry(self) -> ConnectionRegistry:
         return self._once(
@@ -121,7 +190,7 @@ class SupportChatServer:
             "handler",
             lambda: ChatHandler(
                 clock=self.reactor,
-                store=self.get_store(),
+                store=self.get_chat_store(),
                 bus=self.get_bus(),
                 presence=self.get_presence(),
                 registry=self.get_registry(),
@@ -171,21 +240,28 @@ class SupportChatServer:
         db = self.get_database()
         version = yield db.schema_version()
         latest = db.latest_version
-        return {
+        details: dict[str, Any] = {
             "ready": version == latest,
             "database": "ok" if version == latest else "not migrated",
             "schema_version": version,
             "expected_schema_version": latest,
+            "roles": list(self.roles),
         }
+        if self.redis_mode:
+            # Degraded (Redis down) and backpressure are reported, not fatal:
+            # every gateway shares them, and taking all out helps nobody.
+            details.update(self.get_monitor().readiness())
+        return details
 
     def get_root_resource(self) -> Resource:
         def make() -> Resource:
             root = ApiRoot()
-            ws_path = [p.encode() for p in self.config.websocket.path.strip("/").split("/")]
-            _put_path(root, ws_path, GuardedWebSocketResource(
-                self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
-                self.get_allowed_origins(), self.get_metrics(),
-            ))
+            if "gateway" in self.roles:
+                ws_path = [p.encode() for p in self.config.websocket.path.strip("/").split("/")]
+                _put_path(root, ws_path, GuardedWebSocketResource(
+                    self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
+                    self.get_allowed_origins(), self.get_metrics(),
+                ))
             root.putChild(b"healthz", Healthz())
             root.putChild(b"readyz", Readyz(self.readiness))
             root.putChild(b"metrics", MetricsResource(self.get_metrics()))
@@ -222,27 +298,57 @@ class SupportChatServer:
 
     # -- services ------------------------------------------------------
     def make_service(self) -> IService:
-        """database -> timers -> chat -> listeners; stopped in reverse."""
+        """database -> redis -> timers -> persister -> chat -> listeners;
+        stopped one at a time in reverse (listeners first, database last)."""
         top = OrderedMultiService()
         top.setName("supportchat")
+        gateway = "gateway" in self.roles
         db_service = DatabaseService(self.get_database(), self.get_store())
         db_service.setName("database")
         db_service.setServiceParent(top)
-        purge = TimerService(PURGE_INTERVAL, self._purge)
-        purge.clock = self.reactor
-        purge.setName("idempotency-purge")
-        purge.setServiceParent(top)
-        chat = ChatService(
-            self.reactor, self.get_chat_factory().close_all, self.get_handler(), self.get_background(),
-            self.config.server.shutdown_timeout,
-        )
-        chat.setName("chat")
-        chat.setServiceParent(top)
+        if self.redis_mode:
+            self.get_redis().service.setServiceParent(top)
+            if gateway:
+                self.get_redis_subscriber().service.setServiceParent(top)
+            monitor = TimerService(self.config.redis.monitor_interval, self._background_tick)
+            monitor.clock = self.reactor
+            monitor.setName("cluster-monitor")
+            monitor.setServiceParent(top)
+        if gateway:
+            purge = TimerService(PURGE_INTERVAL, self._purge)
+            purge.clock = self.reactor
+            purge.setName("idempotency-purge")
+            purge.setServiceParent(top)
+        if "persister" in self.roles and self.redis_mode:
+            from supportchat.redis.connection import RedisClient
+            from supportchat.redis.persister import Persister
+
+            client = RedisClient(self.reactor, self.config.redis.url, name="redis-persister", reply_timeout=30.0)
+            client.service.setServiceParent(top)
+            persister = Persister(
+                self.reactor, client, self.get_database(), self.get_metrics(), self.get_node_id(),
+                prefix=self.config.redis.prefix, batch=self.config.redis.persister_batch,
+                claim_idle_ms=int(self.config.redis.persister_claim_idle * 1000),
+                max_deliveries=self.config.redis.persister_max_deliveries,
+                idempotency_window=float(self.config.chat.idempotency_window),
+            )
+            persister.setName("persister")
+            persister.setServiceParent(top)
+        if gateway:
+            chat = ChatService(
+                self.reactor, self.get_chat_factory().close_all, self.get_handler(), self.get_background(),
+                self.config.server.shutdown_timeout,
+            )
+            chat.setName("chat")
+            chat.setServiceParent(top)
         for i, desc in enumerate(self.config.server.listen):
             listener = strports_service(desc, self.get_site(), reactor=self.reactor)
             listener.setName(f"listen-{i}")
             listener.setServiceParent(top)
         return top
+
+    def _background_tick(self) -> None:
+        self.get_background().run("cluster_monitor", lambda: Deferred.fromCoroutine(self.get_monitor().tick()))
 
     def _purge(self) -> None:
         self.get_background().run(

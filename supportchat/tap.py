@@ -30,6 +30,7 @@ class RunOptions(usage.Options):
         ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
     ]
     longdesc = "Run every role (WebSocket/HTTP gateway and storage) in one process."
+    roles: tuple[str, ...] = ("gateway", "persister")
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,12 +55,39 @@ class RunOptions(usage.Options):
             raise usage.UsageError(f"configuration error: {e}") from None
 
 
+class GatewayOptions(RunOptions):
+    """Options of ``supportchat gateway``."""
+
+    longdesc = "Serve WebSocket and HTTP only; persisters flush the Redis stream to SQL."
+    roles = ("gateway",)
+
+
+class PersisterOptions(RunOptions):
+    """Options of ``supportchat persister``."""
+
+    synopsis = "[--config FILE] [--listen ENDPOINT (health/metrics)]... [--data-dir DIR]"
+    longdesc = "Flush the Redis stream to SQL. Listens (health, readiness, metrics) only with --listen."
+    roles = ("persister",)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = []
+            self._no_listen = True
+        super().postOptions()
+        if getattr(self, "_no_listen", False) and self.config is not None:
+            self.config.server.listen = []
+        if self.config is not None and not self.config.redis.url:
+            raise usage.UsageError("configuration error: redis.url: the persister needs Redis (set [redis] url)")
+
+
 class Options(usage.Options):
     """``twistd supportchat <command>``."""
 
     synopsis = "<command> [options]"
     subCommands = [
         ["run", None, RunOptions, "Run the chat server (all roles in one process)."],
+        ["gateway", None, GatewayOptions, "WebSocket/HTTP gateway only (Redis mode)."],
+        ["persister", None, PersisterOptions, "Flush the Redis stream to SQL (Redis mode)."],
     ]
 
     def postOptions(self) -> None:
@@ -120,7 +148,7 @@ def makeService(options: Options) -> IService:
     version = prepare_database(config)
     log.info("Database schema version {version}", version=version)
     _exit_zero_after_drain(reactor)
-    server = SupportChatServer(reactor, config)
+    server = SupportChatServer(reactor, config, roles=sub.roles)
     server.get_secret()
     for desc in config.server.listen:
         log.info("Listening on {endpoint}", endpoint=desc)

@@ -167,10 +167,28 @@ class RedisConfig:
     """Redis for scale-out (empty url: the in-process bus)."""
 
     url: str = ""
+    prefix: str = "sc:"
+    backlog_high: int = 10000
+    backlog_low: int = 5000
+    retry_after: float = 2.0
+    monitor_interval: float = 1.0
+    node_ttl: float = 15.0
+    persister_batch: int = 500
+    persister_claim_idle: float = 15.0
+    persister_max_deliveries: int = 5
 
     def validate(self, check: "_Checker") -> None:
         if self.url:
             check.that(self.url.startswith(("redis://", "rediss://")), "url", "must start with redis:// or rediss://")
+        check.that(bool(self.prefix) and " " not in self.prefix, "prefix", "must be a non-empty key prefix without spaces")
+        check.that(self.backlog_high >= 1, "backlog_high", "must be at least 1")
+        check.that(0 <= self.backlog_low < self.backlog_high, "backlog_low", "must be below backlog_high")
+        check.that(self.retry_after > 0, "retry_after", "must be positive")
+        check.that(self.monitor_interval > 0, "monitor_interval", "must be positive")
+        check.that(self.node_ttl > self.monitor_interval, "node_ttl", "must exceed monitor_interval")
+        check.that(1 <= self.persister_batch <= 10000, "persister_batch", "must be between 1 and 10000")
+        check.that(self.persister_claim_idle > 0, "persister_claim_idle", "must be positive")
+        check.that(self.persister_max_deliveries >= 1, "persister_max_deliveries", "must be at least 1")
 
 
 @dataclass

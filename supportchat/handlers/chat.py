@@ -184,16 +184,19 @@ class ChatHandler:
             if isinstance(err, FrameError):
                 self._send_error(session, err.code, err.message, err.ref)
             elif isinstance(err, StoreError):
-                self._send_error(session, err.code, str(err), frame.ref)
+                self._send_error(session, err.code, str(err), frame.ref, err.retry_after)
             else:
                 log.failure("frame handling failed ({kind})", reason, kind=type(frame).__name__)
                 self._send_error(session, "unavailable", "temporarily unable to handle this frame; retry", frame.ref)
 
         return d.addErrback(failed)
 
-    def _send_error(self, session: ClientSession, code: str, message: str, ref: Any) -> None:
+    def _send_error(self, session: ClientSession, code: str, message: str, ref: Any, retry_after: float | None = None) -> None:
         self._metrics.frame_errors.labels(code).inc()
-        session.send(error_frame(code, message, ref))
+        frame = error_frame(code, message, ref)
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
+        session.send(frame)
 
     async def _ping(self, session: ClientSession, frame: Ping) -> None:
         if frame.plain:

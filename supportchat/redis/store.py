@@ -36,6 +36,7 @@ from supportchat.storage.models import (
     NotFound,
     Participant,
     SessionState,
+    StoreError,
     new_id,
 )
 from supportchat.storage.sql import SqlConversationStore
@@ -47,7 +48,7 @@ HINTS_MAX = 100_000
 RECENT_ACKS_MAX = 50_000
 
 
-class Overloaded(Exception):
+class Overloaded(StoreError):
     """Persisters are too far behind; the client should retry later."""
 
     code = "unavailable"
@@ -60,7 +61,9 @@ def _pairs(flat: list[Any]) -> list[Participant]:
 class RedisChatStore:
     """ConversationStore + SessionStateStore over Redis with SQL behind it."""
 
-    def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:") -> None:
+    def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:",
+                 retry_after: float = 2.0) -> None:
+        self.retry_after = retry_after
         self._clock = clock
         self._redis = redis
         self._sql = sql
@@ -167,7 +170,9 @@ class RedisChatStore:
                         raise
             req = replace(req, join=False)
         if self.overloaded and req.kind == "text":
-            raise Overloaded("the server is catching up; retry in a few seconds")
+            error = Overloaded(f"the server is catching up; retry in {self.retry_after:g} s")
+            error.retry_after = self.retry_after
+            raise error
         if self.degraded or self._recovering is not None:
             return await self._append_sql(req)
         try:

@@ -137,6 +137,7 @@ class StoreError(Exception):
     """A request the store refuses; ``code`` is a protocol error code."""
 
     code = "bad_request"
+    retry_after: float | None = None
 
 
 class NotFound(StoreError):
