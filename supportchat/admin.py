@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from supportchat.tap import prepare_database
 
-    version = prepare_database(config)
+    version = prepare_database(config, migrate=True)
     sys.stdout.write(f"schema version {version}\n")
     return 0
 

@@ -26,7 +26,10 @@ from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
 from supportchat.service import ChatService, DatabaseService, OrderedMultiService
+from supportchat.http.admin_api import AdminApi
+from supportchat.http.history import ConversationsApi, SearchApi
 from supportchat.storage.database import Database
+from supportchat.storage.history import Retention, SqlHistoryStore
 from supportchat.storage.engines import engine_from_url
 from supportchat.storage.memory import MemoryPresenceStore
 from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
@@ -95,7 +98,8 @@ class SupportChatServer:
     def get_database(self) -> Database:
         def make() -> Database:
             engine = engine_from_url(self.config.database_url(), self.config.database.sqlite_synchronous)
-            return Database(engine, self.reactor, self.config.database.pool_size, threadless=self._threadless_db)
+            return Database(engine, self.reactor, self.config.database.pool_size, threadless=self._threadless_db,
+                            retry_for=self.config.database.retry_seconds)
 
         return self._once("database", make)
 
@@ -103,6 +107,15 @@ class SupportChatServer:
         return self._once(
             "store", lambda: SqlConversationStore(self.get_database(), self.config.database.group_commit_max)
         )
+
+    def get_history_store(self) -> SqlHistoryStore:
+        return self._once("history", lambda: SqlHistoryStore(self.get_database()))
+
+    def get_retention(self) -> Retention:
+        return self._once("retention", lambda: Retention(
+            self.reactor, self.get_history_store(), self.config.database.retention_days,
+            self.config.database.retention_batch,
+        ))
 
     def get_idempotency_store(self) -> SqlIdempotencyStore:
         return self._once("idempotency", lambda: SqlIdempotencyStore(self.get_database()))
@@ -274,6 +287,11 @@ class SupportChatServer:
                 KeyedRateLimiter(self.reactor, self.config.auth.handshake_rate, self.config.auth.handshake_burst),
                 self.config.auth.visitors_enabled,
             ))
+            v1.putChild(b"conversations", ConversationsApi(
+                self.get_verifier(), self.get_history_store(), self.config.chat.sync_limit_max))
+            v1.putChild(b"search", SearchApi(self.get_verifier(), self.get_history_store()))
+            v1.putChild(b"admin", AdminApi(
+                self.reactor, self.get_verifier(), self.get_history_store(), self.config.database.retention_batch))
             if self.config.websocket.testee_path:
                 from autobahn.twisted.resource import WebSocketResource
 
@@ -319,6 +337,11 @@ class SupportChatServer:
             purge.clock = self.reactor
             purge.setName("idempotency-purge")
             purge.setServiceParent(top)
+            if self.config.database.retention_days > 0:
+                retention = TimerService(PURGE_INTERVAL, self._retention_tick)
+                retention.clock = self.reactor
+                retention.setName("retention")
+                retention.setServiceParent(top)
         if "persister" in self.roles and self.redis_mode:
             from supportchat.redis.connection import RedisClient
             from supportchat.redis.persister import Persister
@@ -349,6 +372,9 @@ class SupportChatServer:
 
     def _background_tick(self) -> None:
         self.get_background().run("cluster_monitor", lambda: Deferred.fromCoroutine(self.get_monitor().tick()))
+
+    def _retention_tick(self) -> None:
+        self.get_background().run("retention", self.get_retention().tick)
 
     def _purge(self) -> None:
         self.get_background().run(

@@ -113,16 +113,28 @@ def raise_nofile_limit(wanted: int) -> int:
     return soft
 
 
-def prepare_database(config: Config) -> int:
-    """Migrate the database before anything starts; exit non-zero with the
-    reason if that is impossible."""
-    from supportchat.storage.database import SchemaError, migrate_blocking
-    from supportchat.storage.engines import UnsupportedDatabase, engine_from_url, redact_url
+def prepare_database(config: Config, migrate: bool | None = None) -> int:
+    """Before anything starts: migrate the database (``[database]
+    auto_migrate``, or ``migrate=True`` from the admin command), or else
+    check that its schema is the one this code needs. Exit non-zero with
+    the reason (URL password redacted) if the database is unreachable or
+    its schema unusable."""
+    from supportchat.storage.database import SchemaError, check_schema_blocking, migrate_blocking
+    from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase, engine_from_url, redact_url
 
     url = config.database_url()
+    if migrate is None:
+        migrate = config.database.auto_migrate
+    applied: list[str] = []
     try:
         engine = engine_from_url(url, config.database.sqlite_synchronous)
-        version, applied = migrate_blocking(engine)
+        if migrate:
+            version, applied = migrate_blocking(engine)
+        else:
+            version = check_schema_blocking(engine)
+    except DatabaseUnavailable as e:
+        sys.stderr.write(f"supportchat: database unavailable: {e}\n")
+        raise SystemExit(1) from None
     except (UnsupportedDatabase, SchemaError) as e:
         sys.stderr.write(f"supportchat: database {redact_url(url)}: {e}\n")
         raise SystemExit(1) from None

@@ -54,15 +54,29 @@ class DatabaseConfig:
     pool_size: int = 4
     sqlite_synchronous: str = "FULL"
     group_commit_max: int = 512
+    auto_migrate: bool = True
+    retry_seconds: float = 30.0
+    retention_days: float = 0.0
+    retention_batch: int = 500
 
     def validate(self, check: "_Checker") -> None:
         if self.url:
             check.that(
-                self.url.startswith(("sqlite:", "postgresql://", "postgres://", "mysql://")),
+                self.url.startswith(("sqlite:", "postgresql://", "postgres://", "mysql://", "mariadb://")),
                 "url",
                 "scheme must be sqlite:, postgresql:// or mysql://",
             )
+            if not self.url.startswith("sqlite:"):
+                from supportchat.storage.engines import UnsupportedDatabase, engine_from_url
+
+                try:
+                    engine_from_url(self.url)
+                except UnsupportedDatabase as e:
+                    check.that(False, "url", str(e))
         check.that(1 <= self.pool_size <= 64, "pool_size", "must be between 1 and 64")
+        check.that(self.retry_seconds >= 0, "retry_seconds", "must not be negative")
+        check.that(self.retention_days >= 0, "retention_days", "must not be negative (0 keeps everything)")
+        check.that(1 <= self.retention_batch <= 10000, "retention_batch", "must be between 1 and 10000")
         check.that(
             self.sqlite_synchronous.upper() in ("OFF", "NORMAL", "FULL", "EXTRA"),
             "sqlite_synchronous",

@@ -208,3 +208,32 @@ def repeat_batches(step: Callable[[], "Deferred[int]"], clock: IReactorTime | No
 
 def export_json(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True)
+
+
+class Retention:
+    """Deletes conversations closed more than ``days`` ago, batch by batch.
+    ``tick`` (from a timer) starts a pass unless one is still running."""
+
+    def __init__(self, clock: IReactorTime, history: "SqlHistoryStore | Any", days: float, batch: int) -> None:
+        self._clock = clock
+        self._history = history
+        self._days = days
+        self._batch = batch
+        self._running: Deferred[Any] | None = None
+        self.deleted = 0
+
+    def tick(self) -> "Deferred[Any] | None":
+        if self._days <= 0 or self._running is not None:
+            return None
+        cutoff = self._clock.seconds() - self._days * 86400.0
+        d = repeat_batches(lambda: self._history.retention_batch(cutoff, self._batch), self._clock)
+
+        def done(n: Any) -> Any:
+            self._running = None
+            if isinstance(n, int):
+                self.deleted += n
+            return n
+
+        self._running = d
+        d.addBoth(done)
+        return d

@@ -1,0 +1,52 @@
+"""Admin REST: per-customer export and erase (privacy requests).
+
+    GET    /api/v1/admin/customers/{id}/export   -> everything stored about them (JSON)
+    DELETE /api/v1/admin/customers/{id}          -> erase it all, in small batches
+
+Admin tokens only (403 forbidden for any other role).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http import Request
+
+from supportchat.auth import TokenVerifier
+from supportchat.http.history import AsyncJsonResource, HttpError, authenticate
+from supportchat.storage.history import repeat_batches
+from supportchat.storage.interfaces import HistoryStore
+
+
+class AdminApi(AsyncJsonResource):
+    """``/api/v1/admin/customers/...``."""
+
+    routes = {b"GET": "get", b"DELETE": "delete"}
+
+    def __init__(self, clock: IReactorTime, verifier: TokenVerifier, history: HistoryStore, batch: int) -> None:
+        super().__init__()
+        self._clock = clock
+        self._verifier = verifier
+        self._history = history
+        self._batch = batch
+
+    def _customer(self, request: Request, suffix: list[str]) -> str:
+        principal = authenticate(request, self._verifier)
+        if principal.role != "admin":
+            raise HttpError(403, "forbidden", "only admins may export or erase customer data")
+        path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
+        if len(path) != 2 + len(suffix) or path[0] != "customers" or not path[1] or path[2:] != suffix:
+            raise HttpError(404, "not_found", "no such resource")
+        return path[1]
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        customer = self._customer(request, ["export"])
+        data = await self._history.export_customer(customer)
+        data["exported_at"] = self._clock.seconds()
+        return 200, data
+
+    async def delete(self, request: Request) -> tuple[int, Any]:
+        customer = self._customer(request, [])
+        deleted = await repeat_batches(lambda: self._history.erase_customer_batch(customer, self._batch), self._clock)
+        return 200, {"customer_id": customer, "erased": True, "deleted_rows": deleted}

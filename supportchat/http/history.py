@@ -1,0 +1,177 @@
+"""REST history for agents and integrators, authorized like WebSocket frames.
+
+    GET /api/v1/conversations/{id}/messages?after_seq=&before_seq=&limit=
+    GET /api/v1/search?q=&limit=
+
+Bearer JWT in the Authorization header (the same tokens as the WebSocket).
+Customers see their own conversations, agents those they joined, admins
+all; a conversation that is missing and one that is not yours both answer
+404 not_found.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Coroutine
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from supportchat.auth import AuthError, Principal, TokenVerifier
+from supportchat.http.common import json_body, json_error
+from supportchat.storage.interfaces import HistoryStore
+
+log = Logger()
+
+SEARCH_MAX_CHARS = 200
+
+
+class HttpError(Exception):
+    """An error answer: status, code and message (and extra headers)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def authenticate(request: Request, verifier: TokenVerifier) -> Principal:
+    """The principal of the ``Authorization: Bearer`` token, or HttpError 401."""
+    auth = request.getHeader(b"authorization") or b""
+    scheme, _, value = auth.partition(b" ")
+    if scheme.lower() != b"bearer" or not value.strip():
+        raise HttpError(401, "unauthorized", "an Authorization: Bearer token is required", {"www-authenticate": "Bearer"})
+    try:
+        return verifier.verify(value.strip().decode("ascii", "replace"))
+    except AuthError as e:
+        raise HttpError(401, "unauthorized", str(e), {"www-authenticate": "Bearer"}) from None
+
+
+def int_arg(request: Request, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    """An integer query parameter within [low, high], or HttpError 400."""
+    values = (request.args or {}).get(name.encode())
+    if not values or values[0] == b"":
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        raise HttpError(400, "bad_request", f"{name} must be an integer") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise HttpError(400, "bad_request", f"{name} must be {bound}")
+    return value
+
+
+def str_arg(request: Request, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "bad_request", f"{name} must be UTF-8") from None
+
+
+class AsyncJsonResource(Resource):
+    """A leaf whose handlers are coroutines returning (status, body);
+    HttpError becomes a JSON error, anything else a logged 503."""
+
+    isLeaf = True
+    routes: dict[bytes, str] = {}
+
+    def render(self, request: Request) -> Any:
+        name = self.routes.get(request.method)
+        if name is None:
+            allow = ", ".join(m.decode() for m in self.routes)
+            return json_error(request, 405, "bad_request", f"method not allowed; use {allow}", {"allow": allow})
+        handler: Callable[[Request], Coroutine[Any, Any, tuple[int, Any]]] = getattr(self, name)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d: Deferred[tuple[int, Any]] = Deferred.fromCoroutine(handler(request))
+
+        def done(result: tuple[int, Any]) -> None:
+            if not gone:
+                request.write(json_body(request, result[0], result[1]))
+                request.finish()
+
+        def failed(reason: Failure) -> None:
+            err = reason.value
+            if isinstance(err, HttpError):
+                body = json_error(request, err.status, err.code, err.message, err.headers)
+            else:
+                log.failure("{method} {path} failed", reason, method=request.method, path=request.path)
+                body = json_error(request, 503, "unavailable", "the history database is unavailable; retry shortly",
+                                  {"retry-after": "5"})
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+class ConversationsApi(AsyncJsonResource):
+    """``GET /api/v1/conversations/{id}/messages``: keyset pages of history."""
+
+    routes = {b"GET": "get"}
+
+    def __init__(self, verifier: TokenVerifier, history: HistoryStore, max_limit: int) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._history = history
+        self._max_limit = max_limit
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        principal = authenticate(request, self._verifier)
+        path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
+        if len(path) != 2 or path[1] != "messages" or not path[0]:
+            raise HttpError(404, "not_found", "no such resource")
+        after = int_arg(request, "after_seq", None, 0)
+        before = int_arg(request, "before_seq", None, 1)
+        limit = int_arg(request, "limit", 50, 1, self._max_limit)
+        assert limit is not None
+        conv = await self._history.visible_conversation(path[0], principal.user_id, principal.role)
+        if conv is None:
+            raise HttpError(404, "not_found", "no such conversation")
+        page = await self._history.messages_page(conv.id, after, before, limit + 1)
+        backwards = before is not None and after is None
+        has_more = len(page) > limit
+        if has_more:
+            page = page[1:] if backwards else page[:limit]
+        return 200, {
+            "conversation": conv.to_wire(),
+            "messages": [m.to_wire() for m in page],
+            "has_more": has_more,
+        }
+
+
+class SearchApi(AsyncJsonResource):
+    """``GET /api/v1/search?q=``: full-text search in what the user may read."""
+
+    routes = {b"GET": "get"}
+
+    def __init__(self, verifier: TokenVerifier, history: HistoryStore, max_limit: int = 100) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._history = history
+        self._max_limit = max_limit
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        principal = authenticate(request, self._verifier)
+        if any(getattr(request, "postpath", None) or []):
+            raise HttpError(404, "not_found", "no such resource")
+        q = (str_arg(request, "q") or "").strip()
+        if not q:
+            raise HttpError(400, "bad_request", "q (the words to search for) is required")
+        if len(q) > SEARCH_MAX_CHARS:
+            raise HttpError(400, "bad_request", f"q must be at most {SEARCH_MAX_CHARS} characters")
+        limit = int_arg(request, "limit", 20, 1, self._max_limit)
+        assert limit is not None
+        scope = None if principal.role == "admin" else principal.user_id
+        found = await self._history.search(scope, q, limit)
+        return 200, {"query": q, "messages": [m.to_wire() for m in found]}
