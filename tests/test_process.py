@@ -14,8 +14,13 @@ from tests.support import ServerProcess, close_client, connect, free_port, token
 class ProcessTests(unittest.TestCase):
     timeout = 120
 
+    def server_env(self) -> dict[str, str]:
+        """Extra environment for the server (the engine variants in
+        tests/test_engines_e2e.py set SUPPORTCHAT_DATABASE_URL)."""
+        return {}
+
     def server(self, data_dir: str | None = None) -> ServerProcess:
-        proc = ServerProcess(data_dir or self.data_dir, free_port())
+        proc = ServerProcess(data_dir or self.data_dir, free_port(), self.server_env())
         self.addCleanup(proc.kill)
         return proc
 

@@ -128,9 +128,14 @@ class HandshakeTests(unittest.TestCase):
 
 
 class ProtocolTests(unittest.TestCase):
+    def server_sections(self) -> dict[str, Any]:
+        """Config sections for the server (the engine variants in
+        tests/test_engines_e2e.py give a database URL)."""
+        return {}
+
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.server = yield start_server(self)
+        self.server = yield start_server(self, **self.server_sections())
 
     @inlineCallbacks
     def pair(self) -> Any:
