@@ -2,6 +2,9 @@
 
     supportchat-admin token --user-id alice --role agent [--name Alice]
     supportchat-admin migrate
+    supportchat-admin export --customer ID [--output FILE]
+    supportchat-admin erase --customer ID --yes
+    supportchat-admin copy-db --to postgresql://... [--from sqlite:///data/supportchat.db]
 """
 
 from __future__ import annotations
@@ -52,11 +55,50 @@ class MigrateOptions(_Common):
     """Apply pending database migrations and print the schema version."""
 
 
+class ExportOptions(_Common):
+    """Print everything stored about one customer as JSON."""
+
+    optParameters = _Common.optParameters + [
+        ["customer", None, None, "The customer's user id."],
+        ["output", "o", None, "Write to this file instead of standard output."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["customer"]:
+            raise usage.UsageError("--customer is required")
+
+
+class EraseOptions(_Common):
+    """Delete everything stored about one customer (in small batches)."""
+
+    optParameters = _Common.optParameters + [["customer", None, None, "The customer's user id."]]
+    optFlags = [["yes", "y", "Really erase (required)."]]
+
+    def postOptions(self) -> None:
+        if not self["customer"]:
+            raise usage.UsageError("--customer is required")
+        if not self["yes"]:
+            raise usage.UsageError("erasing cannot be undone; add --yes")
+
+
+class CopyDbOptions(_Common):
+    """Copy a database (normally the embedded SQLite) into another one."""
+
+    optParameters = _Common.optParameters + [
+        ["from", None, None, "Source URL (default: the SQLite database in the data directory)."],
+        ["to", None, None, "Target URL (default: [database] url when it is not SQLite)."],
+        ["batch", None, 1000, "Rows per transaction.", int],  # type: ignore[list-item]
+    ]
+
+
 class AdminOptions(usage.Options):
     synopsis = "supportchat-admin <command> [options]"
     subCommands = [
         ["token", None, TokenOptions, "Print a signed access token."],
         ["migrate", None, MigrateOptions, "Apply pending database migrations."],
+        ["export", None, ExportOptions, "Export a customer's conversations as JSON."],
+        ["erase", None, EraseOptions, "Erase a customer's conversations and messages."],
+        ["copy-db", None, CopyDbOptions, "Copy the SQLite database into PostgreSQL or MySQL."],
     ]
 
     def postOptions(self) -> None:
@@ -80,11 +122,76 @@ def main(argv: list[str] | None = None) -> int:
         token = TokenIssuer(config.auth, secret).mint(sub["user-id"], sub["role"], sub["ttl"], time.time(), sub["name"])
         sys.stdout.write(token + "\n")
         return 0
+    if options.subCommand in ("export", "erase", "copy-db"):
+        from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase
+
+        try:
+            return _data_command(options.subCommand, sub, config)
+        except (DatabaseUnavailable, UnsupportedDatabase) as e:
+            sys.stderr.write(f"supportchat-admin: {e}\n")
+            return 1
     from supportchat.tap import prepare_database
 
     version = prepare_database(config, migrate=True)
     sys.stdout.write(f"schema version {version}\n")
     return 0
+
+
+def _data_command(command: str, sub: Any, config: Config) -> int:
+    """export, erase and copy-db: SQL through a threadless Database."""
+    import os
+
+    from supportchat.storage.copy import CopyError, _now, copy_database
+    from supportchat.storage.database import Database
+    from supportchat.storage.engines import engine_from_url
+    from supportchat.storage.history import SqlHistoryStore, export_json, repeat_batches
+
+    if command == "copy-db":
+        source = sub["from"] or "sqlite:///" + os.path.join(config.server.data_dir, "supportchat.db")
+        target = sub["to"] or ("" if config.database_url().startswith("sqlite:") else config.database_url())
+        if not target:
+            sys.stderr.write("supportchat-admin: copy-db needs --to URL (or a server [database] url)\n")
+            return 2
+        src, dst = engine_from_url(source), engine_from_url(target)
+        if src.name == "sqlite" and not os.path.exists(getattr(src, "path", "")):
+            sys.stderr.write(f"supportchat-admin: no SQLite database at {source}\n")
+            return 1
+        def progress(table: str, n: int) -> None:
+            sys.stderr.write(f"{table}: {n} rows copied\n")
+
+        try:
+            counts = copy_database(src, dst, max(1, sub["batch"]), progress)
+        except CopyError as e:
+            sys.stderr.write(f"supportchat-admin: copy incomplete: {e}\n")
+            return 1
+        summary = ", ".join(f"{t} {n}" for t, n in counts.items())
+        sys.stdout.write(f"copied {src.describe()} -> {dst.describe()}: {summary}\n")
+        return 0
+    from supportchat.tap import prepare_database
+
+    prepare_database(config)
+    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
+                  threadless=True)
+    db.start()
+    try:
+        history = SqlHistoryStore(db)
+        customer = sub["customer"]
+        if command == "export":
+            data = _now(history.export_customer(customer))
+            data["exported_at"] = time.time()
+            text = export_json(data) + "\n"
+            if sub["output"]:
+                with open(sub["output"], "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                sys.stdout.write(text)
+            return 0
+        batch = config.database.retention_batch
+        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(customer, batch)))
+        sys.stdout.write(f"erased customer {customer}: {deleted} rows deleted\n")
+        return 0
+    finally:
+        db.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

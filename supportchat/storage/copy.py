@@ -1,0 +1,123 @@
+"""Copy one supportchat database into another (SQLite -> PostgreSQL/MySQL),
+so an installation can outgrow the embedded default without losing history.
+
+Both sides are migrated to the latest schema first. Each table is read in
+keyset pages from the source and written with an insert-ignore keyed on its
+primary key, so an interrupted copy can simply be run again. At the end the
+row counts of both sides are compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+
+from supportchat.storage.database import Cursor, Database, migrate_blocking
+from supportchat.storage.engines import Engine
+
+# (table, columns, primary key columns)
+TABLES: list[tuple[str, list[str], list[str]]] = [
+    ("conversations",
+     ["id", "customer_id", "status", "created_at", "last_seq", "last_msg_id", "last_ts", "closed_at"], ["id"]),
+    ("participants",
+     ["conversation_id", "user_id", "role", "joined_at", "last_read_seq", "unread"], ["conversation_id", "user_id"]),
+    ("messages",
+     ["msg_id", "conversation_id", "seq", "sender_id", "sender_role", "client_msg_id", "kind", "body", "data", "ts"],
+     ["msg_id"]),
+    ("idempotency_keys",
+     ["sender_id", "client_msg_id", "conversation_id", "msg_id", "seq", "ts", "expires_at"],
+     ["sender_id", "client_msg_id"]),
+]
+
+
+class CopyError(Exception):
+    pass
+
+
+def _keyset(keys: list[str]) -> str:
+    """WHERE clause for rows after the ``?`` values of ``keys`` (in order)."""
+    if len(keys) == 1:
+        return f"{keys[0]} > ?"
+    a, b = keys
+    return f"({a} > ? OR ({a} = ? AND {b} > ?))"
+
+
+def _keyset_args(after: tuple[Any, ...]) -> tuple[Any, ...]:
+    return after if len(after) == 1 else (after[0], after[0], after[1])
+
+
+def read_page_txn(
+    cur: Cursor, table: str, columns: list[str], keys: list[str], after: tuple[Any, ...] | None, limit: int
+) -> list[tuple[Any, ...]]:
+    sql = f"SELECT {', '.join(columns)} FROM {table}"
+    args: tuple[Any, ...] = ()
+    if after is not None:
+        sql += " WHERE " + _keyset(keys)
+        args = _keyset_args(after)
+    sql += f" ORDER BY {', '.join(keys)} LIMIT ?"
+    cur.execute(sql, (*args, limit))
+    return [tuple(r) for r in cur.fetchall()]
+
+
+def write_rows_txn(cur: Cursor, table: str, columns: list[str], keys: list[str], rows: list[tuple[Any, ...]]) -> None:
+    cur.executemany(
+        cur.engine.insert_ignore(table, ", ".join(columns), ", ".join("?" * len(columns)), ", ".join(keys)), rows
+    )
+
+
+def count_txn(cur: Cursor, table: str) -> int:
+    cur.execute(f"SELECT COUNT(*) FROM {table}")
+    return int(cur.fetchone()[0])
+
+
+def _now(d: "Deferred[Any]") -> Any:
+    """The result of an already-fired Deferred (threadless databases)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if not out:
+        raise RuntimeError("expected a synchronous result")
+    result = out[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def copy_database(
+    source: Engine, target: Engine, batch: int = 1000, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
+    """Copy every row of ``source`` into ``target``; returns rows per table
+    now in the target. Raises CopyError if the target has fewer rows than
+    the source afterwards."""
+    migrate_blocking(source)
+    migrate_blocking(target)
+    src = Database(source, reactor=None, threadless=True)
+    dst = Database(target, reactor=None, threadless=True)
+    src.start()
+    try:
+        dst.start()
+        try:
+            counts: dict[str, int] = {}
+            for table, columns, keys in TABLES:
+                after: tuple[Any, ...] | None = None
+                copied = 0
+                while True:
+                    rows = _now(src.run_interaction("copy_read", read_page_txn, table, columns, keys, after, batch))
+                    if not rows:
+                        break
+                    _now(dst.run_interaction("copy_write", write_rows_txn, table, columns, keys, rows))
+                    copied += len(rows)
+                    if progress is not None:
+                        progress(table, copied)
+                    last = rows[-1]
+                    after = tuple(last[columns.index(k)] for k in keys)
+                have = _now(src.run_interaction("copy_count", count_txn, table))
+                now = _now(dst.run_interaction("copy_count", count_txn, table))
+                if now < have:
+                    raise CopyError(f"{table}: the source has {have} rows but the target only {now}")
+                counts[table] = now
+            return counts
+        finally:
+            dst.close()
+    finally:
+        src.close()
