@@ -120,6 +120,27 @@ def _messages_by_id_txn(cur: Cursor, msg_ids: list[str]) -> dict[str, Message]:
     return out
 
 
+def _idempotency_many_txn(
+    cur: Cursor, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[IdempotencyRecord, float]]:
+    """Stored idempotency records (live or expired) for (sender, client_msg_id) pairs."""
+    by_sender: dict[str, list[str]] = {}
+    for sender, key in keys:
+        by_sender.setdefault(sender, []).append(key)
+    out: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
+    for sender, ids in by_sender.items():
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            cur.execute(
+                "SELECT client_msg_id, conversation_id, msg_id, seq, ts, expires_at FROM idempotency_keys"
+                f" WHERE sender_id = ? AND client_msg_id IN ({_placeholders(len(chunk))})",
+                (sender, *chunk),
+            )
+            for r in cur.fetchall():
+                out[(sender, r[0])] = (IdempotencyRecord(r[1], r[2], int(r[3]), float(r[4])), float(r[5]))
+    return out
+
+
 def append_one_txn(cur: Cursor, req: AppendRequest) -> AppendResult:
     """One append in the caller's transaction (see :func:`append_batch_txn`)."""
     [result] = append_batch_txn(cur, [req])
@@ -181,6 +202,10 @@ def _append_group_txn(
     last_seq = int(row[0])
     members = {p.user_id: p for p in _participants_txn(cur, conversation_id)}
     stored = _messages_by_id_txn(cur, [req.msg_id for _, req in items if req.msg_id is not None])
+    known = _idempotency_many_txn(cur, [
+        (req.sender_id, req.client_msg_id) for _, req in items
+        if req.client_msg_id is not None and req.msg_id not in stored
+    ])
     new_rows: list[tuple[Any, ...]] = []
     idem_rows: list[tuple[Any, ...]] = []
     expired_keys: list[tuple[Any, ...]] = []
@@ -199,7 +224,12 @@ def _append_group_txn(
             if key in batch_keys:
                 results[i] = AppendResult(message=batch_keys[key], duplicate=True, participants=tuple(members.values()))
                 continue
-            prior = idempotency_lookup_txn(cur, req.sender_id, req.client_msg_id, req.ts)
+            found = known.get(key)
+            prior = None
+            if found is not None and found[1] > req.ts:
+                prior = found[0]
+            elif found is not None:
+                expired_keys.append((req.sender_id, req.client_msg_id, req.ts))
             if prior is not None:
                 results[i] = AppendResult(
                     message=_get_message_txn(cur, prior.conversation_id, prior.seq),
@@ -241,7 +271,6 @@ def _append_group_txn(
                 reads[uid] = state[:-1] + (state[-1] + 1,)
         if req.client_msg_id is not None:
             batch_keys[(req.sender_id, req.client_msg_id)] = msg
-            expired_keys.append((req.sender_id, req.client_msg_id, req.ts))
             idem_rows.append((
                 req.sender_id, req.client_msg_id, conversation_id, msg.msg_id, msg.seq, msg.ts,
                 req.ts + req.idempotency_window,
@@ -266,11 +295,12 @@ def _append_group_txn(
                 "UPDATE participants SET unread = unread + ? WHERE conversation_id = ? AND user_id = ?",
                 (state[1], conversation_id, uid),
             )
-    if idem_rows:
+    if expired_keys:
         cur.executemany(
             "DELETE FROM idempotency_keys WHERE sender_id = ? AND client_msg_id = ? AND expires_at <= ?",
             expired_keys,
         )
+    if idem_rows:
         cur.executemany(
             cur.engine.insert_ignore(
                 "idempotency_keys",
