@@ -145,7 +145,7 @@ class SupportChatServer:
 
         return self._once("redis_subscriber", lambda: RedisClient(
             self.reactor, self.config.redis.url, name="redis-subscriber", subscriber=True,
-            on_connect=make_subscriber_hook(self.get_bus()),
+            on_connect=make_subscriber_hook(self.get_bus()), on_message=self.get_bus().on_message,
         ))
 
     def get_chat_store(self) -> Any:

@@ -280,6 +280,7 @@ def python_env(**extra: str) -> dict[str, str]:
     """Environment for a subprocess running this checkout's code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTCHAT_")}
     env["PYTHONPATH"] = REPO.path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
@@ -318,23 +319,31 @@ class _ServerProcessProtocol(protocol.ProcessProtocol):
 
 
 class ServerProcess:
-    """``twistd -n supportchat run`` as a real process on a fixed port."""
+    """``twistd -n supportchat <role>`` as a real process."""
 
-    def __init__(self, data_dir: str, port: int, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: str, port: int | None, extra_env: dict[str, str] | None = None,
+                 role: str = "run", name: str | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.port = port
-        self.env = python_env(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, **(extra_env or {}))
+        self.role = role
+        env = {"SUPPORTCHAT_AUTH_JWT_SECRET": SECRET}
+        if name:
+            env["SUPPORTCHAT_SERVER_NODE_ID"] = name
+        env.update(extra_env or {})
+        self.env = python_env(**env)
         self.proto: _ServerProcessProtocol | None = None
 
     def start(self) -> "defer.Deferred[None]":
         from twisted.internet import reactor
 
-        self.proto = _ServerProcessProtocol(f"Site starting on {self.port}".encode())
+        marker = f"Site starting on {self.port}" if self.port is not None else "Persister started"
+        self.proto = _ServerProcessProtocol(marker.encode())
         args = [
             PYTHON, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "supportchat", "run",
-            "--data-dir", self.data_dir, "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            "-n", "--pidfile=", "supportchat", self.role, "--data-dir", self.data_dir,
         ]
+        if self.port is not None:
+            args += ["--listen", f"tcp:{self.port}:interface=127.0.0.1"]
         reactor.spawnProcess(self.proto, PYTHON, args, env=self.env, path=REPO.path)
         return self.proto.started.addTimeout(60, reactor)
 

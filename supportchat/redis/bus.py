@@ -80,7 +80,6 @@ def make_subscriber_hook(bus: RedisBus) -> Callable[[Any], Any]:
     """``on_connect`` for the subscriber connection: (re)subscribe."""
 
     def hook(proto: Any) -> Any:
-        proto.on_message = bus.on_message
         return proto.subscribe(bus.channels)
 
     return hook

@@ -40,14 +40,14 @@ class _Protocol(txredisapi.RedisProtocol):
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
-    on_message: Callable[[str, str], None] = staticmethod(lambda channel, message: None)
-
     def __init__(self, reactor: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.callLater = reactor.callLater
 
     def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
-        self.on_message(channel, message)
+        # Through the factory: ClientService hands prepareConnection a proxy,
+        # so attributes set on "the protocol" there never reach this object.
+        self.factory.on_message(channel, message)
 
 
 class _Factory(protocol.Factory):
@@ -55,7 +55,9 @@ class _Factory(protocol.Factory):
 
     isLazy = True
 
-    def __init__(self, reactor: Any, cls: type, password: str | None, dbid: int | None, timeout: float | None) -> None:
+    def __init__(self, reactor: Any, cls: type, password: str | None, dbid: int | None, timeout: float | None,
+                 on_message: Callable[[str, str], None] | None = None) -> None:
+        self.on_message = on_message or (lambda channel, message: None)
         self._reactor = reactor
         self._cls = cls
         self._password = password
@@ -97,12 +99,13 @@ class RedisClient:
     """One reconnecting command connection (or subscriber connection)."""
 
     def __init__(self, reactor: Any, url: str, name: str = "redis", subscriber: bool = False,
-                 on_connect: Callable[[Any], Any] | None = None, reply_timeout: float | None = REPLY_TIMEOUT) -> None:
+                 on_connect: Callable[[Any], Any] | None = None, reply_timeout: float | None = REPLY_TIMEOUT,
+                 on_message: Callable[[str, str], None] | None = None) -> None:
         self._reactor = reactor
         self.url = url
         _, _, password, dbid, _ = parse_url(url)
         factory = _Factory(reactor, _Subscriber if subscriber else _Protocol, password, dbid,
-                           None if subscriber else reply_timeout)
+                           None if subscriber else reply_timeout, on_message)
         self._protocol: Any = None
         self._on_connect = on_connect
         self.connected_once: Deferred[None] = Deferred()

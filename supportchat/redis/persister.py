@@ -98,6 +98,7 @@ class Persister(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        log.info("Persister started as consumer {consumer}", consumer=self.consumer)
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(lambda f: log.failure("persister stopped", f))
 

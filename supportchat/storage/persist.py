@@ -29,6 +29,17 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
         if cur.fetchone() is not None:
             conflicts.append(msg.msg_id)
             continue
+        if msg.client_msg_id is not None:
+            # Committed straight to SQL while Redis was unreachable (the reply
+            # of a script that ran was lost): keep the copy the client was acked.
+            cur.execute(
+                "SELECT msg_id FROM idempotency_keys WHERE sender_id = ? AND client_msg_id = ?",
+                (msg.sender_id, msg.client_msg_id),
+            )
+            row = cur.fetchone()
+            if row is not None and row[0] != msg.msg_id:
+                conflicts.append(msg.msg_id)
+                continue
         cur.execute("SELECT 1 FROM conversations WHERE id = ?", (msg.conversation_id,))
         if cur.fetchone() is None:
             conflicts.append(msg.msg_id)
