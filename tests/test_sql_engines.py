@@ -5,6 +5,7 @@ writers, and retries after a connection dropped mid-transaction."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 from typing import Any
 
@@ -337,3 +338,94 @@ class MariadbServerEngineTests(PostgresServerEngineTests):
         from twisted.internet.defer import succeed
 
         return succeed(None)
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL server in a temp dir on a free port, which a
+    test may stop and start (the shared server is never touched)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        self._subprocess = subprocess
+        if not os.path.exists(os.path.join(PG_BIN, "pg_ctl")):
+            raise unittest.SkipTest(f"no PostgreSQL binaries in {PG_BIN}")
+        self.root = tempfile.mkdtemp(prefix="supportchat-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                raise unittest.SkipTest("running as root without runuser: cannot start a private PostgreSQL")
+            shutil.chown(self.root, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def run(self, tool: str, *args: str) -> None:
+        self._subprocess.run(
+            self.as_user + [os.path.join(PG_BIN, tool), *args],
+            check=True, stdout=self._subprocess.DEVNULL, stderr=self._subprocess.DEVNULL, timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self.run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        except Exception:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PostgresRestartTests(unittest.TestCase):
+    timeout = 90
+
+    @inlineCallbacks
+    def test_appends_wait_out_a_server_restart(self) -> Any:
+        """The database server goes down (immediate shutdown) with appends in
+        flight and comes back: the appends are retried with back-off and
+        reconnection, acknowledged only after the restart, and stored once each."""
+        from twisted.internet.task import deferLater
+
+        pg = PrivatePostgres()
+        self.addCleanup(pg.destroy)
+        pg.start()
+        engine = engine_from_url(pg.url)
+        migrate_blocking(engine)
+        db = Database(engine, reactor, pool_size=2, retry_for=60.0)
+        db.start()
+        self.addCleanup(db.close)
+        store = SqlConversationStore(db, batch_max=8)
+        conv, _ = yield store.open_conversation("cust", 1.0)
+        before = yield DeferredList([store.append(request(conv.id, "cust", i)) for i in range(10)],
+                                    fireOnOneErrback=True, consumeErrors=True)
+        pg.stop()
+        pending = [store.append(request(conv.id, "cust", i)) for i in range(10, 30)]
+        while db.retries < 2:
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(any(d.called for d in pending), "acknowledged while the database was down")
+        pg.start()
+        after = yield DeferredList(pending, fireOnOneErrback=True, consumeErrors=True)
+        acked = [r for _, r in before] + [r for _, r in after]
+        conn = engine.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT msg_id, seq FROM messages ORDER BY seq")
+            rows = [(r[0], int(r[1])) for r in cur.fetchall()]
+        finally:
+            conn.close()
+        self.assertEqual([s for _, s in rows], list(range(1, 31)))
+        self.assertEqual(sorted(m for m, _ in rows), sorted(a.message.msg_id for a in acked))
