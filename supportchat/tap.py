@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from supportchat.config import Config, ConfigError, load_config
+from supportchat.workers import as_reuseport, reuseport_parser, worker_monitor
 
 log = Logger()
 
@@ -28,6 +29,7 @@ class RunOptions(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (defaults as in conf/supportchat.toml)."],
         ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
+        ["workers", "w", "1", "Processes serving the same ports (SO_REUSEPORT; needs Redis)."],
     ]
     longdesc = "Run every role (WebSocket/HTTP gateway and storage) in one process."
     roles: tuple[str, ...] = ("gateway", "persister")
@@ -50,9 +52,22 @@ class RunOptions(usage.Options):
         if self["data-dir"]:
             overrides["server"]["data_dir"] = self["data-dir"]
         try:
+            workers = int(self["workers"])
+        except ValueError:
+            raise usage.UsageError("--workers must be a whole number") from None
+        if not 1 <= workers <= 64:
+            raise usage.UsageError("--workers must be between 1 and 64")
+        self["workers"] = workers
+        try:
             self.config = load_config(self["config"], overrides=overrides)
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
+        if workers > 1:
+            if not self.config.redis.url:
+                raise usage.UsageError(
+                    "configuration error: redis.url: --workers needs Redis (processes share no memory)"
+                )
+            self.config.server.listen = [as_reuseport(d) for d in self.config.server.listen]
 
 
 class GatewayOptions(RunOptions):
@@ -164,7 +179,25 @@ def makeService(options: Options) -> IService:
     server.get_secret()
     for desc in config.server.listen:
         log.info("Listening on {endpoint}", endpoint=desc)
-    return server.make_service()
+    service = server.make_service()
+    if sub["workers"] > 1:
+        tail = [a for a in _worker_argv(sub)]
+        monitor = worker_monitor(reactor, sub["workers"] - 1, tail, dict(os.environ))
+        monitor.setServiceParent(service)
+        log.info("Started {n} extra worker processes on the same ports", n=sub["workers"] - 1)
+    return service
+
+
+def _worker_argv(sub: RunOptions) -> list[str]:
+    """The options a worker needs to serve what this process serves."""
+    assert sub.config is not None
+    out: list[str] = []
+    if sub["config"]:
+        out += ["--config", os.path.abspath(sub["config"])]
+    out += ["--data-dir", os.path.abspath(sub.config.server.data_dir)]
+    for desc in sub.config.server.listen:
+        out += ["--listen", desc]
+    return out
 
 
 def _exit_zero_after_drain(reactor: Any) -> None:
@@ -185,3 +218,6 @@ service_maker = ServiceMaker(
     "Self-hosted real-time customer-support chat server.",
     "supportchat",
 )
+
+
+__all__ = ["Options", "makeService", "reuseport_parser", "service_maker"]

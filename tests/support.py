@@ -322,7 +322,10 @@ class ServerProcess:
     """``twistd -n supportchat <role>`` as a real process."""
 
     def __init__(self, data_dir: str, port: int | None, extra_env: dict[str, str] | None = None,
-                 role: str = "run", name: str | None = None) -> None:
+                 role: str = "run", name: str | None = None, extra_args: list[str] | None = None,
+                 marker: str | None = None) -> None:
+        self.extra_args = extra_args or []
+        self.marker = marker
         self.data_dir = os.path.abspath(data_dir)
         self.port = port
         self.role = role
@@ -336,7 +339,7 @@ class ServerProcess:
     def start(self) -> "defer.Deferred[None]":
         from twisted.internet import reactor
 
-        marker = f"Site starting on {self.port}" if self.port is not None else "Persister started"
+        marker = self.marker or (f"Site starting on {self.port}" if self.port is not None else "Persister started")
         self.proto = _ServerProcessProtocol(marker.encode())
         args = [
             PYTHON, "-c", "from twisted.scripts.twistd import run; run()",
@@ -344,6 +347,7 @@ class ServerProcess:
         ]
         if self.port is not None:
             args += ["--listen", f"tcp:{self.port}:interface=127.0.0.1"]
+        args += self.extra_args
         reactor.spawnProcess(self.proto, PYTHON, args, env=self.env, path=REPO.path)
         return self.proto.started.addTimeout(60, reactor)
 

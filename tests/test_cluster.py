@@ -5,7 +5,9 @@ gapless, and everyone sees everything (live or through sync)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -13,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.redis_support import REDIS_SERVER, PrivateRedis
-from tests.support import ConnectionRefused, ServerProcess, close_client, connect, free_port, token
+from tests.support import ConnectionRefused, ServerProcess, close_client, connect, free_port, http_client, token
 
 
 class Cluster:
@@ -294,5 +296,49 @@ class ClusterTests(unittest.TestCase):
         yield close_client(cust)
         yield close_client(agent)
 
+    @inlineCallbacks
+    def test_workers_share_one_port(self) -> Any:
+        """--workers 3 serves one port from three processes (SO_REUSEPORT);
+        clients landing on different workers still chat through Redis, and
+        stopping the parent stops the workers."""
+        cluster = Cluster(self)
+        port = free_port()
+        proc = ServerProcess(cluster.data_dir, port, cluster.env, role="run", name="node",
+                             extra_args=["--workers", "3"], marker="[worker-2]")
+        self.addCleanup(proc.kill)
+        yield proc.start()
+        treq = http_client()
+        seen = set()
+        for _ in range(200):
+            r = yield treq.get(f"http://127.0.0.1:{port}/readyz")
+            seen.add((yield r.json())["node_id"])
+            if len(seen) == 3:
+                break
+        self.assertEqual(seen, {"node", "node-w1", "node-w2"})
+        clients = []
+        for i in range(6):
+            clients.append((yield connect(port, token(f"c{i}"))))
+        agent = yield connect(port, token("agent", "agent"))
+        for i, c in enumerate(clients):
+            c.send({"type": "start", "ref": "s"})
+            conv = (yield c.next_frame("conversation"))["conversation"]["id"]
+            agent.send({"type": "accept", "ref": f"a{i}", "conversation": conv})
+            while (yield agent.next_frame("conversation")).get("ref") != f"a{i}":
+                pass
+            c.send({"type": "message", "ref": "m", "conversation": conv, "client_msg_id": "m", "body": f"from c{i}"})
+            yield c.next_frame("ack")
+            while True:
+                frame = yield agent.next_frame("message")
+                if frame["kind"] == "text":
+                    break
+            self.assertEqual(frame["body"], f"from c{i}")
+        for c in clients + [agent]:
+            yield close_client(c)
+        proc.signal("TERM")
+        self.assertEqual((yield proc.ended()), 0)
+        data_dir = os.path.abspath(cluster.data_dir)
+        procs = subprocess.run(["ps", "ax", "-o", "args"], capture_output=True, text=True).stdout.splitlines()
+        workers = [line for line in procs if "supportchat gateway" in line and data_dir in line]
+        self.assertEqual(workers, [], "workers outlived the parent")
 
 __all__ = ["ConnectionRefused"]

@@ -1,1 +1,1 @@
-from supportchat.tap import service_maker as supportchat  # noqa: F401  (twistd plugin)
+from supportchat.tap import reuseport_parser, service_maker as supportchat  # noqa: F401  (twistd plugins)
