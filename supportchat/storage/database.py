@@ -271,8 +271,8 @@ class Database:
                 return
             self.retries += 1
             log.warn(
-                "{desc}: transient database failure ({error}); retrying in {delay:.2f}s",
-                desc=desc, error=type(reason.value).__name__, delay=delay,
+                "{desc}: transient failure of {db} ({error}); retrying in {delay:.2f}s",
+                desc=desc, db=engine.describe(), error=type(reason.value).__name__, delay=delay,
             )
             self._reactor.callLater(delay, attempt, min(delay * 2, 2.0))
 
