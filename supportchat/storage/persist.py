@@ -1,78 +1,132 @@
 """Flushing already-sequenced messages (from the Redis stream) into SQL.
 
 Idempotent: a message is inserted only if its msg_id is new, so a batch
-replayed after a persister crash changes nothing the second time.
+replayed after a persister crash changes nothing the second time. Work is
+set-based (a few statements per batch and per conversation, not per
+message), so larger batches cost fewer round trips on server databases.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Iterable, Sequence, TypeVar
 
 from supportchat.storage.database import Cursor
 from supportchat.storage.models import EVENT, Message
 
 _COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
+_IDEM_COLS = "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at"
+CHUNK = 200
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: float) -> tuple[int, list[str]]:
-    """Insert the messages not stored yet; returns (inserted, msg_ids that
-    conflict with a different message at the same seq)."""
-    inserted = 0
+    """Insert the messages not stored yet; returns (inserted, msg_ids refused
+    because their seq is taken by another message, their conversation is
+    unknown, or their client_msg_id was already stored as another message)."""
+    if not messages:
+        return 0, []
+    existing: set[str] = set()
+    for chunk in _chunks([m.msg_id for m in messages]):
+        cur.execute(f"SELECT msg_id FROM messages WHERE msg_id IN ({_marks(len(chunk))})", tuple(chunk))
+        existing.update(r[0] for r in cur.fetchall())
+    todo = [m for m in messages if m.msg_id not in existing]
     conflicts: list[str] = []
-    for msg in messages:
-        cur.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg.msg_id,))
-        if cur.fetchone() is not None:
+    by_conv: dict[str, list[Message]] = {}
+    for m in todo:
+        by_conv.setdefault(m.conversation_id, []).append(m)
+    known: set[str] = set()
+    for chunk in _chunks(sorted(by_conv)):
+        cur.execute(f"SELECT id FROM conversations WHERE id IN ({_marks(len(chunk))})", tuple(chunk))
+        known.update(r[0] for r in cur.fetchall())
+    keep: list[Message] = []
+    for conv, msgs in by_conv.items():
+        if conv not in known:
+            conflicts.extend(m.msg_id for m in msgs)
             continue
-        cur.execute(
-            "SELECT msg_id FROM messages WHERE conversation_id = ? AND seq = ?", (msg.conversation_id, msg.seq)
-        )
-        if cur.fetchone() is not None:
-            conflicts.append(msg.msg_id)
-            continue
-        if msg.client_msg_id is not None:
-            # Committed straight to SQL while Redis was unreachable (the reply
-            # of a script that ran was lost): keep the copy the client was acked.
+        taken: set[int] = set()
+        for seqs in _chunks([m.seq for m in msgs]):
             cur.execute(
-                "SELECT msg_id FROM idempotency_keys WHERE sender_id = ? AND client_msg_id = ?",
-                (msg.sender_id, msg.client_msg_id),
+                f"SELECT seq FROM messages WHERE conversation_id = ? AND seq IN ({_marks(len(seqs))})",
+                (conv, *seqs),
             )
-            row = cur.fetchone()
-            if row is not None and row[0] != msg.msg_id:
-                conflicts.append(msg.msg_id)
-                continue
-        cur.execute("SELECT 1 FROM conversations WHERE id = ?", (msg.conversation_id,))
-        if cur.fetchone() is None:
-            conflicts.append(msg.msg_id)
-            continue
-        cur.execute(
-            cur.engine.insert_ignore("messages", _COLS, ", ".join("?" * 10)),
-            (msg.conversation_id, msg.msg_id, msg.seq, msg.sender_id, msg.sender_role, msg.client_msg_id,
-             msg.kind, msg.body, msg.ts, None if msg.data is None else json.dumps(msg.data)),
+            taken.update(int(r[0]) for r in cur.fetchall())
+        for m in msgs:
+            (conflicts.append(m.msg_id) if m.seq in taken else keep.append(m))
+    # A client_msg_id already stored as another message: committed straight to
+    # SQL while Redis was unreachable (the reply of a script that ran was
+    # lost). Keep the copy the client was acknowledged.
+    by_sender: dict[str, list[Message]] = {}
+    for m in keep:
+        if m.client_msg_id is not None:
+            by_sender.setdefault(m.sender_id, []).append(m)
+    clash: set[str] = set()
+    for sender, sent in by_sender.items():
+        for group in _chunks(sent):
+            cur.execute(
+                f"SELECT client_msg_id, msg_id FROM idempotency_keys WHERE sender_id = ?"
+                f" AND client_msg_id IN ({_marks(len(group))})",
+                (sender, *[m.client_msg_id for m in group]),
+            )
+            stored = {r[0]: r[1] for r in cur.fetchall()}
+            clash.update(m.msg_id for m in group if stored.get(m.client_msg_id, m.msg_id) != m.msg_id)
+    if clash:
+        conflicts.extend(m.msg_id for m in keep if m.msg_id in clash)
+        keep = [m for m in keep if m.msg_id not in clash]
+    if not keep:
+        return 0, conflicts
+    cur.executemany(
+        cur.engine.insert_ignore("messages", _COLS, _marks(10), key="msg_id"),
+        [(m.conversation_id, m.msg_id, m.seq, m.sender_id, m.sender_role, m.client_msg_id, m.kind, m.body, m.ts,
+          None if m.data is None else json.dumps(m.data)) for m in keep],
+    )
+    keyed = [m for m in keep if m.client_msg_id is not None]
+    if keyed:
+        cur.executemany(
+            cur.engine.insert_ignore("idempotency_keys", _IDEM_COLS, _marks(7), key="sender_id, client_msg_id"),
+            [(m.sender_id, m.client_msg_id, m.conversation_id, m.msg_id, m.seq, m.ts, m.ts + idempotency_window)
+             for m in keyed],
         )
-        inserted += 1
+    _update_conversations_txn(cur, keep)
+    return len(keep), conflicts
+
+
+def _update_conversations_txn(cur: Cursor, kept: list[Message]) -> None:
+    """Last message per conversation; read positions and unread counts (the
+    SQL copy of the session state, used when Redis has lost it)."""
+    by_conv: dict[str, list[Message]] = {}
+    for m in kept:
+        by_conv.setdefault(m.conversation_id, []).append(m)
+    for conv, msgs in sorted(by_conv.items()):
+        last = max(msgs, key=lambda m: m.seq)
         cur.execute(
             "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ? AND last_seq < ?",
-            (msg.seq, msg.msg_id, msg.ts, msg.conversation_id, msg.seq),
+            (last.seq, last.msg_id, last.ts, conv, last.seq),
         )
-        cur.execute(
-            "UPDATE participants SET last_read_seq = ?, unread = 0"
-            " WHERE conversation_id = ? AND user_id = ? AND last_read_seq < ?",
-            (msg.seq, msg.conversation_id, msg.sender_id, msg.seq),
-        )
-        if msg.kind != EVENT:
+        texts: dict[str, int] = {}
+        latest: dict[str, int] = {}
+        for m in msgs:
+            latest[m.sender_id] = max(latest.get(m.sender_id, 0), m.seq)
+            if m.kind != EVENT:
+                texts[m.sender_id] = texts.get(m.sender_id, 0) + 1
+        for sender, count in sorted(texts.items()):
             cur.execute(
-                "UPDATE participants SET unread = unread + 1 WHERE conversation_id = ? AND user_id <> ?"
-                " AND last_read_seq < ?",
-                (msg.conversation_id, msg.sender_id, msg.seq),
+                "UPDATE participants SET unread = unread + ? WHERE conversation_id = ? AND user_id <> ?",
+                (count, conv, sender),
             )
-        if msg.client_msg_id is not None:
+        for sender, seq in sorted(latest.items()):
             cur.execute(
-                cur.engine.insert_ignore(
-                    "idempotency_keys",
-                    "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at",
-                    "?, ?, ?, ?, ?, ?, ?",
-                ),
-                (msg.sender_id, msg.client_msg_id, msg.conversation_id, msg.msg_id, msg.seq, msg.ts,
-                 msg.ts + idempotency_window),
+                "UPDATE participants SET last_read_seq = ?, unread = 0"
+                " WHERE conversation_id = ? AND user_id = ? AND last_read_seq < ?",
+                (seq, conv, sender, seq),
             )
-    return inserted, conflicts
