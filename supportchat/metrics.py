@@ -53,6 +53,24 @@ class Metrics:
         self.nodes_alive = Gauge(
             "cluster_nodes_alive", "Nodes with a fresh heartbeat in Redis.", registry=r
         )
+        self.bot_answers = Counter(
+            "bot_answers_total", "Bot answers: knowledge (FAQ or finished flow), external (HTTP service), other.",
+            ["source"], registry=r,
+        )
+        self.bot_handoffs = Counter(
+            "bot_handoffs_total", "Conversations the bot handed to a human, by reason.", ["reason"], registry=r
+        )
+        self.bot_resolved = Counter(
+            "bot_resolved_total", "Conversations the customer marked solved by the bot, without a handoff.", registry=r
+        )
+        self.bot_external = Counter(
+            "bot_external_calls_total", "Calls to the external bot service, by outcome.", ["outcome"], registry=r
+        )
+        self.bot_reply_latency = Histogram(
+            "bot_reply_latency_seconds", "Time from a customer's message to the bot's first reply being stored.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
         self.ack_latency = Histogram(
             "message_ack_latency_seconds", "Time from receiving a message frame to sending its ack.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

@@ -34,7 +34,7 @@ from supportchat.storage.engines import engine_from_url
 from supportchat.storage.memory import MemoryPresenceStore
 from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
 
-ROLES_ALL = ("gateway", "persister")
+ROLES_ALL = ("gateway", "persister", "bot")
 from supportchat.ws.options import websocket_options
 from supportchat.ws.protocol import ChatServerFactory, EchoTesteeFactory
 
@@ -214,6 +214,74 @@ class SupportChatServer:
             ),
         )
 
+    # -- bot ---------------------------------------------------------------
+    def get_bot_states(self) -> Any:
+        """Bot dialogue state: a Redis hash per conversation in Redis mode, SQL otherwise."""
+        def make() -> Any:
+            if self.redis_mode:
+                from supportchat.bot.state import RedisBotStateStore
+
+                return RedisBotStateStore(self.get_redis(), self.config.redis.prefix)
+            from supportchat.bot.state import SqlBotStateStore
+
+            return SqlBotStateStore(self.get_database())
+
+        return self._once("bot_states", make)
+
+    def get_bot_external(self) -> Any:
+        """The external bot service client, or None without ``[bot] http_url``."""
+        def make() -> Any:
+            if not self.config.bot.http_url:
+                return None
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+            from supportchat.bot.http import HttpExternalBot
+
+            agent = Agent(self.reactor, contextFactory=BrowserLikePolicyForHTTPS(),
+                          pool=HTTPConnectionPool(self.reactor), connectTimeout=self.config.bot.http_timeout)
+            cfg = self.config.bot
+            return HttpExternalBot(self.reactor, HTTPClient(agent), cfg.http_url, cfg.http_secret, cfg.http_timeout,
+                                   cfg.http_retries)
+
+        return self._once("bot_external", make)
+
+    def get_bot(self) -> Any:
+        def make() -> Any:
+            from supportchat.bot.engine import Dialogue
+            from supportchat.bot.hours import BusinessHours
+            from supportchat.bot.knowledge import load_knowledge
+            from supportchat.bot.node import BotNode
+
+            cfg = self.config.bot
+            return BotNode(
+                self.reactor, self.get_chat_store(), self.get_bus(), self.get_bot_states(),
+                Dialogue(load_knowledge(cfg.knowledge), cfg.threshold, cfg.max_misses),
+                BusinessHours(cfg.business_hours, cfg.timezone), self.get_metrics(), cfg, self.get_bot_external(),
+                float(self.config.chat.idempotency_window),
+            )
+
+        return self._once("bot", make)
+
+    def _bot_service(self) -> IService:
+        from supportchat.bot.node import BotService, LocalBotFeed, StreamBotConsumer
+
+        node = self.get_bot()
+        feed = LocalBotFeed(node, self.get_bus(), self.get_background(), messages=not self.redis_mode)
+        service = BotService(self.reactor, node, feed, self.get_background(),
+                             None if self.redis_mode else self.get_database(), self.config.server.shutdown_timeout)
+        if self.redis_mode:
+            from supportchat.redis.connection import RedisClient
+
+            client = RedisClient(self.reactor, self.config.redis.url, name="redis-bot", reply_timeout=30.0)
+            client.service.setServiceParent(service)
+            StreamBotConsumer(
+                self.reactor, client, node, self.get_node_id(), prefix=self.config.redis.prefix,
+                claim_idle_ms=int(self.config.bot.claim_idle * 1000), max_deliveries=self.config.bot.max_deliveries,
+            ).setServiceParent(service)
+        service.setName("bot")
+        return service
+
     def get_secret(self) -> str:
         return self._once(
             "secret", lambda: ensure_secret(self.config.auth, self.config.server.data_dir)[0]
@@ -315,6 +383,10 @@ class SupportChatServer:
         return self._once("site", make)
 
     # -- services ------------------------------------------------------
+    @property
+    def _bot_enabled(self) -> bool:
+        return "bot" in self.roles and self.config.bot.enabled
+
     def make_service(self) -> IService:
         """database -> redis -> timers -> persister -> chat -> listeners;
         stopped one at a time in reverse (listeners first, database last)."""
@@ -326,7 +398,7 @@ class SupportChatServer:
         db_service.setServiceParent(top)
         if self.redis_mode:
             self.get_redis().service.setServiceParent(top)
-            if gateway:
+            if gateway or self._bot_enabled:
                 self.get_redis_subscriber().service.setServiceParent(top)
             monitor = TimerService(self.config.redis.monitor_interval, self._background_tick)
             monitor.clock = self.reactor
@@ -364,6 +436,8 @@ class SupportChatServer:
             )
             chat.setName("chat")
             chat.setServiceParent(top)
+        if self._bot_enabled:
+            self._bot_service().setServiceParent(top)
         for i, desc in enumerate(self.config.server.listen):
             listener = strports_service(desc, self.get_site(), reactor=self.reactor)
             listener.setName(f"listen-{i}")

@@ -31,8 +31,8 @@ class RunOptions(usage.Options):
         ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
         ["workers", "w", "1", "Processes serving the same ports (SO_REUSEPORT; needs Redis)."],
     ]
-    longdesc = "Run every role (WebSocket/HTTP gateway and storage) in one process."
-    roles: tuple[str, ...] = ("gateway", "persister")
+    longdesc = "Run every role (WebSocket/HTTP gateway, storage and the bot) in one process."
+    roles: tuple[str, ...] = ("gateway", "persister", "bot")
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,6 +62,13 @@ class RunOptions(usage.Options):
             self.config = load_config(self["config"], overrides=overrides)
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
+        if "bot" in self.roles and self.config.bot.enabled:
+            from supportchat.bot.knowledge import KnowledgeError, load_knowledge
+
+            try:
+                load_knowledge(self.config.bot.knowledge)
+            except KnowledgeError as e:
+                raise usage.UsageError(f"configuration error: bot.knowledge: {e}") from None
         if workers > 1:
             if not self.config.redis.url:
                 raise usage.UsageError(
@@ -83,6 +90,7 @@ class PersisterOptions(RunOptions):
     synopsis = "[--config FILE] [--listen ENDPOINT (health/metrics)]... [--data-dir DIR]"
     longdesc = "Flush the Redis stream to SQL. Listens (health, readiness, metrics) only with --listen."
     roles = ("persister",)
+    command = "persister"
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -92,7 +100,21 @@ class PersisterOptions(RunOptions):
         if getattr(self, "_no_listen", False) and self.config is not None:
             self.config.server.listen = []
         if self.config is not None and not self.config.redis.url:
-            raise usage.UsageError("configuration error: redis.url: the persister needs Redis (set [redis] url)")
+            raise usage.UsageError(f"configuration error: redis.url: the {self.command} needs Redis (set [redis] url)")
+
+
+class BotOptions(PersisterOptions):
+    """Options of ``supportchat bot``."""
+
+    longdesc = ("Answer new conversations as the first-line bot: consumes the Redis stream as consumer group"
+                " 'bots'. Listens (health, readiness, metrics) only with --listen.")
+    roles = ("bot",)
+    command = "bot"
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self.config is not None and not self.config.bot.enabled:
+            raise usage.UsageError("configuration error: bot.enabled: the bot command needs the bot enabled")
 
 
 class Options(usage.Options):
@@ -103,6 +125,7 @@ class Options(usage.Options):
         ["run", None, RunOptions, "Run the chat server (all roles in one process)."],
         ["gateway", None, GatewayOptions, "WebSocket/HTTP gateway only (Redis mode)."],
         ["persister", None, PersisterOptions, "Flush the Redis stream to SQL (Redis mode)."],
+        ["bot", None, BotOptions, "First-line bot node consuming the Redis stream (Redis mode)."],
     ]
 
     def postOptions(self) -> None:

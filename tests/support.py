@@ -38,6 +38,8 @@ def make_config(data_dir: str, **sections: dict[str, Any]) -> Any:
     overrides: dict[str, dict[str, Any]] = {
         "server": {"listen": ["tcp:0:interface=127.0.0.1"], "data_dir": data_dir, "shutdown_timeout": 5.0},
         "auth": {"jwt_secret": SECRET},
+        # The bot answers every new conversation; tests that want it enable it.
+        "bot": {"enabled": False},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
@@ -329,7 +331,7 @@ class ServerProcess:
         self.data_dir = os.path.abspath(data_dir)
         self.port = port
         self.role = role
-        env = {"SUPPORTCHAT_AUTH_JWT_SECRET": SECRET}
+        env = {"SUPPORTCHAT_AUTH_JWT_SECRET": SECRET, "SUPPORTCHAT_BOT_ENABLED": "false"}
         if name:
             env["SUPPORTCHAT_SERVER_NODE_ID"] = name
         env.update(extra_env or {})

@@ -130,9 +130,12 @@ class MigrationHistoryTests(unittest.SynchronousTestCase):
     def test_each_engine_gets_its_overrides(self) -> None:
         """NNN_name.<engine>.sql replaces NNN_name.sql for that engine; every engine has the same versions."""
         names = {e: [n for _, n, _ in _migrations(e)] for e in ("sqlite", "postgresql", "mysql")}
-        self.assertEqual(names["sqlite"], ["001_initial.sql", "002_history.sql", "003_search.sqlite.sql"])
-        self.assertEqual(names["postgresql"], ["001_initial.sql", "002_history.sql", "003_search.postgresql.sql"])
-        self.assertEqual(names["mysql"], ["001_initial.mysql.sql", "002_history.sql", "003_search.mysql.sql"])
+        self.assertEqual(names["sqlite"][:4], ["001_initial.sql", "002_history.sql", "003_search.sqlite.sql",
+                                               "004_bot_state.sql"])
+        self.assertEqual(names["postgresql"][:4], ["001_initial.sql", "002_history.sql", "003_search.postgresql.sql",
+                                                   "004_bot_state.sql"])
+        self.assertEqual(names["mysql"][:4], ["001_initial.mysql.sql", "002_history.sql", "003_search.mysql.sql",
+                                              "004_bot_state.mysql.sql"])
         self.assertEqual(len({latest_version(e) for e in names}), 1)
 
     def test_split_keeps_trigger_bodies_whole(self) -> None:

@@ -206,6 +206,54 @@ class RedisConfig:
 
 
 @dataclass
+class BotConfig:
+    """The first-line bot (supportchat/bot/; knowledge in conf/bot.toml)."""
+
+    enabled: bool = True
+    knowledge: str = "conf/bot.toml"
+    user_id: str = "bot"
+    threshold: float = 72.0
+    max_misses: int = 2
+    max_age: float = 600.0
+    business_hours: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    claim_idle: float = 10.0
+    max_deliveries: int = 5
+    http_url: str = ""
+    http_secret: str = ""
+    http_timeout: float = 3.0
+    http_retries: int = 1
+
+    def validate(self, check: "_Checker") -> None:
+        from supportchat.bot.hours import parse_rule
+
+        check.that(bool(self.knowledge), "knowledge", "a knowledge file is required")
+        check.that(bool(self.user_id) and len(self.user_id) <= 128, "user_id", "must be 1-128 characters")
+        check.that(0 < self.threshold <= 100, "threshold", "must be between 0 (exclusive) and 100")
+        check.that(self.max_misses >= 1, "max_misses", "must be at least 1")
+        check.that(self.max_age > 0, "max_age", "must be positive")
+        for i, rule in enumerate(self.business_hours):
+            try:
+                parse_rule(rule)
+            except ValueError as e:
+                check.that(False, f"business_hours[{i}]", str(e))
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except Exception:
+            check.that(False, "timezone", f"unknown time zone {self.timezone!r}")
+        check.that(self.claim_idle > 0, "claim_idle", "must be positive")
+        check.that(self.max_deliveries >= 1, "max_deliveries", "must be at least 1")
+        if self.http_url:
+            check.that(self.http_url.startswith(("https://", "http://")), "http_url", "must start with https:// or http://")
+            check.that(bool(self.http_secret), "http_secret",
+                       "required with http_url (set SUPPORTCHAT_BOT_HTTP_SECRET; never commit it)")
+        check.that(self.http_timeout > 0, "http_timeout", "must be positive")
+        check.that(0 <= self.http_retries <= 5, "http_retries", "must be between 0 and 5")
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -215,6 +263,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
     source: str = "<defaults>"
 
     def database_url(self) -> str:
@@ -224,7 +273,7 @@ class Config:
         return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
 
 
-SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis")
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot")
 
 
 class _Checker:
@@ -377,4 +426,5 @@ def _section_classes() -> dict[str, type]:
         "websocket": WebSocketConfig,
         "chat": ChatConfig,
         "redis": RedisConfig,
+        "bot": BotConfig,
     }

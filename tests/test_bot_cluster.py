@@ -1,0 +1,80 @@
+"""Bot nodes as real processes on a private Redis: a bot node killed
+(SIGKILL) mid-dialogue is replaced and the dialogue continues at the same
+step, every customer message answered exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from tests.redis_support import REDIS_SERVER
+from tests.support import ServerProcess, close_client, connect, token
+from tests.test_cluster import Cluster
+
+
+class BotClusterTests(unittest.TestCase):
+    timeout = 240
+
+    def setUp(self) -> None:
+        if REDIS_SERVER is None:
+            raise unittest.SkipTest("redis-server is not installed")
+
+    @inlineCallbacks
+    def bot(self, cluster: Cluster, name: str) -> Any:
+        env = dict(cluster.env, SUPPORTCHAT_BOT_ENABLED="true", SUPPORTCHAT_BOT_CLAIM_IDLE="1")
+        proc = ServerProcess(cluster.data_dir, None, env, role="bot", name=name, marker="Bot node started")
+        self.addCleanup(proc.kill)
+        yield proc.start()
+        return proc
+
+    @inlineCallbacks
+    def test_kill_and_resume_mid_flow(self) -> Any:
+        """Greeting and the order-status flow's first step come from bot node b1; b1 is
+        killed with -9 right after the next message; b2 takes over at the same step
+        (validation, then the answer) and each customer message has exactly one answer."""
+        cluster = Cluster(self)
+        gw = yield cluster.gateway("gw1")
+        yield cluster.persister("p1")
+        b1 = yield self.bot(cluster, "b1")
+        cust = yield connect(gw.port, token("cust"))
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        greeting = yield cust.next_frame("message")
+        self.assertEqual(greeting["sender"]["role"], "bot")
+        acks: dict[str, Any] = {}
+
+        @inlineCallbacks
+        def ask(key: str, body: str, wait: bool = True) -> Any:
+            cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
+            acks[key] = yield cust.next_frame("ack")
+            if not wait:
+                return None
+            while True:
+                frame = yield cust.next_frame("message")
+                if frame["sender"]["role"] == "bot" and frame["client_msg_id"] == f"bot:{acks[key]['msg_id']}":
+                    return frame
+
+        self.assertIn("order number", (yield ask("k1", "where is my order"))["body"])
+        yield ask("k2", "12345", wait=False)
+        b1.signal("KILL")  # maybe before, maybe after it answered k2: either way once
+        yield b1.ended()
+        yield self.bot(cluster, "b2")
+        while True:
+            frame = yield cust.next_frame("message")
+            if frame["client_msg_id"] == f"bot:{acks['k2']['msg_id']}":
+                break
+        self.assertIn("doesn't look like an order number", frame["body"])
+        self.assertIn("A123456 has shipped", (yield ask("k3", "A123456"))["body"])
+        self.assertIn("Monday to Friday", (yield ask("k4", "opening hours"))["body"])
+        # 1 greeting + 4 questions + 4 answers, flushed to SQL exactly once each.
+        yield cluster.flushed(9, conv)
+        cluster.assert_stored_once(conv, acks)
+        rows = cluster.sql("SELECT client_msg_id FROM messages WHERE conversation_id = ? AND sender_role = 'bot'"
+                           " ORDER BY seq", conv)
+        self.assertEqual([r[0] for r in rows],
+                         [f"bot:greet:{conv}"] + [f"bot:{acks[k]['msg_id']}" for k in ("k1", "k2", "k3", "k4")])
+        state = cluster.redis.cli("HGET", f"sc:bot:{conv}", "version")
+        self.assertGreaterEqual(int(state), 5)
+        yield close_client(cust)
