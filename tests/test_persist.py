@@ -28,15 +28,15 @@ class PersistContract:
         self.store = SqlConversationStore(self.db)
         self.conv, _ = self.successResultOf(self.store.open_conversation("cust", 1.0))  # type: ignore[attr-defined]
 
-    def persist(self, messages: list[Message]) -> tuple[int, list[str]]:
-        return self.successResultOf(  # type: ignore[attr-defined,no-any-return]
+    def persist(self, messages: list[Message]) -> Any:
+        return self.successResultOf(  # type: ignore[attr-defined]
             self.db.run_interaction("persist", persist_batch_txn, messages, 86400.0))
 
     def test_replayed_batch_changes_nothing(self) -> None:
         """A batch flushed twice (a persister died before XACK) is stored once."""
         batch = [m(self.conv.id, s) for s in range(1, 6)]
-        self.assertEqual(self.persist(batch), (5, []))
-        self.assertEqual(self.persist(batch), (0, []))
+        self.assertEqual(self.persist(batch), (5, [], {}))
+        self.assertEqual(self.persist(batch), (0, [], {}))
         rows = self.successResultOf(self.store.get_messages(self.conv.id, 0, 100))  # type: ignore[attr-defined]
         self.assertEqual(rows, batch)
 
@@ -50,17 +50,24 @@ class PersistContract:
         [state] = self.successResultOf(self.store.get_states("cust"))  # type: ignore[attr-defined]
         self.assertEqual((state.unread, state.last_read_seq), (1, 2))
 
-    def test_refusals(self) -> None:
-        """A taken seq, an unknown conversation and a client_msg_id already
-        stored as another message are refused (returned), the rest stored."""
-        self.persist([m(self.conv.id, 1)])
+    def test_clashes_after_redis_lost_writes_are_repaired(self) -> None:
+        """A seq taken by another message moves the newcomer to the end (and
+        says so, so Redis's counter can be raised); a retry whose
+        client_msg_id is stored as another message becomes a 'duplicate'
+        event at its seq; an unknown conversation is refused. No hole, no loss."""
+        self.persist([m(self.conv.id, 1), m(self.conv.id, 2)])
         taken = m(self.conv.id, 1, key="other", msg_id="m-dupe-seq")
         unknown = m("c-unknown", 1)
-        clash = m(self.conv.id, 2, key="k1", msg_id="m-second-copy")
-        fine = m(self.conv.id, 3, key="k3")
-        inserted, refused = self.persist([taken, unknown, clash, fine])
-        self.assertEqual(inserted, 1)
-        self.assertEqual(sorted(refused), sorted([taken.msg_id, unknown.msg_id, clash.msg_id]))
+        retry = m(self.conv.id, 3, key="k1", msg_id="m-second-copy")
+        fine = m(self.conv.id, 4, key="k4")
+        result = self.persist([taken, unknown, retry, fine])
+        self.assertEqual(result.refused, [unknown.msg_id])
+        self.assertEqual(result.resequenced, {self.conv.id: 5})
+        rows = self.successResultOf(self.store.get_messages(self.conv.id, 0, 100))  # type: ignore[attr-defined]
+        self.assertEqual([r.seq for r in rows], [1, 2, 3, 4, 5])
+        self.assertEqual((rows[2].kind, rows[2].data), (EVENT, {"name": "duplicate", "of": f"m-{self.conv.id}-1"}))
+        self.assertEqual((rows[4].msg_id, rows[4].client_msg_id), ("m-dupe-seq", "other"))
+        self.assertEqual(self.persist([taken, retry, fine]).inserted, 0)  # replays change nothing
 
 
 class SqlitePersistTests(PersistContract, unittest.SynchronousTestCase):

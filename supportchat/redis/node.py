@@ -38,6 +38,8 @@ class ClusterMonitor:
 
     async def tick(self) -> None:
         self._metrics.degraded.set(1 if (self._store is not None and self._store.degraded) else 0)
+        if self._store is not None:
+            self._store.maybe_recover()
         if not self._redis.connected:
             return
         try:

@@ -23,7 +23,9 @@ from supportchat.redis.codec import decode_message
 from supportchat.redis.connection import RedisClient, RedisUnavailable
 from supportchat.storage.database import Database
 from supportchat.storage.models import Message
-from supportchat.storage.persist import persist_batch_txn
+from supportchat.redis.scripts import SEED
+from supportchat.redis.store import KEY_TTL
+from supportchat.storage.persist import PersistResult, persist_batch_txn
 
 log = Logger()
 
@@ -161,10 +163,15 @@ class Persister(Service):
         keep = [m for (e, _), m in zip([x for x in entries if x[0] not in bad], messages) if e not in over]
         if not keep:
             return
-        inserted, conflicts = await self._db.run_interaction("persist_batch", persist_batch_txn, keep, self._window)
-        if conflicts:
-            conflict_ids = [e for e, m in zip(ids, keep) if m.msg_id in conflicts]
-            await self._dead_letter(conflict_ids, "seq conflict or unknown conversation")
+        result = await self._commit(keep)
+        if result.refused:
+            refused_ids = [e for e, m in zip(ids, keep) if m.msg_id in result.refused]
+            await self._dead_letter(refused_ids, "unknown conversation")
+        for conv, top in result.resequenced.items():
+            # Redis lost writes and handed out seqs SQL already had: raise its counter.
+            log.warn("moved messages to the end of a conversation after a seq clash (up to {top})", top=top)
+            await self._redis.eval(SEED, [], [self._p, conv, top, KEY_TTL])
+        inserted = result.inserted
         await self._redis.execute("XACK", self.stream, GROUP, *ids)
         tops: dict[str, int] = {}
         for m in keep:
@@ -175,6 +182,21 @@ class Persister(Service):
         self.batches += 1
         self._metrics.persisted.inc(inserted)
         self._metrics.persister_batches.inc()
+
+    async def _commit(self, messages: list[Message]) -> PersistResult:
+        """Commit the batch, retrying transient database failures in place
+        (re-reading the entries would count as redeliveries and dead-letter
+        acknowledged messages during a database outage)."""
+        delay = 0.2
+        while True:
+            try:
+                return await self._db.run_interaction("persist_batch", persist_batch_txn, messages, self._window)
+            except Exception:
+                if self._stopping:
+                    raise
+                log.failure("persisting a batch of {n} failed; retrying", n=len(messages))
+                await self._pause(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _over_delivered(self, ids: list[str]) -> set[str]:
         if not ids:

@@ -16,12 +16,16 @@ Layout, for conversation C and user U:
 """
 
 # ARGV: prefix, conv, sender, client_msg_id ('' for none), kind, head, tail,
-#       msg_id, ts, require_participant ('1'/'0'), window, key_ttl
+#       msg_id, ts, require_participant ('1'/'0'), window, key_ttl, floor
 # The message JSON is head .. seq .. tail (head ends with '"seq":').
+# ``floor`` is the highest seq the calling node has seen in the conversation:
+# if Redis lost writes (fail-over, a restart from an older file), its counter
+# is raised before use, so new messages never reuse seqs already handed out.
 APPEND = r"""
 local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local floor = tonumber(ARGV[13] or "0")
 local idem = p .. "idem:" .. sender .. ":" .. cmid
 if cmid ~= "" then
   local prior = redis.call("GET", idem)
@@ -36,6 +40,7 @@ end
 if require_part == "1" and redis.call("HEXISTS", parts_key, sender) == 0 then
   return {"notfound"}
 end
+if tonumber(redis.call("GET", seq_key)) < floor then redis.call("SET", seq_key, floor) end
 local seq = redis.call("INCR", seq_key)
 local msg = head .. seq .. tail
 redis.call("XADD", p .. "stream", "*", "m", msg)

@@ -85,8 +85,16 @@ class RedisChatStore:
             if not self.degraded:
                 log.warn("Redis unreachable: committing messages straight to SQL (degraded mode)")
             self.degraded = True
-        elif self.degraded and self._recovering is None:
-            self._recovering = Deferred.fromCoroutine(self._recover())
+        else:
+            self.maybe_recover()
+
+    def maybe_recover(self) -> None:
+        """Start writing back and using Redis again, if degraded and Redis is
+        connected (called on reconnect and by the cluster monitor's tick)."""
+        if self.degraded and self._recovering is None and self._redis.connected:
+            d = Deferred.fromCoroutine(self._recover())
+            if not d.called:  # it may finish at once; then nothing is in flight
+                self._recovering = d
 
     async def _recover(self) -> None:
         """Write back what was committed while Redis was down, then use Redis again."""
@@ -178,6 +186,8 @@ class RedisChatStore:
         try:
             result = await self._append_redis(req)
         except RedisUnavailable:
+            if not self.degraded:
+                log.warn("Redis did not answer: committing messages straight to SQL (degraded mode)")
             self.degraded = True
             return await self._append_sql(req)
         self._hint(req.conversation_id, result.message.seq)
@@ -194,7 +204,7 @@ class RedisChatStore:
             reply = await self._redis.eval(APPEND, [], [
                 self.prefix, req.conversation_id, req.sender_id, req.client_msg_id or "", req.kind,
                 head, tail, msg_id, repr(req.ts), "1" if req.require_participant else "0",
-                int(req.idempotency_window), KEY_TTL,
+                int(req.idempotency_window), KEY_TTL, self._hints.get(req.conversation_id, 0),
             ])
             status = reply[0]
             if status == "ok":

@@ -9,7 +9,8 @@ message), so larger batches cost fewer round trips on server databases.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence, TypeVar
+from dataclasses import replace
+from typing import Iterable, NamedTuple, Sequence, TypeVar
 
 from supportchat.storage.database import Cursor
 from supportchat.storage.models import EVENT, Message
@@ -30,18 +31,30 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: float) -> tuple[int, list[str]]:
-    """Insert the messages not stored yet; returns (inserted, msg_ids refused
-    because their seq is taken by another message, their conversation is
-    unknown, or their client_msg_id was already stored as another message)."""
+class PersistResult(NamedTuple):
+    inserted: int
+    # Unknown conversation: nothing sensible to do but the dead-letter stream.
+    refused: list[str]
+    # Conversations where a message was moved to a new seq, with the highest
+    # seq handed out (Redis's counter must be raised to it).
+    resequenced: dict[str, int]
+
+
+def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: float) -> PersistResult:
+    """Insert the messages not stored yet (by msg_id). Two conflicts that only
+    follow Redis losing writes are repaired rather than dropped, because each
+    message was acknowledged: a seq already taken by another message moves the
+    newcomer to the end of the conversation; a client_msg_id already stored as
+    another message (a retry Redis no longer recognised) becomes a
+    ``duplicate`` event at its seq, so the sequence keeps no hole."""
     if not messages:
-        return 0, []
+        return PersistResult(0, [], {})
     existing: set[str] = set()
     for chunk in _chunks([m.msg_id for m in messages]):
         cur.execute(f"SELECT msg_id FROM messages WHERE msg_id IN ({_marks(len(chunk))})", tuple(chunk))
         existing.update(r[0] for r in cur.fetchall())
     todo = [m for m in messages if m.msg_id not in existing]
-    conflicts: list[str] = []
+    refused: list[str] = []
     by_conv: dict[str, list[Message]] = {}
     for m in todo:
         by_conv.setdefault(m.conversation_id, []).append(m)
@@ -50,9 +63,10 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
         cur.execute(f"SELECT id FROM conversations WHERE id IN ({_marks(len(chunk))})", tuple(chunk))
         known.update(r[0] for r in cur.fetchall())
     keep: list[Message] = []
+    moved: list[Message] = []
     for conv, msgs in by_conv.items():
         if conv not in known:
-            conflicts.extend(m.msg_id for m in msgs)
+            refused.extend(m.msg_id for m in msgs)
             continue
         taken: set[int] = set()
         for seqs in _chunks([m.seq for m in msgs]):
@@ -62,15 +76,12 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
             )
             taken.update(int(r[0]) for r in cur.fetchall())
         for m in msgs:
-            (conflicts.append(m.msg_id) if m.seq in taken else keep.append(m))
-    # A client_msg_id already stored as another message: committed straight to
-    # SQL while Redis was unreachable (the reply of a script that ran was
-    # lost). Keep the copy the client was acknowledged.
+            (moved if m.seq in taken else keep).append(m)
     by_sender: dict[str, list[Message]] = {}
-    for m in keep:
+    for m in keep + moved:
         if m.client_msg_id is not None:
             by_sender.setdefault(m.sender_id, []).append(m)
-    clash: set[str] = set()
+    original: dict[str, str] = {}
     for sender, sent in by_sender.items():
         for group in _chunks(sent):
             cur.execute(
@@ -79,26 +90,47 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
                 (sender, *[m.client_msg_id for m in group]),
             )
             stored = {r[0]: r[1] for r in cur.fetchall()}
-            clash.update(m.msg_id for m in group if stored.get(m.client_msg_id, m.msg_id) != m.msg_id)
-    if clash:
-        conflicts.extend(m.msg_id for m in keep if m.msg_id in clash)
-        keep = [m for m in keep if m.msg_id not in clash]
-    if not keep:
-        return 0, conflicts
+            for m in group:
+                if stored.get(m.client_msg_id, m.msg_id) != m.msg_id:
+                    original[m.msg_id] = stored[m.client_msg_id]
+    # A retry stored already: its seq slot becomes a visible no-op event.
+    keep = [
+        replace(m, kind=EVENT, body="", client_msg_id=None, data={"name": "duplicate", "of": original[m.msg_id]})
+        if m.msg_id in original else m
+        for m in keep
+    ]
+    moved = [m for m in moved if m.msg_id not in original]  # stored already, and its slot is taken
+    resequenced: dict[str, int] = {}
+    if keep:
+        _insert_txn(cur, keep, idempotency_window)
+    for m in sorted(moved, key=lambda x: (x.conversation_id, x.seq)):
+        # Lock the conversation row (as appends do) before reading the top seq.
+        cur.execute("SELECT last_seq FROM conversations WHERE id = ?" + cur.engine.for_update(), (m.conversation_id,))
+        cur.fetchone()
+        cur.execute("SELECT MAX(seq) FROM messages WHERE conversation_id = ?", (m.conversation_id,))
+        top = max(int(cur.fetchone()[0] or 0), resequenced.get(m.conversation_id, 0))
+        fresh = replace(m, seq=top + 1)
+        _insert_txn(cur, [fresh], idempotency_window)
+        resequenced[m.conversation_id] = fresh.seq
+        keep.append(fresh)
+    if keep:
+        _update_conversations_txn(cur, keep)
+    return PersistResult(len(keep), refused, resequenced)
+
+
+def _insert_txn(cur: Cursor, msgs: list[Message], idempotency_window: float) -> None:
     cur.executemany(
         cur.engine.insert_ignore("messages", _COLS, _marks(10), key="msg_id"),
         [(m.conversation_id, m.msg_id, m.seq, m.sender_id, m.sender_role, m.client_msg_id, m.kind, m.body, m.ts,
-          None if m.data is None else json.dumps(m.data)) for m in keep],
+          None if m.data is None else json.dumps(m.data)) for m in msgs],
     )
-    keyed = [m for m in keep if m.client_msg_id is not None]
+    keyed = [m for m in msgs if m.client_msg_id is not None]
     if keyed:
         cur.executemany(
             cur.engine.insert_ignore("idempotency_keys", _IDEM_COLS, _marks(7), key="sender_id, client_msg_id"),
             [(m.sender_id, m.client_msg_id, m.conversation_id, m.msg_id, m.seq, m.ts, m.ts + idempotency_window)
              for m in keyed],
         )
-    _update_conversations_txn(cur, keep)
-    return len(keep), conflicts
 
 
 def _update_conversations_txn(cur: Cursor, kept: list[Message]) -> None:
