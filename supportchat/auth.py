@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -26,6 +26,9 @@ class Principal:
     user_id: str
     role: str
     name: str | None = None
+    # The token's "iat", when it has one (revocation: tokens issued before
+    # an account was disabled are refused).
+    issued_at: float | None = field(default=None, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.user_id, "role": self.role}
@@ -124,7 +127,9 @@ class TokenVerifier:
         if role not in ROLES:
             raise AuthError("claims", "token 'role' must be customer, agent or admin")
         name = claims.get("name")
-        return Principal(sub, role, name if isinstance(name, str) else None)
+        iat = claims.get("iat")
+        issued = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
+        return Principal(sub, role, name if isinstance(name, str) else None, issued)
 
 
 class TokenIssuer:

@@ -211,8 +211,38 @@ class SupportChatServer:
                 background=self.get_background(),
                 config=self.config.chat,
                 heartbeat=self.config.websocket.heartbeat,
+                workflow=self.get_workflow() if self.config.workflow.enabled else None,
             ),
         )
+
+    # -- support workflow ------------------------------------------------
+    def get_workflow_store(self) -> Any:
+        from supportchat.workflow.store import SqlWorkflowStore
+
+        return self._once("workflow_store", lambda: SqlWorkflowStore(self.get_database()))
+
+    def get_workflow(self) -> Any:
+        from supportchat.handlers.workflow import WorkflowHandler
+
+        return self._once("workflow", lambda: WorkflowHandler(
+            self.reactor, self.get_chat_store(), self.get_workflow_store(), self.get_bus(), self.get_registry(),
+            self.get_presence(), self.get_background(), self.config.workflow,
+        ))
+
+    def _mount_workflow_api(self, v1: Resource) -> None:
+        from supportchat.http.workflow_api import AgentsApi, CsatApi, InboxApi, LoginApi, TeamsApi
+
+        store, verifier = self.get_workflow_store(), self.get_verifier()
+        cfg = self.config.workflow
+        v1.putChild(b"login", LoginApi(self.reactor, verifier, store, self.get_issuer(), cfg))
+        v1.putChild(b"refresh", LoginApi(self.reactor, verifier, store, self.get_issuer(), cfg, refresh=True))
+        v1.putChild(b"agents", AgentsApi(self.reactor, verifier, store, cfg, self.get_workflow().after_agent_change))
+        v1.putChild(b"teams", TeamsApi(self.reactor, verifier, store))
+        v1.putChild(b"inbox", InboxApi(self.reactor, verifier, store))
+        v1.putChild(b"csat", CsatApi(self.reactor, verifier, store))
+
+    def _drain_tick(self) -> None:
+        self.get_workflow().request_drain()
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> Any:
@@ -358,6 +388,8 @@ class SupportChatServer:
             v1.putChild(b"conversations", ConversationsApi(
                 self.get_verifier(), self.get_history_store(), self.config.chat.sync_limit_max))
             v1.putChild(b"search", SearchApi(self.get_verifier(), self.get_history_store()))
+            if self.config.workflow.enabled:
+                self._mount_workflow_api(v1)
             v1.putChild(b"admin", AdminApi(
                 self.reactor, self.get_verifier(), self.get_history_store(), self.config.database.retention_batch))
             if self.config.websocket.testee_path:
@@ -436,6 +468,11 @@ class SupportChatServer:
             )
             chat.setName("chat")
             chat.setServiceParent(top)
+            if self.config.workflow.enabled:
+                drain = TimerService(self.config.workflow.drain_interval, self._drain_tick)
+                drain.clock = self.reactor
+                drain.setName("workflow-drain")
+                drain.setServiceParent(top)
         if self._bot_enabled:
             self._bot_service().setServiceParent(top)
         for i, desc in enumerate(self.config.server.listen):

@@ -254,6 +254,31 @@ class BotConfig:
 
 
 @dataclass
+class WorkflowConfig:
+    """Agents, the queue and automatic assignment (docs/workflow.md)."""
+
+    enabled: bool = True
+    default_capacity: int = 3
+    offline_grace: float = 60.0
+    reopen_window: float = 600.0
+    drain_interval: float = 5.0
+    assign_batch: int = 50
+    queue_updates_max: int = 100
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 14 * 86400
+
+    def validate(self, check: "_Checker") -> None:
+        check.that(0 <= self.default_capacity <= 1000, "default_capacity", "must be between 0 and 1000")
+        check.that(self.offline_grace >= 0, "offline_grace", "must not be negative")
+        check.that(self.reopen_window >= 0, "reopen_window", "must not be negative")
+        check.that(self.drain_interval > 0, "drain_interval", "must be positive")
+        check.that(1 <= self.assign_batch <= 1000, "assign_batch", "must be between 1 and 1000")
+        check.that(self.queue_updates_max >= 0, "queue_updates_max", "must not be negative")
+        check.that(self.access_token_ttl >= 60, "access_token_ttl", "must be at least 60 seconds")
+        check.that(self.refresh_token_ttl > self.access_token_ttl, "refresh_token_ttl", "must exceed access_token_ttl")
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -263,6 +288,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     bot: BotConfig = field(default_factory=BotConfig)
     source: str = "<defaults>"
 
@@ -273,7 +299,7 @@ class Config:
         return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
 
 
-SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot")
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow")
 
 
 class _Checker:
@@ -426,5 +452,6 @@ def _section_classes() -> dict[str, type]:
         "websocket": WebSocketConfig,
         "chat": ChatConfig,
         "redis": RedisConfig,
+        "workflow": WorkflowConfig,
         "bot": BotConfig,
     }

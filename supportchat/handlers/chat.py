@@ -32,6 +32,11 @@ from supportchat.storage.models import (
 from supportchat.ws.frames import (
     Accept,
     ClientFrame,
+    Close,
+    Rate,
+    SetStatus,
+    Take,
+    Transfer,
     FrameError,
     Ping,
     Pong,
@@ -78,7 +83,10 @@ class ChatHandler:
         background: BackgroundTasks,
         config: ChatConfig,
         heartbeat: int,
+        workflow: Any = None,
     ) -> None:
+        # The support workflow (handlers/workflow.py), None when disabled.
+        self._workflow = workflow
         self._clock = clock
         self._store = store
         self._bus = bus
@@ -94,9 +102,13 @@ class ChatHandler:
 
     def stop(self) -> None:
         self._unsubscribe()
+        if self._workflow is not None:
+            self._workflow.stop()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         n = self._registry.deliver(delivery)
+        if self._workflow is not None:
+            self._workflow.observe(delivery)
         if n and delivery.frame.get("type") == "message":
             self._metrics.messages_delivered.inc(n)
 
@@ -108,6 +120,11 @@ class ChatHandler:
         self._buckets[session.id] = TokenBucket(self._config.frame_rate, self._config.frame_burst, self._clock.seconds())
         self._touch(session, force=True)
         try:
+            if self._workflow is not None and not (yield Deferred.fromCoroutine(self._workflow.admit(session))):
+                session.ready = True
+                session.send(error_frame("account_disabled", "this account is disabled or the token was revoked"))
+                session.close(1008, "account disabled")
+                return
             states = yield self._store.get_states(session.user_id)
             hello: dict[str, Any] = {
                 "type": "hello",
@@ -129,6 +146,8 @@ class ChatHandler:
             if session.role in ("agent", "admin"):
                 queue = yield self._store.list_unassigned(QUEUE_LIMIT)
                 hello["queue"] = [c.to_wire() for c in queue]
+            if self._workflow is not None:
+                hello.update((yield Deferred.fromCoroutine(self._workflow.hello(session))))
         except Exception:
             log.failure("could not build hello for a session")
             session.ready = True
@@ -140,6 +159,8 @@ class ChatHandler:
     def on_close(self, session: ClientSession) -> None:
         session.closed = True
         self._registry.remove(session)
+        if self._workflow is not None:
+            self._workflow.on_session_closed(session)
         self._buckets.pop(session.id, None)
         self._last_touch.pop(session.id, None)
         self._background.run("presence_remove", self._presence.remove, session.user_id, session.id)
@@ -176,6 +197,11 @@ class ChatHandler:
             Sync: self._sync,
             Typing: self._typing,
             Read: self._read,
+            SetStatus: self._workflow_frame,
+            Take: self._workflow_frame,
+            Transfer: self._workflow_frame,
+            Close: self._workflow_frame,
+            Rate: self._workflow_frame,
         }[type(frame)]
         d: Deferred[None] = Deferred.fromCoroutine(handler(session, frame))  # type: ignore[operator]
 
@@ -213,6 +239,8 @@ class ChatHandler:
         conv, created = await self._store.open_conversation(session.user_id, self._clock.seconds())
         body = conv.to_wire()
         session.send(reply({"type": "conversation", "conversation": body}, frame.ref))
+        if self._workflow is not None:
+            await self._workflow.on_started(session, conv, created, frame.team)
         if created:
             await self._bus.publish(Delivery(
                 frame={"type": "conversation", "conversation": body},
@@ -221,7 +249,19 @@ class ChatHandler:
                 exclude_connection=session.id,
             ))
 
+    async def _workflow_frame(self, session: ClientSession, frame: Any) -> None:
+        if self._workflow is None:
+            raise FrameError("bad_request", "the support workflow is not enabled on this server", frame.ref)
+        handler = {
+            SetStatus: self._workflow.on_status, Take: self._workflow.on_take, Transfer: self._workflow.on_transfer,
+            Close: self._workflow.on_close, Rate: self._workflow.on_rate,
+        }[type(frame)]
+        await handler(session, frame)
+
     async def _accept(self, session: ClientSession, frame: Accept) -> None:
+        if self._workflow is not None:
+            await self._workflow.on_take(session, Take(frame.conversation, frame.ref))
+            return
         if session.role not in ("agent", "admin"):
             raise FrameError("forbidden", "only agents accept conversations", frame.ref)
         conv = await self._store.get_conversation(frame.conversation)
@@ -250,6 +290,8 @@ class ChatHandler:
     async def _message(self, session: ClientSession, frame: SendMessage) -> None:
         received = self._clock.seconds()
         self._metrics.messages_received.inc()
+        if self._workflow is not None and session.role == "customer":
+            await self._workflow.before_customer_message(session, frame.conversation, frame.ref)
         request = AppendRequest(
             conversation_id=frame.conversation,
             sender_id=session.user_id,

@@ -152,6 +152,20 @@ class RedisChatStore:
             conv = replace(conv, last_seq=int(meta[0]), last_msg_id=meta[1], last_ts=float(meta[2]))
         return conv
 
+    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]":
+        return Deferred.fromCoroutine(self._remove_participant(conversation_id, user_id))
+
+    async def _remove_participant(self, conversation_id: str, user_id: str) -> bool:
+        """SQL first (authorization survives Redis), then the script's copy."""
+        removed = await self._sql.remove_participant(conversation_id, user_id)
+        if not self.degraded:
+            try:
+                await self._redis.execute("HDEL", f"{self.prefix}parts:{conversation_id}", user_id)
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+        return bool(removed)
+
     def list_conversations(self, user_id: str) -> "Deferred[list[Conversation]]":
         return self._sql.list_conversations(user_id)
 

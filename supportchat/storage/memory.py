@@ -93,6 +93,18 @@ class MemoryConversationStore:
     def get_conversation(self, conversation_id: str) -> "Deferred[Conversation | None]":
         return succeed(self._conversations.get(conversation_id))
 
+    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]":
+        removed = self._participants.get(conversation_id, {}).pop(user_id, None)
+        self._reads.pop((conversation_id, user_id), None)
+        return succeed(removed is not None)
+
+    def set_status(self, conversation_id: str, status: str, now: float) -> None:
+        """What the workflow's close/reopen does to the SQL row (twin only)."""
+        conv = self._conversations.get(conversation_id)
+        if conv is not None:
+            self._conversations[conversation_id] = replace(
+                conv, status=status, closed_at=now if status == "closed" else None)
+
     def list_conversations(self, user_id: str) -> "Deferred[list[Conversation]]":
         out = [
             c for c in self._conversations.values()

@@ -349,6 +349,12 @@ def add_participant_txn(cur: Cursor, conversation_id: str, user_id: str, role: s
     return True
 
 
+def remove_participant_txn(cur: Cursor, conversation_id: str, user_id: str) -> bool:
+    """Remove a participant (an agent transferred away); False if they were not one."""
+    cur.execute("DELETE FROM participants WHERE conversation_id = ? AND user_id = ?", (conversation_id, user_id))
+    return cur.rowcount > 0
+
+
 def _get_conversation_txn(cur: Cursor, conversation_id: str) -> Conversation | None:
     cur.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE id = ?", (conversation_id,))
     row = cur.fetchone()
@@ -461,6 +467,9 @@ class SqlConversationStore:
 
     def add_participant(self, conversation_id: str, user_id: str, role: str, now: float) -> "Deferred[bool]":
         return self._db.run_interaction("add_participant", add_participant_txn, conversation_id, user_id, role, now)
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]":
+        return self._db.run_interaction("remove_participant", remove_participant_txn, conversation_id, user_id)
 
     def list_conversations(self, user_id: str) -> "Deferred[list[Conversation]]":
         return self._db.run_interaction("list_conversations", _list_conversations_txn, user_id)

@@ -40,6 +40,7 @@ class Pong:
 @dataclass(frozen=True)
 class Start:
     ref: Any = None
+    team: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,52 @@ class Read:
     ref: Any = None
 
 
-ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read]
+@dataclass(frozen=True)
+class SetStatus:
+    """An agent sets their status: online, away or offline."""
+
+    status: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Take:
+    """An agent takes a conversation from the queue (``accept`` is the same)."""
+
+    conversation: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """To another agent or to a team's queue, with an internal note."""
+
+    conversation: str
+    to_agent: str | None
+    to_team: str | None
+    note: str | None
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Close:
+    conversation: str
+    ref: Any = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The customer's satisfaction rating (1-5) of a closed conversation."""
+
+    conversation: str
+    rating: int
+    comment: str | None
+    ref: Any = None
+
+
+WORKFLOW_FRAMES = (SetStatus, Take, Transfer, Close, Rate)
+MAX_NOTE_CHARS = 4000
+ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate]
 
 
 def _ref(data: dict[str, Any]) -> Any:
@@ -128,7 +174,10 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     if kind == "pong":
         return Pong(ref)
     if kind == "start":
-        return Start(ref)
+        team = data.get("team", "")
+        if not isinstance(team, str) or len(team) > MAX_ID_LENGTH:
+            raise FrameError("bad_request", f"'team' must be a string of at most {MAX_ID_LENGTH} characters", ref)
+        return Start(ref, team)
     if kind == "accept":
         return Accept(_str(data, "conversation", ref), ref)
     if kind == "message":
@@ -151,7 +200,43 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         return Typing(_str(data, "conversation", ref), ref)
     if kind == "read":
         return Read(_str(data, "conversation", ref), _int(data, "seq", ref), ref)
+    if kind in ("status", "take", "transfer", "close", "rate"):
+        return _parse_workflow(kind, data, ref)
     raise FrameError("bad_request", f"unknown frame type {kind[:40]!r}", ref)
+
+
+def _optional_str(data: dict[str, Any], key: str, ref: Any, max_len: int) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FrameError("bad_request", f"'{key}' must be a string", ref)
+    if len(value) > max_len:
+        raise FrameError("too_large", f"'{key}' is longer than {max_len} characters", ref)
+    return value or None
+
+
+def _parse_workflow(kind: str, data: dict[str, Any], ref: Any) -> ClientFrame:
+    if kind == "status":
+        status = data.get("status")
+        if status not in ("online", "away", "offline"):
+            raise FrameError("bad_request", "'status' must be online, away or offline", ref)
+        return SetStatus(str(status), ref)
+    conversation = _str(data, "conversation", ref)
+    if kind == "take":
+        return Take(conversation, ref)
+    if kind == "close":
+        return Close(conversation, ref)
+    if kind == "transfer":
+        to_agent = _optional_str(data, "to_agent", ref, MAX_ID_LENGTH)
+        to_team = _optional_str(data, "to_team", ref, MAX_ID_LENGTH)
+        if (to_agent is None) == (to_team is None):
+            raise FrameError("bad_request", "give exactly one of 'to_agent' and 'to_team'", ref)
+        return Transfer(conversation, to_agent, to_team, _optional_str(data, "note", ref, MAX_NOTE_CHARS), ref)
+    rating = _int(data, "rating", ref, low=1)
+    if rating > 5:
+        raise FrameError("bad_request", "'rating' must be between 1 and 5", ref)
+    return Rate(conversation, rating, _optional_str(data, "comment", ref, MAX_NOTE_CHARS), ref)
 
 
 def error_frame(code: str, message: str, ref: Any = None) -> dict[str, Any]:

@@ -1,0 +1,417 @@
+"""The support workflow over the protocol: agent status, the queue with
+automatic assignment, take, transfer, close, reopen and ratings.
+
+Decisions (who works on what) are made atomically by the WorkflowStore;
+what happened is then told as ``event`` messages appended through the same
+chat store as every message (so in Redis mode they get their seq from the
+Lua append) and fanned out on the bus. Knows nothing of Autobahn.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from supportchat.background import BackgroundTasks
+from supportchat.bus.interfaces import Delivery, MessageBus
+from supportchat.config.model import WorkflowConfig
+from supportchat.handlers.connections import ClientSession, ConnectionRegistry
+from supportchat.storage.interfaces import ConversationStore, PresenceStore
+from supportchat.storage.models import EVENT, AppendRequest, AppendResult, Conflict, Conversation
+from supportchat.workflow.models import ASSIGNED, CLOSED, QUEUED, Agent, Assignment, WorkflowError
+from supportchat.workflow.store import WorkflowStore
+from supportchat.ws.frames import Close, FrameError, Rate, SetStatus, Take, Transfer
+
+log = Logger()
+
+CACHE_MAX = 100_000
+
+
+class WorkflowChatStore(ConversationStore, Protocol):
+    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]": ...
+
+
+def reply(frame: dict[str, Any], ref: Any) -> dict[str, Any]:
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def account_allows(agent: Agent | None, issued_at: float | None) -> bool:
+    """False for a disabled account, or a token issued before the account's
+    tokens were revoked (disabling revokes them)."""
+    if agent is None:
+        return True
+    if agent.disabled:
+        return False
+    return not (agent.tokens_valid_after and (issued_at is None or issued_at < int(agent.tokens_valid_after)))
+
+
+def _not_found(ref: Any) -> FrameError:
+    return FrameError("not_found", "no such conversation", ref)
+
+
+class WorkflowHandler:
+    """Workflow frames and the hooks the chat handler calls."""
+
+    def __init__(
+        self, clock: IReactorTime, store: WorkflowChatStore, workflow: WorkflowStore, bus: MessageBus,
+        registry: ConnectionRegistry, presence: PresenceStore, background: BackgroundTasks, config: WorkflowConfig,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._wf = workflow
+        self._bus = bus
+        self._registry = registry
+        self._presence = presence
+        self._background = background
+        self._config = config
+        # conversation -> closed_at (None: open), as this node last learnt it.
+        self._closed: OrderedDict[str, float | None] = OrderedDict()
+        self._draining = False
+        self._drain_again = False
+        self._offline_timers: dict[str, IDelayedCall] = {}
+
+    def stop(self) -> None:
+        """Shutdown: forget pending offline timers."""
+        for timer in self._offline_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._offline_timers.clear()
+
+    # -- hooks from the chat handler -------------------------------------
+    async def admit(self, session: ClientSession) -> bool:
+        """May this connection open? (Disabled agents and revoked tokens may not.)"""
+        if session.role == "customer":
+            return True
+        agent = await self._wf.get_agent(session.user_id)
+        return account_allows(agent, session.principal.issued_at)
+
+    async def hello(self, session: ClientSession) -> dict[str, Any]:
+        """Extra ``hello`` fields: the agent's status, capacity and load; a
+        customer's queue positions."""
+        if session.role == "customer":
+            waiting = []
+            for conv in await self._store.list_conversations(session.user_id):
+                item = await self._wf.get_item(conv.id)
+                if item is not None and item.state == QUEUED:
+                    waiting.append({"conversation": conv.id, "position": await self._position(conv.id, item.team_id)})
+            return {"waiting": waiting} if waiting else {}
+        timer = self._offline_timers.pop(session.user_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        agent = await self._ensure(session)
+        return {"agent": self._agent_wire(agent)}
+
+    def on_session_closed(self, session: ClientSession) -> None:
+        """After the agent's last connection has been gone ``offline_grace``
+        seconds (on every node: presence), they are set offline."""
+        if session.role == "customer" or list(self._registry.for_user(session.user_id)):
+            return
+        old = self._offline_timers.pop(session.user_id, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._offline_timers[session.user_id] = self._clock.callLater(
+            self._config.offline_grace, self._grace_over, session.user_id)
+
+    def _grace_over(self, user_id: str) -> None:
+        self._offline_timers.pop(user_id, None)
+        self._background.run("workflow_offline", lambda: Deferred.fromCoroutine(self._maybe_offline(user_id)))
+
+    async def _maybe_offline(self, user_id: str) -> None:
+        if list(self._registry.for_user(user_id)) or await self._presence.is_online(user_id):
+            return
+        agent = await self._wf.get_agent(user_id)
+        if agent is not None and agent.status != "offline":
+            await self._wf.set_status(user_id, "offline")
+
+    def observe(self, delivery: Delivery) -> None:
+        """Every delivery this node sees: keep the closed cache fresh, and
+        close the sockets of a disabled account."""
+        frame = delivery.frame
+        if frame.get("type") == "message" and frame.get("kind") == EVENT:
+            name = (frame.get("event") or {}).get("name")
+            if name == "closed":
+                self._remember(str(frame["conversation"]), float(frame.get("ts") or self._clock.seconds()))
+            elif name in ("reopened", "assigned", "joined"):
+                self._remember(str(frame["conversation"]), None)
+        elif frame.get("type") == "error" and frame.get("code") == "account_disabled":
+            for uid in delivery.user_ids:
+                for s in self._registry.for_user(uid):
+                    s.close(1008, "account disabled")
+
+    def _remember(self, conversation_id: str, closed_at: float | None) -> None:
+        self._closed[conversation_id] = closed_at
+        self._closed.move_to_end(conversation_id)
+        while len(self._closed) > CACHE_MAX:
+            self._closed.popitem(last=False)
+
+    async def on_started(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
+        """A customer's ``start``: queue a new conversation, tell the position."""
+        item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at)
+        self._remember(conv.id, None)
+        if item.state == QUEUED:
+            session.send({"type": "queue", "conversation": conv.id,
+                          "position": await self._position(conv.id, item.team_id)})
+        if created:
+            self.request_drain()
+
+    async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
+        """A customer writing to a closed conversation reopens it within
+        ``reopen_window``; later it is refused (start a new one)."""
+        if conversation_id not in self._closed:
+            item = await self._wf.get_item(conversation_id)
+            if item is None or item.customer_id != session.user_id:
+                return  # the append decides (not_found)
+            self._remember(conversation_id, item.closed_at if item.state == CLOSED else None)
+        closed_at = self._closed.get(conversation_id)
+        if closed_at is None:
+            return
+        now = self._clock.seconds()
+        if now - closed_at > self._config.reopen_window:
+            raise FrameError("conversation_closed",
+                             "the conversation is closed; send start for a new conversation", ref)
+        reopened = await self._wf.reopen(conversation_id, now)
+        self._remember(conversation_id, None)
+        if reopened is not None:
+            await self._event(conversation_id, session.user_id, session.role, "reopened",
+                              {"user": session.principal.to_wire()}, "The conversation was reopened")
+            session.send({"type": "queue", "conversation": conversation_id,
+                          "position": await self._position(conversation_id, reopened.team_id)})
+            self.request_drain()
+
+    # -- frames ----------------------------------------------------------
+    async def on_status(self, session: ClientSession, frame: SetStatus) -> None:
+        if session.role not in ("agent", "admin"):
+            raise FrameError("forbidden", "only agents have a status", frame.ref)
+        await self._ensure(session)
+        agent = await self._wf.set_status(session.user_id, frame.status)
+        if agent is None or agent.disabled:
+            raise FrameError("forbidden", "this account is disabled", frame.ref)
+        session.send(reply({"type": "agent_status", "agent": self._agent_wire(agent)}, frame.ref))
+        if frame.status == "online":
+            self.request_drain()
+
+    async def on_take(self, session: ClientSession, frame: Take, event_name: str = "joined") -> None:
+        """``take`` (and ``accept``): an agent takes the conversation from
+        the queue; an admin joins to observe without taking it."""
+        if session.role not in ("agent", "admin"):
+            raise FrameError("forbidden", "only agents accept conversations", frame.ref)
+        conv = await self._store.get_conversation(frame.conversation)
+        if conv is None or conv.status != "open":
+            raise _not_found(frame.ref)
+        user = session.principal.to_wire()
+        name = session.principal.name or session.user_id
+        if session.role == "agent":
+            agent = await self._ensure(session)
+            if agent.team_id:
+                item = await self._wf.get_item(conv.id)
+                if item is not None and item.team_id != agent.team_id:
+                    raise _not_found(frame.ref)  # another team's conversation
+            try:
+                assignment = await self._wf.take(conv.id, conv.customer_id, session.user_id, self._clock.seconds())
+            except WorkflowError as e:
+                raise FrameError(e.code, str(e), frame.ref) from None
+            if assignment is not None:
+                await self._event(conv.id, session.user_id, session.role, event_name,
+                                  {"user": user, "assigned": True, "by": "take"},
+                                  f"{name} joined the conversation", join=True)
+                self._background.run("workflow_positions", self.publish_positions)
+        else:
+            try:
+                await self._event(conv.id, session.user_id, session.role, event_name, {"user": user},
+                                  f"{name} joined the conversation", join=True, allow_rejoin=False)
+            except Conflict:
+                pass  # already a participant: accepting again changes nothing
+        fresh = await self._store.get_conversation(conv.id)
+        session.send(reply({"type": "conversation", "conversation": (fresh or conv).to_wire()}, frame.ref))
+
+    async def _assigned_item(self, session: ClientSession, conversation_id: str, ref: Any) -> Any:
+        """The open work item the session may act on as its agent (or admin)."""
+        item = await self._wf.get_item(conversation_id)
+        if item is None or item.state == CLOSED:
+            raise _not_found(ref)
+        if session.role == "admin":
+            return item
+        if session.role == "agent" and item.state == ASSIGNED and item.agent_id == session.user_id:
+            return item
+        raise _not_found(ref)
+
+    async def on_transfer(self, session: ClientSession, frame: Transfer) -> None:
+        if session.role not in ("agent", "admin"):
+            raise FrameError("forbidden", "only agents transfer conversations", frame.ref)
+        await self._assigned_item(session, frame.conversation, frame.ref)
+        now = self._clock.seconds()
+        try:
+            before, after = await self._wf.transfer(
+                frame.conversation, frame.to_agent, frame.to_team, session.user_id, frame.note, now)
+        except WorkflowError as e:
+            raise FrameError(e.code, str(e), frame.ref) from None
+        data: dict[str, Any] = {"from": {"id": before.agent_id} if before.agent_id else None, "team": after.team_id,
+                                "by": session.principal.to_wire()}
+        if after.state == ASSIGNED and after.agent_id is not None:
+            target = await self._wf.get_agent(after.agent_id)
+            data["to"] = self._user(target, after.agent_id)
+            await self._event(frame.conversation, after.agent_id, target.role if target else "agent", "transferred",
+                              data, "The conversation was transferred", join=True)
+        else:
+            data["to"] = None
+            await self._event(frame.conversation, session.user_id, session.role, "transferred", data,
+                              "The conversation was transferred to a team", require_participant=False)
+        if before.agent_id and before.agent_id != after.agent_id:
+            await self._store.remove_participant(frame.conversation, before.agent_id)
+        if frame.note and after.agent_id:
+            await self._bus.publish(Delivery(frame={
+                "type": "note", "conversation": frame.conversation, "author": session.principal.to_wire(),
+                "body": frame.note, "ts": now,
+            }, user_ids=(after.agent_id,)))
+        session.send(reply({"type": "transferred", "conversation": frame.conversation, "item": after.to_wire()},
+                           frame.ref))
+        if after.state == QUEUED:
+            self.request_drain()
+
+    async def on_close(self, session: ClientSession, frame: Close) -> None:
+        conv = await self._store.get_conversation(frame.conversation)
+        if conv is None:
+            raise _not_found(frame.ref)
+        if session.role == "customer":
+            if conv.customer_id != session.user_id:
+                raise _not_found(frame.ref)
+        else:
+            await self._assigned_item(session, frame.conversation, frame.ref)
+        now = self._clock.seconds()
+        before = await self._wf.close(frame.conversation, now)
+        if before is None:
+            if conv.status == "open":  # never queued (workflow added later)
+                await self._wf.enqueue(conv.id, conv.customer_id, "", conv.created_at)
+                before = await self._wf.close(frame.conversation, now)
+            if before is None:
+                raise FrameError("conflict", "the conversation is already closed", frame.ref)
+        self._remember(frame.conversation, now)
+        await self._event(frame.conversation, session.user_id, session.role, "closed",
+                          {"by": session.principal.to_wire()}, "The conversation was closed",
+                          require_participant=False)
+        session.send(reply({"type": "closed", "conversation": frame.conversation}, frame.ref))
+        if before.state == ASSIGNED:
+            self.request_drain()
+        elif before.state == QUEUED:
+            self._background.run("workflow_positions", self.publish_positions)
+
+    async def on_rate(self, session: ClientSession, frame: Rate) -> None:
+        if session.role != "customer":
+            raise FrameError("forbidden", "only the customer rates a conversation", frame.ref)
+        item = await self._wf.get_item(frame.conversation)
+        if item is None or item.customer_id != session.user_id:
+            raise _not_found(frame.ref)
+        if not await self._wf.rate(frame.conversation, frame.rating, frame.comment, self._clock.seconds()):
+            raise FrameError("conflict", "a conversation is rated after it is closed", frame.ref)
+        session.send(reply({"type": "rated", "conversation": frame.conversation, "rating": frame.rating}, frame.ref))
+
+    async def after_agent_change(self, agent: Agent, requeued: list[str]) -> None:
+        """An admin edited an agent: a disabled one is disconnected everywhere
+        (1008) and their conversations go back to the queue; capacity may
+        have appeared."""
+        if agent.disabled:
+            await self._bus.publish(Delivery(
+                frame={"type": "error", "code": "account_disabled", "message": "this account was disabled"},
+                user_ids=(agent.id,)))
+        for conversation_id in requeued:
+            await self._event(conversation_id, agent.id, agent.role, "queued",
+                              {"from": {"id": agent.id}, "reason": "agent_disabled"},
+                              "The conversation is back in the queue", require_participant=False)
+            await self._store.remove_participant(conversation_id, agent.id)
+        self.request_drain()
+
+    # -- the queue -------------------------------------------------------
+    def request_drain(self) -> None:
+        """Assign what can be assigned; coalesced (one drain at a time per
+        node, run again if asked while running)."""
+        if self._draining:
+            self._drain_again = True
+            return
+        self._draining = True
+        self._background.run("workflow_drain", lambda: Deferred.fromCoroutine(self._drain()))
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                self._drain_again = False
+                assignments = await self._wf.assign_next(self._clock.seconds(), self._config.assign_batch)
+                for a in assignments:
+                    await self._announce(a)
+                if assignments:
+                    await self.publish_positions()
+                if not assignments and not self._drain_again:
+                    break
+        finally:
+            self._draining = False
+
+    async def _announce(self, a: Assignment) -> None:
+        agent = await self._wf.get_agent(a.agent_id)
+        user = self._user(agent, a.agent_id)
+        await self._event(a.conversation_id, a.agent_id, agent.role if agent else "agent", "assigned",
+                          {"user": user, "assigned": True, "by": "auto"},
+                          f"{user.get('name') or a.agent_id} was assigned", join=True)
+        conv = await self._store.get_conversation(a.conversation_id)
+        if conv is not None:
+            await self._bus.publish(Delivery(
+                frame={"type": "conversation", "conversation": conv.to_wire(), "assigned": True},
+                user_ids=(a.agent_id,)))
+
+    async def publish_positions(self) -> None:
+        """Queue positions to waiting customers (first queue_updates_max of each team)."""
+        queued = await self._wf.list_items(QUEUED, None, None, 10_000)
+        counters: dict[str, int] = {}
+        for item in queued:
+            pos = counters[item.team_id] = counters.get(item.team_id, 0) + 1
+            if pos <= self._config.queue_updates_max:
+                await self._bus.publish(Delivery(
+                    frame={"type": "queue", "conversation": item.conversation_id, "position": pos},
+                    user_ids=(item.customer_id,)))
+
+    async def _position(self, conversation_id: str, team_id: str) -> int:
+        queued = await self._wf.list_items(QUEUED, None, team_id, 10_000)
+        for i, item in enumerate(queued):
+            if item.conversation_id == conversation_id:
+                return i + 1
+        return 0
+
+    # -- helpers ---------------------------------------------------------
+    async def _ensure(self, session: ClientSession) -> Agent:
+        return await self._wf.ensure_agent(session.user_id, session.role, session.principal.name or session.user_id,
+                                           self._config.default_capacity, self._clock.seconds())
+
+    @staticmethod
+    def _agent_wire(agent: Agent) -> dict[str, Any]:
+        return {"status": agent.status, "capacity": agent.capacity, "load": agent.load, "team": agent.team_id}
+
+    @staticmethod
+    def _user(agent: Agent | None, agent_id: str) -> dict[str, Any]:
+        if agent is None:
+            return {"id": agent_id, "role": "agent"}
+        return {"id": agent.id, "role": agent.role, "name": agent.name}
+
+    async def _event(
+        self, conversation_id: str, sender_id: str, sender_role: str, name: str, data: dict[str, Any], body: str,
+        join: bool = False, require_participant: bool = True, allow_rejoin: bool = True,
+    ) -> AppendResult:
+        """Append a lifecycle event through the chat store and fan it out."""
+        request = AppendRequest(
+            conversation_id=conversation_id, sender_id=sender_id, sender_role=sender_role, kind=EVENT, body=body,
+            ts=self._clock.seconds(), data=dict(data, name=name), join=join,
+            require_participant=require_participant,
+        )
+        try:
+            result = await self._store.append(request)
+        except Conflict:
+            if not allow_rejoin:
+                raise
+            result = await self._store.append(replace(request, join=False))
+        await self._bus.publish(Delivery(frame=result.message.to_wire(),
+                                         user_ids=tuple(p.user_id for p in result.participants)))
+        return result

@@ -1,0 +1,328 @@
+"""REST for the agent console and integrators: login, agents, teams, the
+inbox (conversations in the workflow) and the CSAT report.
+
+    POST  /api/v1/login                {login, password} -> access + refresh token
+    POST  /api/v1/refresh              {refresh_token}   -> a new pair (one use)
+    GET   /api/v1/agents               agents, admins
+    POST  /api/v1/agents               admins: create
+    GET   /api/v1/agents/{id}          admins, or the agent themself
+    PATCH /api/v1/agents/{id}          admins: name, team, capacity, role, password, disabled
+    GET   /api/v1/teams                agents, admins
+    POST  /api/v1/teams                admins: create {id, name}
+    PATCH /api/v1/teams/{id}           admins: rename
+    GET   /api/v1/inbox?state=&agent=&team=&waiting_min=&limit=   agents (own team), admins
+    GET   /api/v1/inbox/{conversation} detail with internal notes
+    GET   /api/v1/csat?since=          admins: ratings report
+
+Errors are ``{"error": {"code", "message"}}``; customers get 403, a
+disabled account or revoked token 401. Passwords and tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from typing import Any, Callable
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.web.http import Request
+
+from supportchat.auth import Principal, TokenIssuer, TokenVerifier
+from supportchat.config.model import WorkflowConfig
+from supportchat.handlers.workflow import account_allows
+from supportchat.http.history import AsyncJsonResource, HttpError, authenticate, int_arg, str_arg
+from supportchat.workflow.models import STATUSES, Agent, WorkflowError
+from supportchat.workflow.passwords import hash_password, verify_password
+from supportchat.workflow.store import WorkflowStore
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MAX_BODY = 16 * 1024
+# Verified when the login is unknown, so timing does not tell which logins exist.
+_DUMMY_HASH = "scrypt$10$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+def read_json(request: Request) -> dict[str, Any]:
+    raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise HttpError(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise HttpError(400, "bad_request", "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "bad_request", "the body must be a JSON object")
+    return data
+
+
+def _path(request: Request) -> list[str]:
+    return [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or [] if p]
+
+
+class WorkflowResource(AsyncJsonResource):
+    """Shared: authentication with the account check."""
+
+    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._verifier = verifier
+        self._wf = workflow
+
+    async def principal(self, request: Request, roles: tuple[str, ...] = ("agent", "admin")) -> Principal:
+        principal = authenticate(request, self._verifier)
+        if principal.role != "customer":
+            agent = await self._wf.get_agent(principal.user_id)
+            if not account_allows(agent, principal.issued_at):
+                raise HttpError(401, "unauthorized", "this account is disabled or the token was revoked",
+                                {"www-authenticate": "Bearer"})
+        if principal.role not in roles:
+            raise HttpError(403, "forbidden", f"this needs the role {' or '.join(roles)}")
+        return principal
+
+
+class LoginApi(WorkflowResource):
+    """``POST /api/v1/login`` and ``POST /api/v1/refresh``."""
+
+    routes = {b"POST": "post"}
+
+    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore, issuer: TokenIssuer,
+                 config: WorkflowConfig, refresh: bool = False) -> None:
+        super().__init__(reactor, verifier, workflow)
+        self._issuer = issuer
+        self._config = config
+        self._refresh = refresh
+
+    async def post(self, request: Request) -> tuple[int, Any]:
+        if _path(request):
+            raise HttpError(404, "not_found", "no such resource")
+        data = read_json(request)
+        now = self._reactor.seconds()
+        if self._refresh:
+            token = data.get("refresh_token")
+            if not isinstance(token, str) or not token:
+                raise HttpError(400, "bad_request", "refresh_token is required")
+            agent_id = await self._wf.use_refresh(hashlib.sha256(token.encode()).hexdigest(), now)
+            agent = None if agent_id is None else await self._wf.get_agent(agent_id)
+            if agent is None or agent.disabled:
+                raise HttpError(401, "unauthorized", "the refresh token is invalid, used or expired")
+        else:
+            login, password = data.get("login"), data.get("password")
+            if not isinstance(login, str) or not isinstance(password, str) or not login or not password:
+                raise HttpError(400, "bad_request", "login and password are required")
+            agent = await self._wf.get_agent_by_login(login)
+            stored = agent.password_hash if agent is not None else _DUMMY_HASH
+            ok = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), verify_password, password,
+                                         stored)
+            if agent is None or not ok or agent.disabled:
+                raise HttpError(401, "unauthorized", "wrong login or password, or the account is disabled")
+        return 200, await self._tokens(agent, now)
+
+    async def _tokens(self, agent: Agent, now: float) -> dict[str, Any]:
+        access = self._issuer.mint(agent.id, agent.role, self._config.access_token_ttl, now, agent.name)
+        refresh = secrets.token_urlsafe(32)
+        await self._wf.save_refresh(hashlib.sha256(refresh.encode()).hexdigest(), agent.id,
+                                    now + self._config.refresh_token_ttl)
+        return {"access_token": access, "token_type": "Bearer", "expires_in": self._config.access_token_ttl,
+                "refresh_token": refresh, "agent": agent.to_wire()}
+
+
+class AgentsApi(WorkflowResource):
+    """``/api/v1/agents[/{id}]``."""
+
+    routes = {b"GET": "get", b"POST": "post", b"PATCH": "patch"}
+
+    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore, config: WorkflowConfig,
+                 on_change: Callable[[Agent, list[str]], Any]) -> None:
+        super().__init__(reactor, verifier, workflow)
+        self._config = config
+        self._on_change = on_change
+
+    async def _hash(self, password: Any) -> str:
+        if not isinstance(password, str) or len(password) < 8 or len(password) > 1024:
+            raise HttpError(400, "bad_request", "password must be 8 to 1024 characters")
+        return str(await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), hash_password, password))
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        principal = await self.principal(request)
+        path = _path(request)
+        if not path:
+            return 200, {"agents": [a.to_wire() for a in await self._wf.list_agents()]}
+        if len(path) != 1 or (principal.role != "admin" and path[0] != principal.user_id):
+            raise HttpError(404, "not_found", "no such agent")
+        agent = await self._wf.get_agent(path[0])
+        if agent is None:
+            raise HttpError(404, "not_found", "no such agent")
+        return 200, agent.to_wire()
+
+    async def post(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request, ("admin",))
+        if _path(request):
+            raise HttpError(404, "not_found", "no such resource")
+        data = read_json(request)
+        login = data.get("login")
+        if not isinstance(login, str) or not ID_RE.match(login):
+            raise HttpError(400, "bad_request", "login must be 1-64 letters, digits or _.@-")
+        agent_id = data.get("id", login)
+        if not isinstance(agent_id, str) or not ID_RE.match(agent_id):
+            raise HttpError(400, "bad_request", "id must be 1-64 letters, digits or _.@-")
+        fields = self._fields(data)
+        agent = Agent(
+            id=agent_id, login=login, name=fields.get("name", login), role=fields.get("role", "agent"),
+            team_id=fields.get("team_id", ""), capacity=fields.get("capacity", self._config.default_capacity),
+            password_hash=await self._hash(data.get("password")), created_at=self._reactor.seconds(),
+        )
+        await self._check_team(agent.team_id)
+        try:
+            created = await self._wf.create_agent(agent)
+        except WorkflowError as e:
+            raise HttpError(409, "conflict", str(e)) from None
+        return 201, created.to_wire()
+
+    def _fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "name" in data:
+            if not isinstance(data["name"], str) or not 1 <= len(data["name"]) <= 200:
+                raise HttpError(400, "bad_request", "name must be 1-200 characters")
+            out["name"] = data["name"]
+        if "role" in data:
+            if data["role"] not in ("agent", "admin"):
+                raise HttpError(400, "bad_request", "role must be agent or admin")
+            out["role"] = data["role"]
+        if "team" in data:
+            if not isinstance(data["team"], str) or len(data["team"]) > 64:
+                raise HttpError(400, "bad_request", "team must be a team id ('' for none)")
+            out["team_id"] = data["team"]
+        if "capacity" in data:
+            cap = data["capacity"]
+            if not isinstance(cap, int) or isinstance(cap, bool) or not 0 <= cap <= 1000:
+                raise HttpError(400, "bad_request", "capacity must be an integer between 0 and 1000")
+            out["capacity"] = cap
+        if "disabled" in data:
+            if not isinstance(data["disabled"], bool):
+                raise HttpError(400, "bad_request", "disabled must be true or false")
+            out["disabled"] = data["disabled"]
+        if "status" in data:
+            raise HttpError(400, "bad_request", "agents set their own status (frame status)")
+        return out
+
+    async def _check_team(self, team: str) -> None:
+        if team and team not in {t.id for t in await self._wf.list_teams()}:
+            raise HttpError(400, "bad_request", "no such team")
+
+    async def patch(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request, ("admin",))
+        path = _path(request)
+        if len(path) != 1:
+            raise HttpError(404, "not_found", "no such resource")
+        data = read_json(request)
+        changes = self._fields(data)
+        if "password" in data:
+            changes["password_hash"] = await self._hash(data["password"])
+        if "team_id" in changes:
+            await self._check_team(changes["team_id"])
+        agent, requeued = await self._wf.update_agent(path[0], changes, self._reactor.seconds())
+        if agent is None:
+            raise HttpError(404, "not_found", "no such agent")
+        await self._on_change(agent, requeued)
+        return 200, agent.to_wire()
+
+
+class TeamsApi(WorkflowResource):
+    """``/api/v1/teams[/{id}]``."""
+
+    routes = {b"GET": "get", b"POST": "post", b"PATCH": "patch"}
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request)
+        if _path(request):
+            raise HttpError(404, "not_found", "no such resource")
+        return 200, {"teams": [t.to_wire() for t in await self._wf.list_teams()]}
+
+    def _name(self, data: dict[str, Any]) -> str:
+        name = data.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise HttpError(400, "bad_request", "name must be 1-200 characters")
+        return name
+
+    async def post(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request, ("admin",))
+        data = read_json(request)
+        team_id = data.get("id")
+        if _path(request) or not isinstance(team_id, str) or not ID_RE.match(team_id):
+            raise HttpError(400, "bad_request", "id must be 1-64 letters, digits or _.@-")
+        try:
+            team = await self._wf.create_team(team_id, self._name(data), self._reactor.seconds())
+        except WorkflowError as e:
+            raise HttpError(409, "conflict", str(e)) from None
+        return 201, team.to_wire()
+
+    async def patch(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request, ("admin",))
+        path = _path(request)
+        if len(path) != 1:
+            raise HttpError(404, "not_found", "no such resource")
+        team = await self._wf.rename_team(path[0], self._name(read_json(request)))
+        if team is None:
+            raise HttpError(404, "not_found", "no such team")
+        return 200, team.to_wire()
+
+
+class InboxApi(WorkflowResource):
+    """``/api/v1/inbox[/{conversation}]``: conversations in the workflow."""
+
+    routes = {b"GET": "get"}
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        principal = await self.principal(request)
+        me = await self._wf.get_agent(principal.user_id)
+        own_team = me.team_id if me is not None else ""
+        path = _path(request)
+        if path:
+            item = await self._wf.get_item(path[0]) if len(path) == 1 else None
+            if item is None or (principal.role != "admin" and item.team_id != own_team
+                                and item.agent_id != principal.user_id):
+                raise HttpError(404, "not_found", "no such conversation")
+            out = item.to_wire()
+            out["notes"] = [n.to_wire() for n in await self._wf.notes(item.conversation_id)]
+            out["waiting"] = self._waiting(item)
+            return 200, out
+        state = str_arg(request, "state")
+        if state is not None and state not in ("queued", "assigned", "closed"):
+            raise HttpError(400, "bad_request", "state must be queued, assigned or closed")
+        team = str_arg(request, "team")
+        if principal.role != "admin":
+            if team is not None and team != own_team:
+                raise HttpError(403, "forbidden", "agents see their own team's conversations")
+            team = own_team
+        waiting_min = int_arg(request, "waiting_min", None, 0)
+        limit = int_arg(request, "limit", 100, 1, 1000)
+        assert limit is not None
+        items = await self._wf.list_items(state, str_arg(request, "agent"), team, limit)
+        found = []
+        for item in items:
+            entry = item.to_wire()
+            entry["waiting"] = self._waiting(item)
+            if waiting_min is None or (item.state == "queued" and entry["waiting"] >= waiting_min):
+                found.append(entry)
+        return 200, {"conversations": found}
+
+    def _waiting(self, item: Any) -> float:
+        """Seconds in the queue (so far, if still queued)."""
+        end = item.assigned_at if item.assigned_at is not None else (
+            item.closed_at if item.closed_at is not None else self._reactor.seconds())
+        return round(max(0.0, end - item.queued_at), 3)
+
+
+class CsatApi(WorkflowResource):
+    """``GET /api/v1/csat?since=``: ratings count, average, distribution, per agent."""
+
+    routes = {b"GET": "get"}
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        await self.principal(request, ("admin",))
+        since = int_arg(request, "since", 0, 0)
+        return 200, await self._wf.csat_report(float(since or 0))
+
+
+__all__ = ["AgentsApi", "CsatApi", "InboxApi", "LoginApi", "TeamsApi", "STATUSES"]
