@@ -677,5 +677,31 @@ class EmbeddedServerTests(unittest.TestCase):
             self.assertLessEqual(reply["seq"], ack["seq"], "the bot spoke after the agent joined")
             reply = yield cust.next_frame("message")
         self.assertEqual(reply["seq"], ack["seq"] + 1)
+        metrics = running.server.get_metrics()
+        samples = {x.name: x.value for x in metrics.bot_reply_latency.collect()[0].samples if not x.labels.get("le")}
+        count, total = samples["bot_reply_latency_seconds_count"], samples["bot_reply_latency_seconds_sum"]
+        self.assertGreaterEqual(count, 5)
+        self.assertLess(total / count, 1.0)
+        if os.environ.get("BOT_TEST_REPORT"):
+            with open(os.environ["BOT_TEST_REPORT"], "a") as report:
+                report.write(f"bot reply latency: {count:.0f} replies, mean {1000 * total / count:.1f} ms\n")
+        self.assertEqual(metrics.bot_handoffs.labels("customer_request")._value.get(), 1)
         yield close_client(cust)
         yield close_client(agent)
+
+
+class CommandTests(unittest.SynchronousTestCase):
+    def test_bot_command_needs_redis_and_a_valid_knowledge_file(self) -> None:
+        """`supportchat bot` is refused without Redis; `run` refuses an unusable knowledge file."""
+        from twisted.python import usage
+
+        from supportchat.tap import Options
+
+        data = self.mktemp()
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["bot", "--data-dir", data])
+        self.assertIn("the bot needs Redis", str(e))
+        bad = self.mktemp()
+        with open(bad, "w") as f:
+            f.write('[bot]\nknowledge = "/nonexistent/bot.toml"\n')
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["run", "--config", bad, "--data-dir", data])
+        self.assertIn("bot.knowledge", str(e))
