@@ -363,15 +363,22 @@ class SupportChatServer:
             # every gateway shares them, and taking all out helps nobody.
             details.update(self.get_monitor().readiness())
         return details
+            details["ready"] = details["ready"] and self.serving_chat()
 
     def get_root_resource(self) -> Resource:
+    def serving_chat(self) -> bool:
+        """In Redis mode a node serves chat once it has reached Redis at
+        least once (so presence and routing are right from the first
+        connection); afterwards an outage means degraded mode, not refusal."""
+        return not self.redis_mode or self.get_redis().connected_once.called
+
         def make() -> Resource:
             root = ApiRoot()
             if "gateway" in self.roles:
                 ws_path = [p.encode() for p in self.config.websocket.path.strip("/").split("/")]
                 _put_path(root, ws_path, GuardedWebSocketResource(
                     self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
-                    self.get_allowed_origins(), self.get_metrics(),
+                    self.get_allowed_origins(), self.get_metrics(), serving=self.serving_chat,
                 ))
             root.putChild(b"healthz", Healthz())
             root.putChild(b"readyz", Readyz(self.readiness))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import Request
@@ -48,8 +48,10 @@ class GuardedWebSocketResource(WebSocketResource):
         limiter: KeyedRateLimiter,
         allowed_origins: Sequence[str],
         metrics: Metrics,
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(factory)
+        self._serving = serving
         self._chat_factory = factory
         self._verifier = verifier
         self._limiter = limiter
@@ -61,6 +63,9 @@ class GuardedWebSocketResource(WebSocketResource):
         return json_error(request, status, code, message, headers)
 
     def render(self, request: Request) -> Any:
+        if not self._serving():
+            return self._reject(request, 503, "unavailable", "not_ready", "this node is starting; retry shortly",
+                                {"retry-after": "1"})
         if not self._limiter.allow(client_ip(request)):
             retry = max(1, int(1 / self._limiter.rate + 0.999))
             return self._reject(request, 429, "rate_limited", "rate_limited", "too many connection attempts; retry later",
