@@ -23,6 +23,7 @@ from supportchat.handlers.connections import ConnectionRegistry
 from supportchat.http.common import normalize_origin, redacting_log_formatter
 from supportchat.http.guard import GuardedWebSocketResource
 from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz, Visitors
+from supportchat.http.web import mount_web
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
 from supportchat.service import ChatService, DatabaseService, OrderedMultiService
@@ -380,6 +381,7 @@ class SupportChatServer:
                     self.get_chat_factory(), self.get_verifier(), self.get_handshake_limiter(),
                     self.get_allowed_origins(), self.get_metrics(), serving=self.serving_chat,
                 ))
+            mount_web(root)
             root.putChild(b"healthz", Healthz())
             root.putChild(b"readyz", Readyz(self.readiness))
             root.putChild(b"metrics", MetricsResource(self.get_metrics()))
@@ -390,7 +392,7 @@ class SupportChatServer:
             v1.putChild(b"visitors", Visitors(
                 self.reactor, self.get_issuer(), self.config.auth.visitor_token_ttl,
                 KeyedRateLimiter(self.reactor, self.config.auth.handshake_rate, self.config.auth.handshake_burst),
-                self.config.auth.visitors_enabled,
+                self.config.auth.visitors_enabled, self.get_allowed_origins(),
             ))
             v1.putChild(b"conversations", ConversationsApi(
                 self.get_verifier(), self.get_history_store(), self.config.chat.sync_limit_max))

@@ -315,7 +315,7 @@ class HttpTests(unittest.TestCase):
         client = yield connect(server.port, visitor["token"])
         self.assertEqual(client.frames[0]["user"], {"id": visitor["user_id"], "role": "customer"})
         yield close_client(client)
-        for path in ("/api/v1/nothing-here", "/api", "/api/v1", "/nope", "/"):
+        for path in ("/api/v1/nothing-here", "/api", "/api/v1", "/nope"):  # "/" is the demo page (tests/test_web.py)
             r = yield treq.get(base + path)
             self.assertEqual((r.code, (yield r.json())["error"]["code"]), (404, "not_found"), path)
         r = yield treq.get(base + "/api/v1/visitors")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred
@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from supportchat.auth import TokenIssuer
-from supportchat.http.common import client_ip, json_body, json_error
+from supportchat.http.common import client_ip, json_body, json_error, normalize_origin
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
 from supportchat.storage.models import new_id
@@ -98,13 +98,37 @@ class Visitors(JsonResource):
 
     methods = (b"POST", b"OPTIONS")
 
-    def __init__(self, clock: IReactorTime, issuer: TokenIssuer, ttl: int, limiter: KeyedRateLimiter, enabled: bool) -> None:
+    def __init__(self, clock: IReactorTime, issuer: TokenIssuer, ttl: int, limiter: KeyedRateLimiter, enabled: bool,
+                 allowed_origins: Sequence[str] = ()) -> None:
         super().__init__()
         self._clock = clock
         self._issuer = issuer
         self._ttl = ttl
         self._limiter = limiter
         self._enabled = enabled
+        self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
+
+    def render(self, request: Request) -> Any:
+        # CORS for the embedded widget: only origins that may also open the
+        # WebSocket (websocket.allowed_origins plus the server's own).
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            request.setHeader(b"vary", b"Origin")
+            if normalize_origin(origin.decode("ascii", "replace")) in self._origins:
+                request.setHeader(b"access-control-allow-origin", origin)
+        return super().render(request)
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        """CORS preflight: 204 with the allowed method and headers for an
+        allowed Origin; 403 for any other."""
+        if request.responseHeaders.hasHeader(b"access-control-allow-origin"):
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-methods", b"POST")
+            request.setHeader(b"access-control-allow-headers", b"content-type")
+            request.setHeader(b"access-control-max-age", b"600")
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        return json_error(request, 403, "forbidden", "this Origin may not use the visitors endpoint")
 
     def render_POST(self, request: Request) -> bytes:
         if not self._enabled:

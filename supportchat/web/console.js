@@ -1,0 +1,430 @@
+// The agent console. Plain ES module; talks to the server only through
+// sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
+import { SupportChatClient, formatDuration, isSensitiveField, jwtClaims, maskValue } from "./sc-client.js";
+import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "sc-console:token";
+const SOUND_KEY = "sc-console:sound";
+const REFRESH_KEY = "sc-console:refresh";
+
+/** A token for the next connect: the current one, or a fresh one from
+ * POST /api/v1/refresh when it expires within a minute (password sign-in). */
+async function currentToken(token) {
+  const c = jwtClaims(token);
+  const refresh = localStorage.getItem(REFRESH_KEY);
+  if (c && c.exp * 1000 > Date.now() + 60000) return token;
+  if (!refresh) return token;
+  const r = await fetch("/api/v1/refresh", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: refresh }) });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok || !body.access_token) {
+    localStorage.removeItem(REFRESH_KEY);
+    return token;
+  }
+  if (body.refresh_token) localStorage.setItem(REFRESH_KEY, body.refresh_token);
+  localStorage.setItem(TOKEN_KEY, body.access_token);
+  return body.access_token;
+}
+const DEFAULT_CANNED = [
+  { shortcut: "hi", text: "Hello! Thanks for reaching out, I'm looking into it now." },
+  { shortcut: "wait", text: "Thanks for your patience, I'm checking this for you." },
+  { shortcut: "order", text: "Could you share your order number, please?" },
+  { shortcut: "thanks", text: "Thank you! Is there anything else I can help you with?" },
+  { shortcut: "bye", text: "Glad I could help. Have a great day!" },
+];
+
+let client = null;
+let selected = null;
+let canned = DEFAULT_CANNED;
+let blink = null;
+let unseenCount = 0;
+const baseTitle = document.title;
+
+function validToken(t) {
+  const c = t && jwtClaims(t);
+  return c && (c.role === "agent" || c.role === "admin") && c.exp * 1000 > Date.now() ? c : null;
+}
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("login-user").focus();
+}
+
+async function passwordLogin(e) {
+  e.preventDefault();
+  const username = $("login-user").value.trim();
+  const password = $("login-password").value;
+  if (!username || !password) {
+    $("login-error").textContent = "Enter your user name and password.";
+    return;
+  }
+  try {
+    const r = await fetch("/api/v1/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ login: username, password }) });
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 404 && !body.token) {
+      $("login-error").textContent = "Password sign-in is not available on this server; sign in with a token.";
+      $("token-login").open = true;
+      return;
+    }
+    const token = body.access_token || body.token;
+    if (!r.ok || !token) {
+      $("login-error").textContent = (body.error && body.error.message) || `Sign-in failed (HTTP ${r.status}).`;
+      return;
+    }
+    if (body.refresh_token) localStorage.setItem(REFRESH_KEY, body.refresh_token);
+    else localStorage.removeItem(REFRESH_KEY);
+    useToken(token, true);
+  } catch (err) {
+    $("login-error").textContent = "Cannot reach the server.";
+  }
+}
+
+function useToken(token, fromPassword = false) {
+  token = token.trim();
+  if (!validToken(token)) {
+    $("login-error").textContent = "That is not a valid, unexpired agent or admin token.";
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  if (!fromPassword) localStorage.removeItem(REFRESH_KEY);
+  $("login-password").value = "";
+  $("login-token").value = "";
+  startApp(token);
+}
+
+function startApp(token) {
+  const claims = validToken(token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("me").textContent = claims.name || claims.sub;
+  $("sound").checked = localStorage.getItem(SOUND_KEY) === "1";
+  client = new SupportChatClient({ token, getToken: currentToken, storageKey: "sc-console" });
+  window.scConsole = client; // for debugging and tests
+  client.addEventListener("status", (e) => {
+    const s = e.detail.state;
+    $("conn").dataset.state = s;
+    $("conn").textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    renderSide();
+  });
+  client.addEventListener("autherror", (e) => {
+    if (e.detail.expired && !localStorage.getItem(REFRESH_KEY)) {
+      localStorage.removeItem(TOKEN_KEY);
+      client.close();
+      showLogin("Your session has expired; please sign in again.");
+    }
+  });
+  client.addEventListener("hello", (e) => {
+    const h = e.detail.hello;
+    if (Array.isArray(h.canned_responses)) canned = h.canned_responses;
+    if (h.status || (h.user && h.user.status)) $("agent-status").value = h.status || h.user.status;
+    renderSide();
+    if (!selected && client.conversations.size) select(sortedMine()[0].id);
+  });
+  client.addEventListener("queue", renderSide);
+  client.addEventListener("change", (e) => {
+    const c = e.detail.conversation;
+    renderSide();
+    if (c.id === selected) renderConv();
+  });
+  client.addEventListener("incoming", (e) => notify(e.detail.conversation, e.detail.message));
+  client.addEventListener("servererror", (e) => {
+    if (!e.detail.ref) $("conv-error").textContent = e.detail.message || e.detail.code;
+  });
+  client.addEventListener("agentstatus", (e) => {
+    const a = e.detail.agent;
+    if (a && a.status) $("agent-status").value = a.status;
+  });
+  client.addEventListener("frame", renderSide);
+  client.connect();
+}
+
+function sortedMine() {
+  return [...client.conversations.values()].sort((a, b) => b.lastActivity - a.lastActivity);
+}
+
+function lastText(c) {
+  const l = c.list();
+  for (let i = l.length - 1; i >= 0; i--) if (l[i].kind === "text") return l[i].body;
+  return c.list().length ? l[l.length - 1].body : "";
+}
+
+function renderSide() {
+  if (!client) return;
+  const q = [...client.queue.values()].sort((a, b) => (a.created_at || 0) - (b.created_at || 0));
+  $("queue-count").textContent = String(q.length);
+  const queue = $("queue");
+  queue.replaceChildren(...q.map((info) => {
+    const wait = formatDuration(Date.now() / 1000 - (info.queued_at || info.created_at || Date.now() / 1000));
+    const accept = el("button", { type: "button", class: "accept", "aria-label": `Accept conversation with ${info.customer_name || info.customer_id}`, text: "Accept", onclick: (ev) => {
+      ev.stopPropagation();
+      acceptConv(info.id);
+    } });
+    return el("li", { "data-id": info.id, class: "queue-item" },
+      el("div", { class: "grow" }, el("div", { class: "title", text: info.customer_name || info.customer_id || info.id }),
+        el("div", { class: "sub wait", "data-created": info.queued_at || info.created_at, text: `waiting ${wait}` + (info.last_seq ? ` · ${info.last_seq} messages` : "") })),
+      accept);
+  }));
+  if (!q.length) queue.append(el("li", { class: "sub", text: "Nobody is waiting." }));
+  const mine = $("mine");
+  const items = sortedMine();
+  mine.replaceChildren(...items.map((c) => {
+    const li = el("li", {
+      role: "option", tabindex: "0", "data-id": c.id, class: "mine-item", "aria-selected": String(c.id === selected),
+      onclick: () => select(c.id),
+      onkeydown: (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") {
+          ev.preventDefault();
+          select(c.id);
+        } else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+          ev.preventDefault();
+          const sib = ev.key === "ArrowDown" ? li.nextElementSibling : li.previousElementSibling;
+          if (sib) sib.focus();
+        }
+      },
+    }, el("div", { class: "grow" },
+      el("div", { class: "title", text: (c.info.customer_name || c.info.customer_id || c.id) + (["closed", "left"].includes(c.info.status) ? " (closed)" : "") }),
+      el("div", { class: "sub", text: lastText(c) })));
+    if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
+    return li;
+  }));
+  if (!items.length) mine.append(el("li", { class: "sub", text: "No conversations yet." }));
+}
+
+async function acceptConv(id) {
+  $("conv-error").textContent = "";
+  try {
+    await client.accept(id);
+    select(id);
+  } catch (e) {
+    $("conv-error").textContent = `Could not accept: ${e.message || e.code}`;
+    if (e.code === "not_found") {
+      client.queue.delete(id);
+      renderSide();
+    }
+  }
+}
+
+function select(id) {
+  selected = id;
+  $("conv-error").textContent = "";
+  $("transfer-box").hidden = true;
+  renderSide();
+  renderConv();
+  const box = $("scroll");
+  box.scrollTop = box.scrollHeight;
+  $("composer-input").focus();
+}
+
+function renderConv() {
+  const c = selected && client.conversations.get(selected);
+  $("empty").hidden = !!c;
+  $("conv").hidden = !c;
+  if (!c) return;
+  $("conv-title").textContent = c.info.customer_name || c.info.customer_id || c.id;
+  const status = c.info.status || "open";
+  $("conv-status").textContent = status;
+  $("conv-status").dataset.status = status;
+  const closed = ["closed", "left"].includes(status);
+  $("close-btn").disabled = closed;
+  $("transfer-btn").disabled = closed;
+  $("composer").hidden = closed;
+  $("older").hidden = !c.hasOlder;
+  pinnedScroll($("scroll"), () => renderMessages($("messages"), c, {
+    me: client.user,
+    pending: client.pending(c.id),
+    onRetry: (cid) => client.retry(cid),
+    onDiscard: (cid) => client.discard(cid),
+  }));
+  const typers = client.typers(c.id);
+  $("typing").textContent = typers.length ? "Customer is typing…" : "";
+  renderProfile(c);
+  if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
+}
+
+function renderProfile(c) {
+  const dl = $("profile");
+  const rows = [["Customer id", c.info.customer_id], ["Conversation", c.id], ["Started", c.info.created_at ? new Date(c.info.created_at * 1000).toLocaleString() : ""]];
+  const profile = c.info.customer || c.info.profile || (client.profiles && client.profiles[c.info.customer_id]) || {};
+  for (const [k, v] of Object.entries(profile)) if (typeof v !== "object") rows.push([k, v, isSensitiveField(k)]);
+  dl.replaceChildren(...rows.flatMap(([k, v, sensitive]) => [
+    el("dt", { text: k }),
+    el("dd", { class: sensitive ? "masked" : null, "aria-label": sensitive ? `${k} (masked)` : null, text: sensitive ? maskValue(v) : String(v ?? "") }),
+  ]));
+}
+
+// ------------------------------------------------------------ composer
+function matches(prefix) {
+  const p = prefix.toLowerCase();
+  return canned.filter((x) => x.shortcut.toLowerCase().startsWith(p) || x.text.toLowerCase().includes(p));
+}
+
+let cannedIndex = 0;
+function renderCanned() {
+  const v = $("composer-input").value;
+  const list = $("canned");
+  if (!v.startsWith("/") || v.includes("\n")) {
+    list.hidden = true;
+    $("composer-input").removeAttribute("aria-activedescendant");
+    return [];
+  }
+  const found = matches(v.slice(1));
+  cannedIndex = Math.min(cannedIndex, Math.max(0, found.length - 1));
+  list.replaceChildren(...found.map((x, i) => el("li", {
+    role: "option", id: `canned-${i}`, "aria-selected": String(i === cannedIndex),
+    onmousedown: (e) => {
+      e.preventDefault();
+      insertCanned(x);
+    },
+  }, el("code", { text: "/" + x.shortcut }), x.text)));
+  list.hidden = !found.length;
+  if (found.length) $("composer-input").setAttribute("aria-activedescendant", `canned-${cannedIndex}`);
+  return found;
+}
+
+function insertCanned(x) {
+  $("composer-input").value = x.text;
+  $("canned").hidden = true;
+  $("composer-input").focus();
+}
+
+function sendReply() {
+  const input = $("composer-input");
+  const body = input.value;
+  if (!body.trim() || !selected) return;
+  client.send(selected, body);
+  input.value = "";
+  renderConv();
+  $("scroll").scrollTop = $("scroll").scrollHeight;
+}
+
+// ------------------------------------------------------- notifications
+function notify(conv, message) {
+  const visible = document.visibilityState === "visible" && document.hasFocus();
+  if (visible && conv.id === selected) return;
+  unseenCount++;
+  if (!blink) {
+    let on = false;
+    blink = setInterval(() => {
+      on = !on;
+      document.title = on ? `(${unseenCount}) New message` : baseTitle;
+    }, 1000);
+    document.title = `(${unseenCount}) New message`;
+  }
+  if ($("sound").checked) beep();
+}
+
+function stopBlink() {
+  if (blink) clearInterval(blink);
+  blink = null;
+  unseenCount = 0;
+  document.title = baseTitle;
+  if (client && selected) renderConv();
+}
+
+let audio = null;
+function beep() {
+  try {
+    audio = audio || new AudioContext();
+    const o = audio.createOscillator();
+    const g = audio.createGain();
+    o.frequency.value = 880;
+    g.gain.value = 0.05;
+    o.connect(g).connect(audio.destination);
+    o.start();
+    o.stop(audio.currentTime + 0.15);
+  } catch (e) {}
+}
+
+async function workflow(type, fields, what) {
+  $("conv-error").textContent = "";
+  try {
+    return await client.call(type, fields);
+  } catch (e) {
+    const unsupported = e.code === "bad_request" && /type/i.test(e.message || "");
+    $("conv-error").textContent = unsupported ? `This server does not support ${what} yet.` : `Could not ${what}: ${e.message || e.code}`;
+    return null;
+  }
+}
+
+// ------------------------------------------------------------- wiring
+function wire() {
+  $("login-form").addEventListener("submit", passwordLogin);
+  $("token-submit").addEventListener("click", () => useToken($("login-token").value));
+  $("logout").addEventListener("click", () => {
+    localStorage.removeItem(TOKEN_KEY);
+    localStorage.removeItem(REFRESH_KEY);
+    if (client) client.close();
+    client = null;
+    selected = null;
+    showLogin();
+  });
+  $("sound").addEventListener("change", () => localStorage.setItem(SOUND_KEY, $("sound").checked ? "1" : "0"));
+  $("agent-status").addEventListener("change", () => workflow("status", { status: $("agent-status").value }, "change your status"));
+  $("older").addEventListener("click", async () => {
+    const box = $("scroll");
+    const before = box.scrollHeight;
+    await client.loadOlder(selected);
+    box.scrollTop += box.scrollHeight - before;
+  });
+  $("close-btn").addEventListener("click", () => workflow("close", { conversation: selected }, "close the conversation"));
+  $("transfer-btn").addEventListener("click", () => {
+    $("transfer-box").hidden = false;
+    $("transfer-to").focus();
+  });
+  $("transfer-cancel").addEventListener("click", () => ($("transfer-box").hidden = true));
+  $("transfer-go").addEventListener("click", async () => {
+    const to = $("transfer-to").value.trim();
+    if (!to) return;
+    const note = $("transfer-note").value.trim();
+    const target = to.startsWith("team:") ? { to_team: to.slice(5) } : { to_agent: to };
+    const r = await workflow("transfer", Object.assign({ conversation: selected }, target, note ? { note } : {}), "transfer the conversation");
+    if (r) $("transfer-box").hidden = true;
+  });
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sendReply();
+  });
+  const input = $("composer-input");
+  input.addEventListener("input", () => {
+    cannedIndex = 0;
+    renderCanned();
+    if (selected && input.value.trim() && !input.value.startsWith("/")) client.typing(selected);
+  });
+  input.addEventListener("keydown", (e) => {
+    const open = !$("canned").hidden;
+    if (open && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+      e.preventDefault();
+      const n = matches(input.value.slice(1)).length;
+      cannedIndex = (cannedIndex + (e.key === "ArrowDown" ? 1 : n - 1)) % Math.max(1, n);
+      renderCanned();
+    } else if (open && (e.key === "Enter" || e.key === "Tab")) {
+      e.preventDefault();
+      const found = matches(input.value.slice(1));
+      if (found[cannedIndex]) insertCanned(found[cannedIndex]);
+    } else if (open && e.key === "Escape") {
+      $("canned").hidden = true;
+    } else if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      sendReply();
+    }
+  });
+  window.addEventListener("focus", stopBlink);
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && stopBlink());
+  setInterval(() => {
+    for (const w of document.querySelectorAll("#queue .wait")) {
+      const created = Number(w.dataset.created);
+      if (created) w.textContent = w.textContent.replace(/^waiting [^·]*/, `waiting ${formatDuration(Date.now() / 1000 - created)} `).replace(/\s+·/, " ·");
+    }
+    if (client && selected) {
+      const c = client.conversations.get(selected);
+      if (c) $("typing").textContent = client.typers(c.id).length ? "Customer is typing…" : "";
+    }
+  }, 1000);
+}
+
+wire();
+const saved = localStorage.getItem(TOKEN_KEY);
+if (validToken(saved)) startApp(saved);
+else showLogin();

@@ -1,0 +1,109 @@
+// Rendering shared by the widget and the console: a keyed message list that
+// is rebuilt from the client's state (confirmed messages by seq, pending ones
+// by client_msg_id), so whatever order frames arrive in, each message is on
+// screen exactly once.
+import { formatTime, senderLabel } from "./sc-client.js";
+
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+/** Quick replies carried by a message, in any of the shapes a bot may use. */
+export function quickReplies(m) {
+  const q = m.quick_replies || m.buttons || (m.event && (m.event.quick_replies || m.event.buttons)) || (m.meta && m.meta.quick_replies);
+  if (!Array.isArray(q)) return [];
+  return q.map((x) => (typeof x === "string" ? { label: x, value: x } : { label: x.label || x.title || x.text || x.value, value: x.value || x.payload || x.text || x.label })).filter((x) => x.label);
+}
+
+/**
+ * Render the messages of `conv` into the <ol> `list`.
+ * opts: { me, onQuickReply(value), onRetry(cid), onDiscard(cid), pending: [...] }
+ */
+export function renderMessages(list, conv, opts) {
+  const me = opts.me;
+  const items = [];
+  const msgs = conv ? conv.list() : [];
+  const othersRead = conv ? Math.max(0, ...Object.values(conv.readBy)) : 0;
+  let lastOwnSeen = -1;
+  for (const m of msgs) if (me && m.sender && m.sender.id === me.id && m.kind === "text" && m.seq <= othersRead) lastOwnSeen = m.seq;
+  for (const m of msgs) items.push({ key: "s" + m.seq, m, pending: false });
+  for (const p of opts.pending || []) items.push({ key: "p" + p.client_msg_id, m: p, pending: true });
+
+  const existing = new Map();
+  for (const child of [...list.children]) existing.set(child.dataset.key, child);
+  const keep = new Set(items.map((i) => i.key));
+  for (const [k, child] of existing) if (!keep.has(k)) child.remove();
+
+  const lastText = [...msgs].reverse().find((m) => m.kind !== "event" || quickReplies(m).length);
+  items.forEach((item, index) => {
+    const { m, pending } = item;
+    const own = pending || (me && m.sender && m.sender.id === me.id);
+    let status = "";
+    if (pending) status = m.state === "failed" ? "failed" : "sending";
+    else if (own && m.kind === "text") status = m.seq === lastOwnSeen ? "seen" : "sent";
+    const qr = !pending && lastText === m ? quickReplies(m) : [];
+    const sig = [status, m.body, qr.length, m.kind].join("|");
+    let node = existing.get(item.key);
+    if (!node || node.dataset.sig !== sig) {
+      const fresh = buildMessage(item, own, status, qr, opts);
+      fresh.dataset.key = item.key;
+      fresh.dataset.sig = sig;
+      if (node) node.replaceWith(fresh);
+      node = fresh;
+    }
+    if (list.children[index] !== node) list.insertBefore(node, list.children[index] || null);
+  });
+}
+
+function buildMessage(item, own, status, qr, opts) {
+  const { m, pending } = item;
+  if (!pending && m.kind === "event") {
+    const li = el("li", { class: "sc-event", "data-seq": m.seq, "data-event": (m.event && m.event.name) || "" }, el("span", { text: m.body || (m.event && m.event.name) || "event" }));
+    if (qr.length) li.append(quickReplyBar(qr, opts));
+    return li;
+  }
+  const who = pending ? "You" : senderLabel(m, opts.me);
+  const role = pending ? "me" : m.sender && m.sender.role;
+  const li = el("li", {
+    class: `sc-msg ${own ? "sc-own" : "sc-other"} sc-role-${role}${pending ? " sc-pending" : ""}`,
+    "data-seq": pending ? null : m.seq,
+    "data-cid": m.client_msg_id || null,
+    "data-status": status || null,
+  });
+  const meta = el("div", { class: "sc-meta" }, el("span", { class: "sc-who", text: who }), el("span", { class: "sc-time", text: pending ? "" : formatTime(m.ts) }));
+  li.append(meta, el("div", { class: "sc-body", text: m.body }));
+  if (status) {
+    const label = { sending: "Sending…", failed: "Not sent", sent: "Sent", seen: "Seen" }[status];
+    const st = el("div", { class: `sc-status sc-status-${status}` }, el("span", { text: label }));
+    if (status === "failed") {
+      if (m.error) st.append(el("span", { class: "sc-err", text: " (" + m.error + ")" }));
+      st.append(el("button", { type: "button", class: "sc-link", text: "Retry", onclick: () => opts.onRetry && opts.onRetry(m.client_msg_id) }));
+      st.append(el("button", { type: "button", class: "sc-link", text: "Discard", onclick: () => opts.onDiscard && opts.onDiscard(m.client_msg_id) }));
+    }
+    li.append(st);
+  }
+  if (qr.length) li.append(quickReplyBar(qr, opts));
+  return li;
+}
+
+function quickReplyBar(qr, opts) {
+  const bar = el("div", { class: "sc-quick", role: "group", "aria-label": "Suggested replies" });
+  for (const q of qr) bar.append(el("button", { type: "button", class: "sc-chip", text: q.label, onclick: () => opts.onQuickReply && opts.onQuickReply(q.value, q) }));
+  return bar;
+}
+
+/** Keep a scroll container pinned to the bottom if it was there. */
+export function pinnedScroll(box, fn) {
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  fn();
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}

@@ -1,0 +1,269 @@
+// The customer widget (loaded by widget.js). Everything lives in a shadow
+// root so the host page's CSS cannot break it, and vice versa.
+import { SupportChatClient, jwtClaims } from "./sc-client.js";
+import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
+
+const CSS = `
+:host { all: initial; }
+[hidden] { display: none !important; }
+* { box-sizing: border-box; font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+.launcher { position: fixed; bottom: 20px; right: 20px; width: 60px; height: 60px; border-radius: 50%; border: 0;
+  background: #1f6feb; color: #fff; cursor: pointer; box-shadow: 0 4px 14px rgba(0,0,0,.25); z-index: 2147483000; }
+.launcher.left { left: 20px; right: auto; }
+.launcher svg { width: 28px; height: 28px; }
+.launcher:focus-visible, button:focus-visible, textarea:focus-visible { outline: 3px solid #ffb000; outline-offset: 2px; }
+.badge { position: absolute; top: -4px; right: -4px; min-width: 22px; height: 22px; border-radius: 11px; background: #d1242f;
+  color: #fff; font-size: 12px; font-weight: 700; line-height: 22px; padding: 0 6px; }
+.badge[hidden] { display: none; }
+.panel { position: fixed; bottom: 92px; right: 20px; width: 370px; height: min(600px, calc(100vh - 120px)); display: flex;
+  flex-direction: column; background: #fff; color: #1f2328; border-radius: 14px; box-shadow: 0 10px 40px rgba(0,0,0,.25);
+  overflow: hidden; z-index: 2147483000; font-size: 14px; }
+.panel.left { left: 20px; right: auto; }
+.panel[hidden] { display: none; }
+header { background: #1f6feb; color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 8px; }
+header h2 { font-size: 16px; margin: 0; flex: 1; }
+.conn { font-size: 12px; opacity: .9; }
+.conn::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: #ffb000; margin-right: 5px; }
+.conn[data-state=open]::before { background: #3fb950; }
+.conn[data-state=offline]::before { background: #f85149; }
+.x { background: transparent; border: 0; color: #fff; font-size: 22px; cursor: pointer; line-height: 1; padding: 2px 6px; border-radius: 6px; }
+.scroll { flex: 1; overflow-y: auto; padding: 12px; background: #f6f8fa; }
+.intro { color: #57606a; text-align: center; margin: 6px 0 12px; }
+ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: column; gap: 8px; }
+.sc-msg { max-width: 82%; padding: 8px 10px; border-radius: 12px; background: #fff; border: 1px solid #d0d7de; align-self: flex-start; }
+.sc-own { align-self: flex-end; background: #ddf4ff; border-color: #b6e3ff; }
+.sc-role-bot { background: #fff8c5; border-color: #eedc82; }
+.sc-pending { opacity: .7; }
+.sc-meta { font-size: 11px; color: #57606a; display: flex; gap: 6px; margin-bottom: 2px; }
+.sc-body { white-space: pre-wrap; word-wrap: break-word; }
+.sc-status { font-size: 11px; color: #57606a; text-align: right; margin-top: 2px; }
+.sc-status-failed { color: #d1242f; }
+.sc-status-seen { color: #1a7f37; }
+.sc-link { background: none; border: 0; color: #0969da; cursor: pointer; text-decoration: underline; font-size: 11px; }
+.sc-event { align-self: center; font-size: 12px; color: #57606a; text-align: center; }
+.sc-quick { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; justify-content: center; }
+.sc-chip { border: 1px solid #1f6feb; color: #1f6feb; background: #fff; border-radius: 14px; padding: 5px 10px; cursor: pointer; font-size: 13px; }
+.sc-chip:hover { background: #ddf4ff; }
+.typing, .queue { font-size: 12px; color: #57606a; padding: 0 14px; min-height: 18px; background: #f6f8fa; }
+.rating { padding: 10px 14px; border-top: 1px solid #d0d7de; text-align: center; }
+.rating[hidden] { display: none; }
+.stars { display: flex; justify-content: center; gap: 4px; margin: 6px 0; }
+.stars button { font-size: 24px; background: none; border: 0; cursor: pointer; color: #8c959f; }
+.stars button[aria-checked=true], .stars button.lit { color: #d4a72c; }
+form { display: flex; gap: 6px; padding: 10px; border-top: 1px solid #d0d7de; background: #fff; }
+textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px; font-size: 14px; height: 40px; max-height: 120px; }
+.send { background: #1f6feb; color: #fff; border: 0; border-radius: 8px; padding: 0 14px; cursor: pointer; font-weight: 600; }
+.restart { margin: 8px auto; display: block; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+@media (max-width: 480px) {
+  .panel, .panel.left { inset: 0; width: 100vw; height: 100%; border-radius: 0; }
+  .launcher { bottom: 14px; right: 14px; }
+}
+`;
+
+const ICON = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
+
+async function visitorToken(server, current) {
+  const key = `sc:visitor:${server}`;
+  const fresh = (t) => {
+    const c = t && jwtClaims(t);
+    return c && c.exp * 1000 > Date.now() + 60000;
+  };
+  if (fresh(current)) return current;
+  try {
+    const saved = JSON.parse(localStorage.getItem(key) || "null");
+    if (saved && fresh(saved.token)) return saved.token;
+  } catch (e) {}
+  const r = await fetch(server + "/api/v1/visitors", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+  if (!r.ok) throw new Error(`visitor token: HTTP ${r.status}`);
+  const body = await r.json();
+  try {
+    localStorage.setItem(key, JSON.stringify({ token: body.token, expires_at: body.expires_at }));
+  } catch (e) {}
+  return body.token;
+}
+
+export function mount(opts) {
+  const host = el("div", { id: "supportchat-widget" });
+  document.body.append(host);
+  const root = host.attachShadow({ mode: "open" });
+  root.append(el("style", { text: CSS }));
+  const side = opts.position === "left" ? " left" : "";
+
+  const badge = el("span", { class: "badge", hidden: true, "aria-hidden": "true" });
+  const launcher = el("button", { type: "button", class: "launcher" + side, "aria-label": "Open support chat", "aria-expanded": "false", "aria-controls": "sc-panel" });
+  launcher.innerHTML = ICON;
+  launcher.append(badge);
+  const conn = el("span", { class: "conn", "data-state": "connecting", role: "status", text: "Connecting…" });
+  const closeBtn = el("button", { type: "button", class: "x", "aria-label": "Close chat", text: "×" });
+  const list = el("ol", { class: "messages", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
+  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }), list);
+  const typing = el("div", { class: "typing", "aria-live": "polite" });
+  const queue = el("div", { class: "queue", role: "status" });
+  const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": "Rate this conversation" });
+  const ratingNote = el("p", { class: "sc-note", text: "How did we do?" });
+  const rating = el("div", { class: "rating", hidden: true }, ratingNote, stars);
+  const input = el("textarea", { rows: "1", "aria-label": "Type your message", placeholder: "Type your message…", maxlength: "4000" });
+  const sendBtn = el("button", { type: "submit", class: "send", text: "Send" });
+  const form = el("form", { "aria-label": "Send a message" }, input, sendBtn);
+  const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: "Start a new conversation" });
+  const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": opts.title + " chat", hidden: true },
+    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, form);
+  root.append(launcher, panel);
+
+  const client = new SupportChatClient({
+    server: opts.server,
+    storageKey: "sc-widget",
+    getToken: (t) => (opts.token ? Promise.resolve(opts.token) : visitorToken(opts.server, t)),
+  });
+  let convId = null;
+  let isOpen = false;
+  let rated = new Set();
+
+  const current = () => (convId ? client.conversations.get(convId) : null);
+  const isClosed = (c) => c && ["closed", "left"].includes(c.info.status);
+
+  function pickConversation() {
+    if (convId && client.conversations.has(convId) && !isClosed(client.conversations.get(convId))) return;
+    const open = [...client.conversations.values()].filter((c) => !isClosed(c)).sort((a, b) => b.lastActivity - a.lastActivity);
+    if (open.length) convId = open[0].id;
+  }
+
+  function render() {
+    pickConversation();
+    const c = current();
+    const pending = client._outbox.filter((o) => o.conversation === convId || o.conversation === "new");
+    pinnedScroll(scroll, () => renderMessages(list, c, {
+      me: client.user,
+      pending,
+      onQuickReply: (v) => send(v),
+      onRetry: (id) => client.retry(id),
+      onDiscard: (id) => client.discard(id),
+    }));
+    const unread = [...client.conversations.values()].reduce((n, x) => n + (x.unread || 0), 0);
+    badge.hidden = isOpen || unread === 0;
+    badge.textContent = unread > 9 ? "9+" : String(unread);
+    launcher.setAttribute("aria-label", unread && !isOpen ? `Open support chat, ${unread} unread` : "Open support chat");
+    const typers = c ? client.typers(c.id) : [];
+    typing.textContent = typers.length ? "Agent is typing…" : "";
+    queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
+    const closed = isClosed(c);
+    rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
+    stars.hidden = !!c?.rating;
+    restart.hidden = !closed;
+    form.hidden = closed;
+    if (isOpen && c && document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
+  }
+
+  function queueText(q) {
+    if (q.position === 1) return "You are next in line for an agent.";
+    return `You are number ${q.position} in the queue for an agent.`;
+  }
+
+  function send(text) {
+    const body = String(text);
+    if (!body.trim()) return;
+    pickConversation();
+    const c = current();
+    client.send(c && !isClosed(c) ? c.id : "new", body);
+    render();
+  }
+
+  for (let i = 1; i <= 5; i++) {
+    const b = el("button", { type: "button", role: "radio", "aria-checked": "false", "aria-label": `${i} star${i > 1 ? "s" : ""}`, text: "★", "data-score": i });
+    b.addEventListener("click", () => rate(i));
+    b.addEventListener("keydown", (e) => {
+      if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+        const n = Math.min(5, Math.max(1, i + (e.key === "ArrowRight" ? 1 : -1)));
+        stars.children[n - 1].focus();
+        e.preventDefault();
+      }
+    });
+    stars.append(b);
+  }
+
+  async function rate(score) {
+    const c = current();
+    if (!c) return;
+    [...stars.children].forEach((b, j) => b.setAttribute("aria-checked", String(j + 1 === score)));
+    try {
+      await client.call("rate", { conversation: c.id, rating: score });
+      rated.add(c.id);
+      c.rating = score;
+      ratingNote.textContent = "Thank you for your feedback!";
+    } catch (e) {
+      ratingNote.textContent = "Could not send the rating: " + (e.message || e.code);
+    }
+    render();
+  }
+
+  function setOpen(v) {
+    isOpen = v;
+    panel.hidden = !v;
+    launcher.setAttribute("aria-expanded", String(v));
+    if (v) {
+      if (client.state === "idle") client.connect();
+      input.focus();
+      scroll.scrollTop = scroll.scrollHeight;
+    } else launcher.focus();
+    render();
+  }
+
+  launcher.addEventListener("click", () => setOpen(!isOpen));
+  closeBtn.addEventListener("click", () => setOpen(false));
+  panel.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") setOpen(false);
+  });
+  restart.addEventListener("click", () => {
+    convId = null;
+    client.conversations.forEach((c) => isClosed(c) && client.conversations.delete(c.id));
+    render();
+    input.focus();
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    send(input.value);
+    input.value = "";
+    input.focus();
+  });
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  input.addEventListener("input", () => {
+    const c = current();
+    if (c && input.value.trim()) client.typing(c.id);
+  });
+
+  client.addEventListener("change", render);
+  client.addEventListener("hello", render);
+  client.addEventListener("pendingnew", render);
+  client.addEventListener("status", (e) => {
+    const s = e.detail.state;
+    conn.dataset.state = s;
+    conn.textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    render();
+  });
+  window.addEventListener("focus", render);
+  document.addEventListener("visibilitychange", render);
+
+  // connect at once when the visitor already has a conversation (unread badge), else on first open
+  let hasHistory = !!opts.token;
+  try {
+    hasHistory = hasHistory || !!localStorage.getItem(`sc:visitor:${opts.server}`);
+  } catch (e) {}
+  if (hasHistory) client.connect();
+  if (opts.open) setOpen(true);
+
+  return {
+    client,
+    open: () => setOpen(true),
+    close: () => setOpen(false),
+    setToken: (t) => {
+      opts.token = t;
+      client.setToken(t);
+    },
+  };
+}

@@ -1,0 +1,385 @@
+"""Drive the web UI in headless Chromium (Debian's /usr/bin/chromium, through
+Playwright for Python): a customer on the demo page and an agent in the
+console, in two browser contexts, hold a whole conversation against a real
+``twistd supportchat run`` process that this script starts, kills (SIGKILL)
+mid-conversation and starts again. Prints one JSON object on stdout:
+``{"ok": bool, "checks": [...], "error": ...}``. Run by tests/test_browser.py.
+
+    python tests/browser/ui_scenario.py ARTIFACT_DIR [SCREENSHOT_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+import urllib.request
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from tests.support import SECRET, free_port, token  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+WAIT = 20_000  # ms, the bound on every wait for a page condition
+
+WIDGET_MESSAGES = """() => {
+  const root = document.querySelector('#supportchat-widget').shadowRoot;
+  return [...root.querySelectorAll('ol.messages > li')].map((li) => ({
+    seq: li.dataset.seq ? Number(li.dataset.seq) : null, cls: li.className,
+    status: li.dataset.status || null, body: (li.querySelector('.sc-body') || li).textContent }));
+}"""
+CONSOLE_MESSAGES = """() => [...document.querySelectorAll('#messages > li')].map((li) => ({
+    seq: li.dataset.seq ? Number(li.dataset.seq) : null, cls: li.className,
+    status: li.dataset.status || null, body: (li.querySelector('.sc-body') || li).textContent }))"""
+
+
+def bot_enabled() -> bool:
+    """Whether the server, as configured for this run, has the first-line bot on."""
+    from supportchat.config import load_config
+
+    cfg = load_config(None, environ={"SUPPORTCHAT_AUTH_JWT_SECRET": SECRET})
+    bot = getattr(cfg, "bot", None)
+    return bool(bot is not None and getattr(bot, "enabled", False))
+
+
+class Server:
+    """``twistd -n supportchat run`` on a fixed port, restartable."""
+
+    def __init__(self, data_dir: str, port: int, log_path: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.log = open(log_path, "a", encoding="utf-8")
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTCHAT_")}
+        env.update(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "supportchat", "run", "--data-dir", self.data_dir, "--listen", f"tcp:{self.port}:interface=127.0.0.1"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        proc = self.proc
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                self.log.write(line)
+                self.log.flush()
+                lines.put(line)
+            lines.put("")
+
+        threading.Thread(target=pump, daemon=True).start()
+        marker = f"Site starting on {self.port}"
+        while True:
+            line = lines.get(timeout=60)
+            if marker in line:
+                return
+            if line == "":
+                raise RuntimeError("server exited before listening; see server.log")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Scenario:
+    def __init__(self, artifacts: str, shots: str | None) -> None:
+        self.artifacts = artifacts
+        self.shots = shots
+        self.checks: list[str] = []
+
+    def check(self, what: str) -> None:
+        self.checks.append(what)
+
+    def run(self) -> None:
+        from playwright.sync_api import expect, sync_playwright
+
+        self.expect = expect
+        expect.set_options(timeout=WAIT)
+        data_dir = tempfile.mkdtemp(prefix="sc-ui-")
+        self.server = Server(data_dir, free_port(), os.path.join(self.artifacts, "server.log"))
+        self.server.start()
+        self.base = f"http://127.0.0.1:{self.server.port}"
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                try:
+                    self.conversation(browser)
+                finally:
+                    browser.close()
+        finally:
+            self.server.stop()
+
+    # -- helpers ---------------------------------------------------------
+    def widget_messages(self, page: Any) -> list[dict[str, Any]]:
+        return list(page.evaluate(WIDGET_MESSAGES))
+
+    def console_messages(self, page: Any) -> list[dict[str, Any]]:
+        return list(page.evaluate(CONSOLE_MESSAGES))
+
+    def log_frames(self, page: Any, who: str) -> None:
+        """Every WebSocket frame of a page, to test-artifacts/ws-WHO.log (for diagnosis)."""
+        log = open(os.path.join(self.artifacts, f"ws-{who}.log"), "w", encoding="utf-8")
+
+        def on_ws(ws: Any) -> None:
+            log.write(f"== open {ws.url.split('?')[0]}\n")
+            ws.on("framesent", lambda payload: (log.write(f"> {payload}\n"), log.flush()))
+            ws.on("framereceived", lambda payload: (log.write(f"< {payload}\n"), log.flush()))
+            ws.on("close", lambda _ws: (log.write("== closed\n"), log.flush()))
+
+        page.on("websocket", on_ws)
+
+    def shot(self, page: Any, name: str) -> None:
+        page.screenshot(path=os.path.join(self.artifacts, name))
+        if self.shots:
+            os.makedirs(self.shots, exist_ok=True)
+            page.screenshot(path=os.path.join(self.shots, name))
+
+    def customer_send(self, page: Any, text: str) -> None:
+        box = page.locator("#supportchat-widget textarea")
+        box.fill(text)
+        box.press("Enter")
+
+    def agent_send(self, page: Any, text: str) -> None:
+        box = page.locator("#composer-input")
+        box.fill(text)
+        box.press("Enter")
+
+    # -- the scenario ----------------------------------------------------
+    def conversation(self, browser: Any) -> None:
+        expect = self.expect
+        cust_ctx = browser.new_context(viewport={"width": 1000, "height": 720})
+        agent_ctx = browser.new_context(viewport={"width": 1100, "height": 720})
+        cust = cust_ctx.new_page()
+        agent = agent_ctx.new_page()
+        errors: list[str] = []
+        for who, page in (("customer", cust), ("agent", agent)):
+            page.on("pageerror", lambda e, who=who: errors.append(f"{who}: {e}"))
+            self.log_frames(page, who)
+
+        # The demo page and the widget.
+        cust.goto(self.base + "/")
+        launcher = cust.locator("#supportchat-widget .launcher")
+        expect(launcher).to_be_visible()
+        expect(launcher).to_have_attribute("aria-expanded", "false")
+        launcher.focus()
+        cust.keyboard.press("Enter")  # keyboard opens it
+        expect(launcher).to_have_attribute("aria-expanded", "true")
+        panel = cust.locator("#supportchat-widget [role=dialog]")
+        expect(panel).to_be_visible()
+        expect(cust.locator("#supportchat-widget .conn")).to_have_text("Online")
+        self.check("widget opens from the keyboard and connects with an anonymous visitor token")
+
+        self.customer_send(cust, "Where is my order?")
+        first = cust.locator("#supportchat-widget li.sc-own", has_text="Where is my order?")
+        expect(first).to_have_attribute("data-status", re.compile("sent|seen"))
+        expect(first).to_have_attribute("data-seq", re.compile(r"^\d+$"))
+        self.check("customer message is acknowledged")
+        if bot_enabled():
+            # The first-line bot (issue 6) greets and answers: ask it for a human,
+            # with its quick-reply button when it offers one.
+            own = int(first.get_attribute("data-seq") or 0)
+            expect(cust.locator("#supportchat-widget li.sc-role-bot").last).to_have_attribute(
+                "data-seq", re.compile(r"^\d+$"))
+            cust.wait_for_function(
+                """(own) => [...document.querySelector('#supportchat-widget').shadowRoot
+                     .querySelectorAll('li.sc-role-bot')].some((li) => Number(li.dataset.seq) > own)""",
+                arg=own, timeout=WAIT)
+            self.check("the bot greets and answers")
+            chip = cust.locator("#supportchat-widget .sc-chip", has_text="Talk to a human")
+            if chip.count():
+                chip.first.click()
+                self.check("bot quick-reply button used")
+            else:
+                self.customer_send(cust, "human")
+            expect(cust.locator("#supportchat-widget li.sc-own", has_text="human")).to_have_attribute("data-status", re.compile("sent|seen"))
+            expect(cust.locator("#supportchat-widget li.sc-event[data-event=handoff]")).to_have_count(1)
+            self.check("a quick reply hands the conversation over to a human")
+
+        # The console: token sign-in, queue, accept.
+        agent.goto(self.base + "/console")
+        expect(agent.locator("#login")).to_be_visible()
+        agent.locator("#token-login summary").click()
+        agent.locator("#login-token").fill(token("alice", "agent", name="Alice"))
+        agent.locator("#token-submit").click()
+        expect(agent.locator("#conn")).to_have_text("Online")
+        item = agent.locator("#queue li.queue-item")
+        expect(item).to_have_count(1)
+        expect(item).to_contain_text("waiting")
+        self.check("console signs in with a token and lists the waiting conversation with its waiting time")
+        item.locator("button.accept").click()
+        expect(agent.locator("#messages li.sc-msg", has_text="Where is my order?")).to_have_count(1)
+        expect(agent.locator("#messages li.sc-event[data-event=joined]")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget li.sc-event[data-event=joined]")).to_contain_text("Alice joined")
+        expect(agent.locator("#queue li.queue-item")).to_have_count(0)
+        self.check("agent accepts: the join event reaches both screens, the history before the join is shown")
+
+        # Typing and a reply.
+        agent.locator("#composer-input").press_sequentially("Let me check", delay=20)
+        expect(cust.locator("#supportchat-widget .typing")).to_have_text("Agent is typing…")
+        self.check("customer sees the agent typing")
+        agent.locator("#composer-input").fill("Let me check that for you.")
+        agent.locator("#composer-input").press("Enter")
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Let me check that for you.")).to_have_count(1)
+        reply = agent.locator("#messages li.sc-own", has_text="Let me check that for you.")
+        expect(reply).to_have_attribute("data-status", "seen")
+        self.check("agent's reply reaches the customer, and the agent sees the read receipt")
+        cust.locator("#supportchat-widget textarea").press_sequentially("Thanks", delay=20)
+        expect(agent.locator("#typing")).to_have_text("Customer is typing…")
+        cust.locator("#supportchat-widget textarea").press("Enter")
+        expect(cust.locator("#supportchat-widget li.sc-own", has_text="Thanks")).to_have_attribute("data-status", "seen")
+        self.check("customer typing shows in the console; customer's message is read by the agent")
+
+        # Canned reply by shortcut.
+        box = agent.locator("#composer-input")
+        box.fill("/ord")
+        expect(agent.locator("#canned")).to_be_visible()
+        box.press("Enter")
+        expect(box).to_have_value("Could you share your order number, please?")
+        box.press("Enter")
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Could you share your order number")).to_have_count(1)
+        self.check("canned reply inserted by its /shortcut and sent")
+
+        # Unread badge while the panel is closed.
+        cust.locator("#supportchat-widget .x").click()
+        expect(panel).to_be_hidden()
+        self.agent_send(agent, "It ships tomorrow.")
+        badge = cust.locator("#supportchat-widget .badge")
+        expect(badge).to_have_text("1")
+        expect(badge).to_be_visible()
+        launcher.click()
+        expect(badge).to_be_hidden()
+        expect(agent.locator("#messages li.sc-own", has_text="It ships tomorrow.")).to_have_attribute("data-status", "seen")
+        self.check("unread badge on the launcher while closed; opening reads it")
+
+        # Server killed mid-conversation: one message in flight at the kill,
+        # one from each side while it is down, and a page reload on the customer's side.
+        self.customer_send(cust, "Sent just before the crash")
+        self.server.kill()
+        expect(cust.locator("#supportchat-widget .conn")).to_have_text("Offline, reconnecting…")
+        expect(agent.locator("#conn")).to_have_text("Offline, reconnecting…")
+        self.customer_send(cust, "Sent while the server was down")
+        expect(cust.locator("#supportchat-widget li.sc-pending", has_text="while the server was down")).to_have_attribute("data-status", "sending")
+        self.agent_send(agent, "Agent reply while down")
+        expect(agent.locator("#messages li.sc-pending", has_text="Agent reply while down")).to_have_count(1)
+        self.check("while the server is down, unsent messages stay on screen as pending")
+        self.server.start()
+        expect(cust.locator("#supportchat-widget .conn")).to_have_text("Online", timeout=40_000)
+        expect(agent.locator("#conn")).to_have_text("Online", timeout=40_000)
+        for page, sel in ((cust, "#supportchat-widget li.sc-msg"), (agent, "#messages li.sc-msg")):
+            expect(page.locator(sel + ".sc-pending")).to_have_count(0)
+            for text in ("Sent just before the crash", "Sent while the server was down", "Agent reply while down"):
+                expect(page.locator(sel, has_text=text)).to_have_count(1)
+        self.check("after the restart both screens reconnect and every pending message is acknowledged")
+
+        self.agent_send(agent, "Anything else?")
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Anything else?")).to_have_count(1)
+        self.customer_send(cust, "No, that's all")
+        expect(agent.locator("#messages li.sc-other", has_text="No, that's all")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget li.sc-own", has_text="No, that's all")).to_have_attribute("data-status", "seen")
+
+        # The outbox survives a page reload: the customer's WebSocket is cut
+        # (the page itself still loads), a message is typed, the page is
+        # reloaded twice, then the network comes back.
+        blocked = {"on": True}
+
+        def route(ws: Any) -> None:
+            if blocked["on"]:
+                ws.close(code=1011, reason="test: network down")
+            else:
+                ws.connect_to_server()
+
+        cust.route_web_socket(re.compile(r"/ws$"), route)
+        cust.reload()
+        cust.locator("#supportchat-widget .launcher").click()
+        expect(cust.locator("#supportchat-widget .conn")).to_have_text("Offline, reconnecting…")
+        self.customer_send(cust, "Typed offline, then reloaded")
+        expect(cust.locator("#supportchat-widget li.sc-pending", has_text="Typed offline")).to_have_count(1)
+        for _ in range(2):
+            cust.reload()
+            cust.locator("#supportchat-widget .launcher").click()
+            expect(cust.locator("#supportchat-widget li.sc-pending", has_text="Typed offline")).to_have_count(1)
+        blocked["on"] = False
+        cust.evaluate("() => window.dispatchEvent(new Event('online'))")
+        expect(cust.locator("#supportchat-widget .conn")).to_have_text("Online", timeout=40_000)
+        expect(cust.locator("#supportchat-widget li.sc-msg", has_text="Typed offline")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget li.sc-pending")).to_have_count(0)
+        expect(agent.locator("#messages li.sc-other", has_text="Typed offline")).to_have_count(1)
+        self.check("a message typed while offline survives two page reloads and is delivered once")
+
+        # Both screens converge on the server's history: same seqs, each once, nothing lost.
+        conv = agent.evaluate("() => [...window.scConsole.conversations.keys()][0]")
+        req = urllib.request.Request(f"{self.base}/api/v1/conversations/{conv}/messages?limit=500",
+                                     headers={"Authorization": "Bearer " + token("alice", "agent")})
+        stored = json.load(urllib.request.urlopen(req, timeout=10))["messages"]
+        want = [(m["seq"], m["body"]) for m in stored]
+        seqs = [s for s, _ in want]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+        bodies = [b for _, b in want]
+        for text in ("Where is my order?", "Sent just before the crash", "Sent while the server was down",
+                     "Agent reply while down", "No, that's all"):
+            assert bodies.count(text) == 1, (text, bodies)
+        cust_seen = [(m["seq"], m["body"]) for m in self.widget_messages(cust)]
+        agent_seen = [(m["seq"], m["body"]) for m in self.console_messages(agent)]
+        assert cust_seen == want, {"customer": cust_seen, "server": want}
+        assert agent_seen == want, {"agent": agent_seen, "server": want}
+        self.check(f"both screens show exactly the server's {len(want)} messages in seq order, each once")
+
+        # History paging in the console, read receipts kept, screenshots.
+        self.shot(cust, "widget.png")
+        self.shot(agent, "console.png")
+        mobile = cust_ctx.new_page()
+        mobile.set_viewport_size({"width": 390, "height": 720})
+        mobile.goto(self.base + "/")
+        mobile.locator("#supportchat-widget .launcher").click()
+        expect(mobile.locator("#supportchat-widget li.sc-msg", has_text="No, that's all")).to_have_count(1)
+        width = mobile.evaluate("() => document.querySelector('#supportchat-widget').shadowRoot.querySelector('.panel').getBoundingClientRect().width")
+        assert width == 390, width
+        self.shot(mobile, "widget-mobile.png")
+        self.check("at a 390 px mobile width the widget fills the screen and shows the same conversation")
+        assert not errors, errors
+        self.check("no JavaScript errors on either page")
+
+
+def main() -> int:
+    artifacts = os.path.abspath(sys.argv[1])
+    shots = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else None
+    os.makedirs(artifacts, exist_ok=True)
+    scenario = Scenario(artifacts, shots)
+    result: dict[str, Any] = {"ok": False, "checks": scenario.checks}
+    try:
+        scenario.run()
+        result["ok"] = True
+    except BaseException as e:  # report everything as JSON
+        result["error"] = f"{type(e).__name__}: {e}"
+        result["traceback"] = traceback.format_exc()
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
