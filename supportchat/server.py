@@ -363,16 +363,16 @@ class SupportChatServer:
             # Degraded (Redis down) and backpressure are reported, not fatal:
             # every gateway shares them, and taking all out helps nobody.
             details.update(self.get_monitor().readiness())
-        return details
             details["ready"] = details["ready"] and self.serving_chat()
+        return details
 
-    def get_root_resource(self) -> Resource:
     def serving_chat(self) -> bool:
         """In Redis mode a node serves chat once it has reached Redis at
         least once (so presence and routing are right from the first
         connection); afterwards an outage means degraded mode, not refusal."""
         return not self.redis_mode or self.get_redis().connected_once.called
 
+    def get_root_resource(self) -> Resource:
         def make() -> Resource:
             root = ApiRoot()
             if "gateway" in self.roles:
