@@ -1,0 +1,234 @@
+"""The support workflow end to end over real sockets and REST: accounts and
+login, status, automatic assignment, queue positions, transfer with an
+internal note, close, rating and the CSAT report, disabling; and the
+authorization matrix for every workflow frame and endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from tests.support import ConnectionRefused, close_client, connect, http_client, start_server, token
+
+PASSWORD = "correct horse battery"
+
+
+class Api:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}/api/v1"
+        self.http = http_client()
+
+    @inlineCallbacks
+    def call(self, method: str, path: str, bearer: str | None = None, body: Any = None) -> Any:
+        headers = {b"content-type": [b"application/json"]}
+        if bearer:
+            headers[b"authorization"] = [f"Bearer {bearer}".encode()]
+        data = None if body is None else json.dumps(body).encode()
+        r = yield self.http.request(method, self.base + path, headers=headers, data=data)
+        text = yield r.text()
+        return r.code, json.loads(text) if text else None
+
+
+class WorkflowTests(unittest.TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = yield start_server(self)
+        self.api = Api(self.server.port)
+        self.admin = token("boss", "admin", name="Boss")
+        for team in ("sales", "billing"):
+            code, _ = yield self.api.call("POST", "/teams", self.admin, {"id": team, "name": team.title()})
+            self.assertEqual(code, 201)
+        for login, team in (("ann", "sales"), ("bob", "billing"), ("dan", "sales")):
+            code, body = yield self.api.call("POST", "/agents", self.admin, {
+                "login": login, "name": login.title(), "team": team, "capacity": 2, "password": PASSWORD})
+            self.assertEqual(code, 201, body)
+            self.assertNotIn("password_hash", body)
+        self.tokens = {}
+        for login in ("ann", "bob", "dan"):
+            code, body = yield self.api.call("POST", "/login", None, {"login": login, "password": PASSWORD})
+            self.assertEqual(code, 200, body)
+            self.tokens[login] = body["access_token"]
+            self.refresh = body["refresh_token"]
+        self.clients: list[Any] = []
+
+    @inlineCallbacks
+    def tearDown(self) -> Any:
+        for c in self.clients:
+            yield close_client(c)
+
+    @inlineCallbacks
+    def ws(self, bearer: str) -> Any:
+        c = yield connect(self.server.port, bearer)
+        self.clients.append(c)
+        return c
+
+    @inlineCallbacks
+    def reply(self, client: Any, frame: dict[str, Any]) -> Any:
+        """Send with a fresh ref and return the frame answering it."""
+        ref = f"r{time.monotonic_ns()}"
+        client.send(dict(frame, ref=ref))
+        while True:
+            got = yield client.next_frame()
+            if isinstance(got, dict) and got.get("ref") == ref:
+                return got
+
+    @inlineCallbacks
+    def assigned_conversation(self) -> Any:
+        cust = yield self.ws(token("cust"))
+        cust.send({"type": "start", "team": "sales"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        self.assertEqual((yield cust.next_frame("queue"))["position"], 1)
+        ann = yield self.ws(self.tokens["ann"])
+        status = yield self.reply(ann, {"type": "status", "status": "online"})
+        self.assertEqual((status["type"], status["agent"]["capacity"]), ("agent_status", 2))
+        while True:
+            frame = yield ann.next_frame("message")
+            if frame["event"]["name"] == "assigned":
+                break
+        self.assertEqual((frame["conversation"], frame["event"]["user"]["id"]), (conv, "ann"))
+        return cust, ann, conv
+
+    @inlineCallbacks
+    def test_team_works_a_conversation_end_to_end(self) -> Any:
+        """Login, online, automatic assignment, messages, transfer with a note
+        the customer never sees, close, rating, CSAT report, refresh token."""
+        cust, ann, conv = yield self.assigned_conversation()
+        cust.send({"type": "message", "conversation": conv, "client_msg_id": "m1", "body": "hello"})
+        self.assertEqual((yield ann.next_frame("message"))["body"], "hello")
+        dan = yield self.ws(self.tokens["dan"])
+        yield self.reply(dan, {"type": "status", "status": "online"})
+        done = yield self.reply(ann, {"type": "transfer", "conversation": conv, "to_agent": "dan",
+                                      "note": "VIP, be nice"})
+        self.assertEqual((done["type"], done["item"]["agent_id"]), ("transferred", "dan"))
+        note = yield dan.next_frame("note")
+        self.assertEqual(note["body"], "VIP, be nice")
+        closed = yield self.reply(dan, {"type": "close", "conversation": conv})
+        self.assertEqual(closed["type"], "closed")
+        rated = yield self.reply(cust, {"type": "rate", "conversation": conv, "rating": 4, "comment": "ok"})
+        self.assertEqual(rated["type"], "rated")
+        history = yield self.reply(cust, {"type": "sync", "conversation": conv})
+        names = [m["event"]["name"] for m in history["messages"] if m["kind"] == "event"]
+        self.assertEqual(names, ["assigned", "transferred", "closed"])
+        self.assertNotIn("VIP", json.dumps(cust.frames))
+        code, report = yield self.api.call("GET", "/csat", self.admin)
+        self.assertEqual((code, report["count"], report["by_agent"]["dan"]["average"]), (200, 1, 4.0))
+        code, detail = yield self.api.call("GET", f"/inbox/{conv}", self.admin)
+        self.assertEqual((code, detail["state"], detail["notes"][0]["body"]), (200, "closed", "VIP, be nice"))
+        code, body = yield self.api.call("POST", "/refresh", None, {"refresh_token": self.refresh})
+        self.assertEqual(code, 200)
+        code, _ = yield self.api.call("POST", "/refresh", None, {"refresh_token": self.refresh})
+        self.assertEqual(code, 401)  # one use
+
+    @inlineCallbacks
+    def test_message_after_close_reopens_within_window(self) -> Any:
+        """A customer message after close reopens the conversation (event
+        "reopened", back in the queue) within reopen_window."""
+        cust, ann, conv = yield self.assigned_conversation()
+        yield self.reply(cust, {"type": "close", "conversation": conv})
+        ack = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "x", "body": "more"})
+        self.assertEqual(ack["type"], "ack")
+        history = yield self.reply(cust, {"type": "sync", "conversation": conv})
+        names = [m["event"]["name"] for m in history["messages"] if m["kind"] == "event"]
+        self.assertEqual(names[:3], ["assigned", "closed", "reopened"])
+
+    @inlineCallbacks
+    def test_disabling_closes_sockets_and_revokes_tokens(self) -> Any:
+        """PATCH disabled=true: the agent's socket closes with 1008, their
+        conversations go back to the queue, the old token is refused."""
+        cust, ann, conv = yield self.assigned_conversation()
+        code, body = yield self.api.call("PATCH", "/agents/ann", self.admin, {"disabled": True})
+        self.assertEqual((code, body["disabled"]), (200, True))
+        was_clean, close_code, _ = yield ann.closed
+        self.assertEqual(close_code, 1008)
+        self.clients.remove(ann)
+        code, item = yield self.api.call("GET", f"/inbox/{conv}", self.admin)
+        self.assertEqual(item["state"], "queued")
+        code, _ = yield self.api.call("GET", "/teams", self.tokens["ann"])
+        self.assertEqual(code, 401)
+        code, _ = yield self.api.call("POST", "/login", None, {"login": "ann", "password": PASSWORD})
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_frame_authorization_matrix(self) -> Any:
+        """Every workflow frame for customer, assigned agent, agent of another
+        team, admin; disabled agent and expired token cannot connect."""
+        cust, ann, conv = yield self.assigned_conversation()
+        bob = yield self.ws(self.tokens["bob"])
+        admin = yield self.ws(self.admin)
+        other = yield self.ws(token("mallory"))
+        expect = [
+            (cust, {"type": "status", "status": "online"}, "forbidden"),
+            (cust, {"type": "take", "conversation": conv}, "forbidden"),
+            (cust, {"type": "transfer", "conversation": conv, "to_team": "billing"}, "forbidden"),
+            (cust, {"type": "rate", "conversation": conv, "rating": 5}, "conflict"),
+            (other, {"type": "close", "conversation": conv}, "not_found"),
+            (other, {"type": "rate", "conversation": conv, "rating": 5}, "not_found"),
+            (bob, {"type": "take", "conversation": conv}, "not_found"),
+            (bob, {"type": "transfer", "conversation": conv, "to_team": "billing"}, "not_found"),
+            (bob, {"type": "close", "conversation": conv}, "not_found"),
+            (bob, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
+            (ann, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
+            (ann, {"type": "transfer", "conversation": conv, "to_agent": "nobody"}, "not_found"),
+            (admin, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
+        ]
+        for client, frame, code in expect:
+            got = yield self.reply(client, frame)
+            self.assertEqual((got["type"], got.get("code")), ("error", code), frame)
+        for client, frame, kind in [
+            (bob, {"type": "status", "status": "away"}, "agent_status"),
+            (admin, {"type": "take", "conversation": conv}, "conversation"),  # observes, not assigned
+            (admin, {"type": "transfer", "conversation": conv, "to_team": "sales"}, "transferred"),
+            (cust, {"type": "close", "conversation": conv}, "closed"),
+            (cust, {"type": "rate", "conversation": conv, "rating": 5}, "rated"),
+        ]:
+            got = yield self.reply(client, frame)
+            self.assertEqual(got["type"], kind, (frame, got))
+        yield self.api.call("PATCH", "/agents/dan", self.admin, {"disabled": True})
+        dan = yield connect(self.server.port, self.tokens["dan"], wait_hello=False)
+        _, close_code, _ = yield dan.closed
+        self.assertEqual(close_code, 1008)
+        with self.assertRaises(ConnectionRefused):
+            yield connect(self.server.port, token("ann", "agent", now=time.time() - 7200))
+
+    @inlineCallbacks
+    def test_endpoint_authorization_matrix(self) -> Any:
+        """Every workflow endpoint for customer, agent, agent of another team,
+        admin, disabled agent and expired token."""
+        cust, ann, conv = yield self.assigned_conversation()
+        yield self.api.call("PATCH", "/agents/dan", self.admin, {"disabled": True})
+        who = {
+            "customer": token("cust"), "agent": self.tokens["ann"], "other_team": self.tokens["bob"],
+            "admin": self.admin, "disabled": self.tokens["dan"],
+            "expired": token("ann", "agent", now=time.time() - 7200),
+        }
+        new_agent = {"login": "eve", "password": PASSWORD}
+        # endpoint -> expected status for customer, agent, other_team, admin, disabled, expired
+        matrix = [
+            ("GET", "/agents", None, (403, 200, 200, 200, 401, 401)),
+            ("GET", "/agents/ann", None, (403, 200, 404, 200, 401, 401)),
+            ("POST", "/agents", new_agent, (403, 403, 403, 201, 401, 401)),
+            ("PATCH", "/agents/bob", {"capacity": 3}, (403, 403, 403, 200, 401, 401)),
+            ("GET", "/teams", None, (403, 200, 200, 200, 401, 401)),
+            ("POST", "/teams", {"id": "vip", "name": "VIP"}, (403, 403, 403, 201, 401, 401)),
+            ("PATCH", "/teams/sales", {"name": "Sales"}, (403, 403, 403, 200, 401, 401)),
+            ("GET", "/inbox", None, (403, 200, 200, 200, 401, 401)),
+            ("GET", f"/inbox/{conv}", None, (403, 200, 404, 200, 401, 401)),
+            ("GET", "/csat", None, (403, 403, 403, 200, 401, 401)),
+        ]
+        roles = ("customer", "agent", "other_team", "admin", "disabled", "expired")
+        for method, path, body, codes in matrix:
+            got = []
+            for role in roles:
+                code, answer = yield self.api.call(method, path, who[role], body)
+                got.append(code)
+                if code >= 400:
+                    self.assertIn("code", answer["error"])
+            self.assertEqual(tuple(got), codes, f"{method} {path}")
+        code, _ = yield self.api.call("POST", "/login", None, {"login": "ann", "password": "wrong password"})
+        self.assertEqual(code, 401)
