@@ -1,0 +1,103 @@
+"""The WorkflowStore contract, run on the in-memory twin, SQLite,
+PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial import unittest
+
+from supportchat.workflow.memory import MemoryWorkflowStore
+from supportchat.workflow.models import Agent, WorkflowError
+from supportchat.workflow.store import SqlWorkflowStore
+from tests.dbs import threadless_db
+
+TABLES = ("agents", "teams", "refresh_tokens", "work_items", "work_notes")
+
+
+class WorkflowStoreContract:
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store = self.make_store()
+
+    def ok(self, d: Any) -> Any:
+        return self.successResultOf(d)  # type: ignore[attr-defined]
+
+    def agent(self, agent_id: str, team: str = "", capacity: int = 2, online: bool = True) -> None:
+        self.ok(self.store.create_agent(Agent(agent_id, agent_id, agent_id, "agent", team, capacity, created_at=1.0)))
+        if online:
+            self.ok(self.store.set_status(agent_id, "online"))
+
+    def test_least_busy_within_team_and_capacity(self) -> None:
+        """Oldest first to the least busy online agent of the team; never above capacity; others stay queued."""
+        self.agent("a", capacity=2)
+        self.agent("b", capacity=1)
+        self.agent("s", team="sales", capacity=5, online=False)
+        for i in range(5):
+            self.ok(self.store.enqueue(f"c{i}", f"u{i}", "", 10.0 + i))
+        got = self.ok(self.store.assign_next(100.0, 50))
+        self.assertEqual([(x.conversation_id, x.agent_id) for x in got], [("c0", "a"), ("c1", "b"), ("c2", "a")])
+        self.assertEqual(self.ok(self.store.assign_next(101.0, 50)), [])
+        self.assertEqual([i.conversation_id for i in self.ok(self.store.list_items("queued", None, None, 10))],
+                         ["c3", "c4"])
+        self.assertEqual(self.ok(self.store.get_agent("a")).load, 2)
+
+    def test_close_frees_capacity_and_take_conflicts(self) -> None:
+        """Close frees the slot (the next drain assigns); taking someone else's conversation is refused."""
+        self.agent("a", capacity=1)
+        self.agent("b", capacity=0)
+        self.ok(self.store.enqueue("c1", "u1", "", 1.0))
+        self.ok(self.store.enqueue("c2", "u2", "", 2.0))
+        self.ok(self.store.assign_next(5.0, 10))
+        self.failureResultOf(self.store.take("c1", "u1", "b", 6.0), WorkflowError)  # type: ignore[attr-defined]
+        self.assertIsNone(self.ok(self.store.take("c1", "u1", "a", 6.0)))
+        self.assertEqual(self.ok(self.store.close("c1", 7.0)).agent_id, "a")
+        self.assertIsNone(self.ok(self.store.close("c1", 7.0)))
+        [again] = self.ok(self.store.assign_next(8.0, 10))
+        self.assertEqual((again.conversation_id, again.agent_id), ("c2", "a"))
+        self.assertTrue(self.ok(self.store.rate("c1", 5, "great", 9.0)))
+        self.assertEqual(self.ok(self.store.csat_report(0.0))["by_agent"]["a"]["count"], 1)
+
+    def test_transfer_and_disable(self) -> None:
+        """Transfer moves the load and keeps the note; disabling requeues and revokes refresh tokens."""
+        self.agent("a")
+        self.agent("b")
+        self.ok(self.store.enqueue("c1", "u1", "", 1.0))
+        self.ok(self.store.take("c1", "u1", "a", 2.0))
+        before, after = self.ok(self.store.transfer("c1", "b", None, "a", "vip", 3.0))
+        self.assertEqual((before.agent_id, after.agent_id), ("a", "b"))
+        self.assertEqual((self.ok(self.store.get_agent("a")).load, self.ok(self.store.get_agent("b")).load), (0, 1))
+        self.assertEqual([n.body for n in self.ok(self.store.notes("c1"))], ["vip"])
+        self.ok(self.store.save_refresh("h", "b", 100.0))
+        agent, requeued = self.ok(self.store.update_agent("b", {"disabled": True}, 4.0))
+        self.assertEqual((agent.disabled, agent.status, agent.load, requeued), (True, "offline", 0, ["c1"]))
+        self.assertIsNone(self.ok(self.store.use_refresh("h", 5.0)))
+
+
+class MemoryWorkflowStoreTests(WorkflowStoreContract, unittest.SynchronousTestCase):
+    def make_store(self) -> Any:
+        return MemoryWorkflowStore()
+
+
+class _Sql(WorkflowStoreContract):
+    kind = "sqlite"
+
+    def make_store(self) -> Any:
+        db = threadless_db(self, self.kind)
+        for table in TABLES:
+            self.successResultOf(db.run_interaction("clean", lambda cur, t=table: cur.execute(f"DELETE FROM {t}")))
+        return SqlWorkflowStore(db)
+
+
+class SqliteWorkflowStoreTests(_Sql, unittest.SynchronousTestCase):
+    kind = "sqlite"
+
+
+class PostgresWorkflowStoreTests(_Sql, unittest.SynchronousTestCase):
+    kind = "postgresql"
+
+
+class MariadbWorkflowStoreTests(_Sql, unittest.SynchronousTestCase):
+    kind = "mysql"
