@@ -36,7 +36,9 @@ class Cluster:
 
     @inlineCallbacks
     def gateway(self, name: str) -> Any:
-        proc = ServerProcess(self.data_dir, free_port(), self.env, role="gateway", name=name)
+        # Ready once it has reached Redis (it refuses chat before that).
+        proc = ServerProcess(self.data_dir, free_port(), self.env, role="gateway", name=name,
+                             marker="Connected to Redis (redis)")
         self.testcase.addCleanup(proc.kill)
         yield proc.start()
         return proc
@@ -309,9 +311,11 @@ class ClusterTests(unittest.TestCase):
         yield proc.start()
         treq = http_client()
         seen = set()
-        for _ in range(200):
+        for _ in range(400):
             r = yield treq.get(f"http://127.0.0.1:{port}/readyz")
-            seen.add((yield r.json())["node_id"])
+            body = yield r.json()
+            if body["ready"]:
+                seen.add(body["node_id"])
             if len(seen) == 3:
                 break
         self.assertEqual(seen, {"node", "node-w1", "node-w2"})

@@ -115,6 +115,8 @@ class RedisClient:
             d = proto.whenConnected()
 
             def ready(_: Any) -> Any:
+                if not self.connected_once.called:
+                    log.info("Connected to Redis ({name})", name=name)
                 self._protocol = proto
                 proto.whenDisconnected().addCallback(self._lost, proto)
                 self._changed(True)
