@@ -118,7 +118,10 @@ function startApp(token) {
   client.addEventListener("hello", (e) => {
     const h = e.detail.hello;
     if (Array.isArray(h.canned_responses)) canned = h.canned_responses;
-    if (h.status || (h.user && h.user.status)) $("agent-status").value = h.status || h.user.status;
+    const st = (h.agent && h.agent.status) || h.status;
+    $("status-wrap").hidden = !h.agent; // the workflow (agent status) is on
+    if (st) $("agent-status").value = st;
+    refreshQueue();
     renderSide();
     if (!selected && client.conversations.size) select(sortedMine()[0].id);
   });
@@ -138,6 +141,21 @@ function startApp(token) {
   });
   client.addEventListener("frame", renderSide);
   client.connect();
+}
+
+/** The queue from REST (GET /api/v1/inbox?state=queued) when the server has
+ * it: conversations another agent took disappear, which no frame reports. */
+async function refreshQueue() {
+  if (!client || client.state !== "open" || !client.hello || !client.hello.agent) return;
+  try {
+    const r = await fetch("/api/v1/inbox?state=queued&limit=200", { headers: { authorization: "Bearer " + client._token } });
+    if (!r.ok) return;
+    const body = await r.json();
+    const items = Array.isArray(body) ? body : body.items || body.conversations || [];
+    client.setQueue(items.map((it) => ({ id: it.conversation || it.id, customer_id: it.customer_id, queued_at: it.queued_at, created_at: it.queued_at, team: it.team })));
+  } catch (e) {
+    /* keep the pushed queue */
+  }
 }
 
 function sortedMine() {
@@ -184,7 +202,7 @@ function renderSide() {
         }
       },
     }, el("div", { class: "grow" },
-      el("div", { class: "title", text: (c.info.customer_name || c.info.customer_id || c.id) + (["closed", "left"].includes(c.info.status) ? " (closed)" : "") }),
+      el("div", { class: "title", text: (c.info.customer_name || c.info.customer_id || c.id) + (["closed", "left", "transferred"].includes(c.info.status) ? " (closed)" : "") }),
       el("div", { class: "sub", text: lastText(c) })));
     if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
     return li;
@@ -226,7 +244,7 @@ function renderConv() {
   const status = c.info.status || "open";
   $("conv-status").textContent = status;
   $("conv-status").dataset.status = status;
-  const closed = ["closed", "left"].includes(status);
+  const closed = ["closed", "left", "transferred"].includes(status);
   $("close-btn").disabled = closed;
   $("transfer-btn").disabled = closed;
   $("composer").hidden = closed;
@@ -240,6 +258,10 @@ function renderConv() {
   const typers = client.typers(c.id);
   $("typing").textContent = typers.length ? "Customer is typing…" : "";
   renderProfile(c);
+  const notes = $("notes");
+  notes.hidden = !(c.notes && c.notes.length);
+  notes.replaceChildren(...(c.notes || []).map((n) => el("p", { class: "note" },
+    el("strong", { text: `Internal note from ${(n.author && (n.author.name || n.author.id)) || "a colleague"}: ` }), n.body)));
   if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
 }
 
@@ -412,6 +434,7 @@ function wire() {
   });
   window.addEventListener("focus", stopBlink);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && stopBlink());
+  setInterval(refreshQueue, 15000);
   setInterval(() => {
     for (const w of document.querySelectorAll("#queue .wait")) {
       const created = Number(w.dataset.created);

@@ -438,6 +438,12 @@ export class SupportChatClient extends EventTarget {
         this._changed(c, "status");
       }
     }
+    for (const w of f.waiting || []) {
+      // a customer's queued conversation (workflow): its position in the queue
+      const c = this._conv(w.conversation);
+      c.queuePosition = w.position ?? null;
+    }
+    if (f.agent) this.agentStatus = f.agent.status;
     this._setState("open");
     this._emit("hello", { hello: f, first: firstHello });
     for (const c of this.conversations.values()) {
@@ -472,6 +478,8 @@ export class SupportChatClient extends EventTarget {
     if (typeof m.seq !== "number") return false;
     const fresh = !c.messages.has(m.seq);
     c.messages.set(m.seq, m);
+    // a conversation known only from its messages (a transfer sends no conversation frame)
+    if (!c.info.customer_id && m.sender && m.sender.role === "customer") c.info.customer_id = m.sender.id;
     c.lastSeq = Math.max(c.lastSeq, m.seq);
     c.lastActivity = Math.max(c.lastActivity, (m.ts || 0) * 1000);
     if (c.low === null || m.seq < c.low) {
@@ -594,6 +602,22 @@ export class SupportChatClient extends EventTarget {
   _on_agent_status(f) {
     this.agentStatus = f.agent && f.agent.status;
     this._emit("agentstatus", f);
+  }
+
+  _on_note(f) {
+    // an internal note from a transfer: for agents only, never in the message log
+    const c = this._conv(f.conversation);
+    c.notes = (c.notes || []).concat([{ author: f.author, body: f.body, ts: f.ts }]);
+    this._changed(c, "note");
+  }
+
+  /** Agents: reconcile the queue with a fresh list (REST inbox), since no frame says another agent took one. */
+  setQueue(items) {
+    const fresh = new Map();
+    for (const it of items) fresh.set(it.id, Object.assign({}, this.queue.get(it.id) || {}, it));
+    for (const id of fresh.keys()) if (this.conversations.has(id) && this.conversations.get(id).info.status === "open") fresh.delete(id);
+    this.queue = fresh;
+    this._emit("queue", { queue: [...this.queue.values()] });
   }
 
   _on_rated(f) {

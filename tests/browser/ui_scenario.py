@@ -56,6 +56,15 @@ def bot_enabled() -> bool:
     return bool(bot is not None and getattr(bot, "enabled", False))
 
 
+def workflow_enabled() -> bool:
+    """Whether the support workflow (issue 5: transfer, close, rating) is on."""
+    from supportchat.config import load_config
+
+    cfg = load_config(None, environ={"SUPPORTCHAT_AUTH_JWT_SECRET": SECRET})
+    wf = getattr(cfg, "workflow", None)
+    return bool(wf is not None and getattr(wf, "enabled", False))
+
+
 class Server:
     """``twistd -n supportchat run`` on a fixed port, restartable."""
 
@@ -153,9 +162,9 @@ class Scenario:
 
         page.on("websocket", on_ws)
 
-    def shot(self, page: Any, name: str) -> None:
+    def shot(self, page: Any, name: str, readme: bool = True) -> None:
         page.screenshot(path=os.path.join(self.artifacts, name))
-        if self.shots:
+        if self.shots and readme:
             os.makedirs(self.shots, exist_ok=True)
             page.screenshot(path=os.path.join(self.shots, name))
 
@@ -361,8 +370,51 @@ class Scenario:
         assert width == 390, width
         self.shot(mobile, "widget-mobile.png")
         self.check("at a 390 px mobile width the widget fills the screen and shows the same conversation")
+        if workflow_enabled():
+            self.transfer_close_rate(browser, cust, agent, errors)
         assert not errors, errors
-        self.check("no JavaScript errors on either page")
+        self.check("no JavaScript errors on any page")
+
+    def transfer_close_rate(self, browser: Any, cust: Any, alice: Any, errors: list[str]) -> None:
+        """Issue 5's workflow through the UI: Alice transfers to Bob with an
+        internal note, Bob answers and closes, the customer rates."""
+        expect = self.expect
+        bob_ctx = browser.new_context(viewport={"width": 1100, "height": 720})
+        bob = bob_ctx.new_page()
+        bob.on("pageerror", lambda e: errors.append(f"bob: {e}"))
+        self.log_frames(bob, "bob")
+        bob.goto(self.base + "/console")
+        bob.locator("#token-login summary").click()
+        bob.locator("#login-token").fill(token("bob", "agent", name="Bob"))
+        bob.locator("#token-submit").click()
+        expect(bob.locator("#conn")).to_have_text("Online")
+        alice.locator("#transfer-btn").click()
+        alice.locator("#transfer-to").fill("bob")
+        alice.locator("#transfer-note").fill("VIP customer, be nice")
+        alice.locator("#transfer-go").click()
+        expect(alice.locator("#conv-status")).to_have_text("transferred")
+        mine = bob.locator("#mine li.mine-item")
+        expect(mine).to_have_count(1)
+        mine.click()
+        expect(bob.locator("#notes")).to_contain_text("VIP customer, be nice")
+        expect(bob.locator("#messages li.sc-msg", has_text="No, that's all")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget li.sc-event[data-event=transferred]")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget", has_text="VIP customer")).to_have_count(0)
+        self.check("transfer with an internal note: the new agent gets the conversation and the note, the customer never sees the note")
+        self.agent_send(bob, "Hi, Bob here. All sorted!")
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Bob here")).to_have_count(1)
+        bob.locator("#close-btn").click()
+        expect(bob.locator("#conv-status")).to_have_text("closed")
+        expect(cust.locator("#supportchat-widget li.sc-event[data-event=closed]")).to_have_count(1)
+        stars = cust.locator("#supportchat-widget .stars [role=radio]")
+        expect(stars).to_have_count(5)
+        stars.nth(3).focus()
+        cust.keyboard.press("ArrowRight")
+        cust.keyboard.press("Enter")
+        expect(cust.locator("#supportchat-widget .rating")).to_contain_text("Thank you for your feedback!")
+        expect(cust.locator("#supportchat-widget .restart")).to_be_visible()
+        self.check("the agent closes; the customer rates 5 stars from the keyboard")
+        self.shot(bob, "console-transfer.png", readme=False)
 
 
 def main() -> int:
