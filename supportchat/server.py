@@ -227,7 +227,7 @@ class SupportChatServer:
 
         return self._once("workflow", lambda: WorkflowHandler(
             self.reactor, self.get_chat_store(), self.get_workflow_store(), self.get_bus(), self.get_registry(),
-            self.get_presence(), self.get_background(), self.config.workflow,
+            self.get_presence(), self.get_background(), self.config.workflow, bot_first=self.config.bot.enabled,
         ))
 
     def _mount_workflow_api(self, v1: Resource) -> None:
@@ -290,6 +290,7 @@ class SupportChatServer:
                 Dialogue(load_knowledge(cfg.knowledge), cfg.threshold, cfg.max_misses),
                 BusinessHours(cfg.business_hours, cfg.timezone), self.get_metrics(), cfg, self.get_bot_external(),
                 float(self.config.chat.idempotency_window),
+                on_handoff=self.get_workflow().on_handoff if self.config.workflow.enabled else None,
             )
 
         return self._once("bot", make)

@@ -444,6 +444,28 @@ class NodeTests(unittest.TestCase):
         self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q2", "body": "hello?"})
         self.assertEqual(self.bot_messages(t)[-1]["kind"], "event")
 
+    def test_handoff_calls_the_workflow_seam_again_on_redelivery(self) -> None:
+        """The handoff hook (the workflow queues the conversation) runs after the event is appended,
+        and again when the message is redelivered (the seam is idempotent), never for other replies."""
+        calls: list[str] = []
+
+        async def hook(conversation_id: str) -> None:
+            calls.append(conversation_id)
+
+        node = BotNode(self.clock, self.store, self.bus, self.states, dialogue(), BusinessHours([]), self.metrics,
+                       BotConfig(), on_handoff=hook)
+        self.feed.stop()
+        self.feed = LocalBotFeed(node, self.bus, self.background, messages=True)
+        self.feed.start()
+        s, t, conv = self.start()
+        self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q1", "body": "opening hours"})
+        self.assertEqual(calls, [])
+        self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q2", "body": "human"})
+        self.assertEqual(calls, [conv])
+        msg = [m for m in self.successResultOf(self.store.get_messages(conv, 0, 20)) if m.sender_role == "customer"][-1]
+        self.successResultOf(node.handle(msg))
+        self.assertEqual(calls, [conv, conv])
+
     def test_resolved_counts_once(self) -> None:
         """A customer confirming the answer helped is counted as resolved without handoff."""
         s, t, conv = self.start()

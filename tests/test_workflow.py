@@ -232,3 +232,77 @@ class WorkflowTests(unittest.TestCase):
             self.assertEqual(tuple(got), codes, f"{method} {path}")
         code, _ = yield self.api.call("POST", "/login", None, {"login": "ann", "password": "wrong password"})
         self.assertEqual(code, 401)
+
+
+class BotFirstTests(unittest.TestCase):
+    """With the bot enabled a new conversation stays with the bot until it
+    hands off, then enters the queue exactly as without it."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_bot_first_then_queue_then_agent(self) -> Any:
+        """Customer starts -> bot greeting (no queue position, not assigned to
+        the online agent) -> asks for a human -> handoff event -> queued ->
+        assigned to the agent -> the bot is silent afterwards."""
+        running = yield start_server(self, bot={"enabled": True})
+        api = Api(running.port)
+        admin = token("boss", "admin", name="Boss")
+        code, _ = yield api.call("POST", "/agents", admin, {"login": "ann", "name": "Ann", "capacity": 2,
+                                                             "password": PASSWORD})
+        self.assertEqual(code, 201)
+        code, body = yield api.call("POST", "/login", None, {"login": "ann", "password": PASSWORD})
+        ann = yield connect(running.port, body["access_token"])
+        self.addCleanup(close_client, ann)
+        ann.send({"type": "status", "status": "online", "ref": "st"})
+        yield ann.next_frame("agent_status")
+        cust = yield connect(running.port, token("cust"))
+        self.addCleanup(close_client, cust)
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        greeting = yield cust.next_frame("message")
+        self.assertEqual(greeting["sender"]["role"], "bot")
+
+        @inlineCallbacks
+        def ask(key: str, body: str) -> Any:
+            cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
+            ack = yield cust.next_frame("ack")
+            while True:
+                frame = yield cust.next_frame("message")
+                if frame["sender"]["role"] == "bot" and frame["seq"] > ack["seq"]:
+                    return frame
+
+        self.assertIn("Monday to Friday", (yield ask("q1", "when are you open"))["body"])
+        code, item = yield api.call("GET", f"/inbox/{conv}", admin)
+        self.assertEqual((code, item["state"], item["agent_id"]), (200, "bot", None))
+        self.assertNotIn("queue", [f.get("type") for f in cust.frames if isinstance(f, dict)])
+        self.assertNotIn("assigned", [(f.get("event") or {}).get("name") for f in ann.frames
+                                      if isinstance(f, dict) and f.get("type") == "message"])
+        yield ask("q2", "human")
+        event = yield cust.next_frame("message")
+        self.assertEqual((event["kind"], event["event"]["name"]), ("event", "handoff"))
+        transcript = event["event"]["transcript"]
+        self.assertEqual(transcript["from_seq"], 1)
+        queued = yield cust.next_frame("queue")
+        self.assertEqual((queued["conversation"], queued["position"]), (conv, 1))
+        while True:
+            frame = yield ann.next_frame("message")
+            if (frame.get("event") or {}).get("name") == "assigned":
+                break
+        self.assertEqual((frame["conversation"], frame["event"]["user"]["id"]), (conv, "ann"))
+        ann.send({"type": "sync", "ref": "h", "conversation": conv, "after_seq": 0, "limit": 100})
+        history = yield ann.next_frame("history")
+        seqs = [m["seq"] for m in history["messages"]
+                if transcript["from_seq"] <= m["seq"] <= transcript["to_seq"]]
+        self.assertEqual(seqs, list(range(transcript["from_seq"], transcript["to_seq"] + 1)))
+        cust.send({"type": "message", "ref": "q3", "conversation": conv, "client_msg_id": "q3",
+                   "body": "opening hours"})
+        ack = yield cust.next_frame("ack")
+        ann.send({"type": "message", "ref": "r", "conversation": conv, "client_msg_id": "r", "body": "Hi, Ann here"})
+        reply = yield cust.next_frame("message")
+        while reply["sender"]["role"] != "agent":
+            self.assertLessEqual(reply["seq"], ack["seq"], "the bot spoke after the agent was assigned")
+            reply = yield cust.next_frame("message")
+        self.assertEqual(reply["seq"], ack["seq"] + 1)
+        code, item = yield api.call("GET", f"/inbox/{conv}", admin)
+        self.assertEqual((item["state"], item["agent_id"]), ("assigned", "ann"))

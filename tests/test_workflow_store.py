@@ -75,6 +75,20 @@ class WorkflowStoreContract:
         self.assertEqual((agent.disabled, agent.status, agent.load, requeued), (True, "offline", 0, ["c1"]))
         self.assertIsNone(self.ok(self.store.use_refresh("h", 5.0)))
 
+    def test_bot_hold_then_handoff_enters_the_queue_once(self) -> None:
+        """A conversation held for the bot is not assigned; the handoff queues it (once) and it is assigned."""
+        self.agent("a")
+        self.ok(self.store.enqueue("c1", "u1", "", 1.0, state="bot"))
+        self.assertEqual(self.ok(self.store.assign_next(2.0, 10)), [])
+        self.assertEqual(self.ok(self.store.list_items("queued", None, None, 10)), [])
+        item = self.ok(self.store.handoff("c1", 3.0))
+        self.assertEqual((item.state, item.queued_at), ("queued", 3.0))
+        self.assertIsNone(self.ok(self.store.handoff("c1", 4.0)))  # seen twice: no change
+        self.assertIsNone(self.ok(self.store.handoff("unknown", 4.0)))
+        [got] = self.ok(self.store.assign_next(5.0, 10))
+        self.assertEqual((got.conversation_id, got.agent_id), ("c1", "a"))
+        self.assertIsNone(self.ok(self.store.handoff("c1", 6.0)))
+
 
 class MemoryWorkflowStoreTests(WorkflowStoreContract, unittest.SynchronousTestCase):
     def make_store(self) -> Any:

@@ -24,7 +24,7 @@ participants live and count as unread like any text message.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -43,7 +43,7 @@ from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.config.model import BotConfig
 from supportchat.metrics import Metrics
 from supportchat.storage.database import Cursor, Database
-from supportchat.storage.models import TEXT, AppendRequest, Message
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, Message
 from supportchat.storage.sql import _msg
 
 log = Logger()
@@ -65,7 +65,8 @@ def message_from_wire(frame: dict[str, Any]) -> Message:
 class BotNode:
     def __init__(self, clock: IReactorTime, store: Any, bus: MessageBus, states: BotStateStore, dialogue: Dialogue,
                  hours: BusinessHours, metrics: Metrics, config: BotConfig, external: ExternalBot | None = None,
-                 idempotency_window: float = 86400.0) -> None:
+                 idempotency_window: float = 86400.0,
+                 on_handoff: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._clock = clock
         self._store = store
         self._bus = bus
@@ -76,6 +77,9 @@ class BotNode:
         self._config = config
         self._external = external
         self._window = idempotency_window
+        # The support workflow's seam: the conversation enters the queue
+        # (idempotent; called again when a handoff is re-sent).
+        self._on_handoff = on_handoff
         self._chains: dict[str, Deferred[None]] = {}
         self.handled = 0
         self.conflicts = 0
@@ -204,13 +208,22 @@ class BotNode:
                 kind=r.kind, body=r.body, ts=now, client_msg_id=key, data=r.data, require_participant=False,
                 idempotency_window=self._window,
             ))
+            handoff = r.kind == EVENT and (r.data or {}).get("name") == "handoff"
             if result.duplicate and not redelivery:
+                if handoff:
+                    await self._handed_off(conversation_id)
                 continue
             if i == 0 and msg is not None and not result.duplicate:
                 self._metrics.bot_reply_latency.observe(max(0.0, self._clock.seconds() - msg.ts))
             await self._bus.publish(Delivery(
                 frame=result.message.to_wire(), user_ids=tuple(p.user_id for p in result.participants),
             ))
+            if handoff:
+                await self._handed_off(conversation_id)
+
+    async def _handed_off(self, conversation_id: str) -> None:
+        if self._on_handoff is not None:
+            await self._on_handoff(conversation_id)
 
     # -- embedded recovery -----------------------------------------------
     async def recover(self, db: Database) -> int:

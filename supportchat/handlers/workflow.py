@@ -23,7 +23,7 @@ from supportchat.config.model import WorkflowConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.storage.interfaces import ConversationStore, PresenceStore
 from supportchat.storage.models import EVENT, AppendRequest, AppendResult, Conflict, Conversation
-from supportchat.workflow.models import ASSIGNED, CLOSED, QUEUED, Agent, Assignment, WorkflowError
+from supportchat.workflow.models import ASSIGNED, BOT, CLOSED, QUEUED, Agent, Assignment, WorkflowError
 from supportchat.workflow.store import WorkflowStore
 from supportchat.ws.frames import Close, FrameError, Rate, SetStatus, Take, Transfer
 
@@ -62,6 +62,7 @@ class WorkflowHandler:
     def __init__(
         self, clock: IReactorTime, store: WorkflowChatStore, workflow: WorkflowStore, bus: MessageBus,
         registry: ConnectionRegistry, presence: PresenceStore, background: BackgroundTasks, config: WorkflowConfig,
+        bot_first: bool = False,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -71,6 +72,9 @@ class WorkflowHandler:
         self._presence = presence
         self._background = background
         self._config = config
+        # The bot answers first: a new conversation is held for it (state
+        # BOT, not queued) until its handoff event.
+        self._bot_first = bot_first
         # conversation -> closed_at (None: open), as this node last learnt it.
         self._closed: OrderedDict[str, float | None] = OrderedDict()
         self._draining = False
@@ -140,6 +144,9 @@ class WorkflowHandler:
                 self._remember(str(frame["conversation"]), float(frame.get("ts") or self._clock.seconds()))
             elif name in ("reopened", "assigned", "joined"):
                 self._remember(str(frame["conversation"]), None)
+            elif name == "handoff" and (frame.get("sender") or {}).get("role") == "bot":
+                conv_id = str(frame["conversation"])
+                self._background.run("workflow_handoff", lambda: Deferred.fromCoroutine(self.on_handoff(conv_id)))
         elif frame.get("type") == "error" and frame.get("code") == "account_disabled":
             for uid in delivery.user_ids:
                 for s in self._registry.for_user(uid):
@@ -152,14 +159,42 @@ class WorkflowHandler:
             self._closed.popitem(last=False)
 
     async def on_started(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
-        """A customer's ``start``: queue a new conversation, tell the position."""
-        item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at)
+        """A customer's ``start``: queue a new conversation, tell the position
+        (with the bot first: hold it for the bot, no position yet)."""
+        item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at,
+                                      BOT if self._bot_first else QUEUED)
         self._remember(conv.id, None)
         if item.state == QUEUED:
             session.send({"type": "queue", "conversation": conv.id,
                           "position": await self._position(conv.id, item.team_id)})
-        if created:
+        if created and item.state == QUEUED:
             self.request_drain()
+
+    async def on_handoff(self, conversation_id: str) -> None:
+        """The bot handed the conversation off (its ``handoff`` event): it
+        enters its team's queue, the customer gets a position, and the queue
+        is drained. Idempotent: called by the bot node right after appending
+        the event and by every node that observes the event."""
+        now = self._clock.seconds()
+        item = await self._wf.handoff(conversation_id, now)
+        if item is None:
+            existing = await self._wf.get_item(conversation_id)
+            if existing is None:  # started before the workflow knew it
+                conv = await self._store.get_conversation(conversation_id)
+                if conv is None or conv.status != "open":
+                    return
+                item = await self._wf.enqueue(conv.id, conv.customer_id, "", now)
+            elif existing.state == QUEUED:
+                self.request_drain()  # seen twice: nothing new, a drain is cheap
+                return
+            else:
+                return
+        self._remember(conversation_id, None)
+        await self._bus.publish(Delivery(
+            frame={"type": "queue", "conversation": conversation_id,
+                   "position": await self._position(conversation_id, item.team_id)},
+            user_ids=(item.customer_id,)))
+        self.request_drain()
 
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writing to a closed conversation reopens it within

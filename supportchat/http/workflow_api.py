@@ -288,8 +288,8 @@ class InboxApi(WorkflowResource):
             out["waiting"] = self._waiting(item)
             return 200, out
         state = str_arg(request, "state")
-        if state is not None and state not in ("queued", "assigned", "closed"):
-            raise HttpError(400, "bad_request", "state must be queued, assigned or closed")
+        if state is not None and state not in ("bot", "queued", "assigned", "closed"):
+            raise HttpError(400, "bad_request", "state must be bot, queued, assigned or closed")
         team = str_arg(request, "team")
         if principal.role != "admin":
             if team is not None and team != own_team:

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from supportchat.workflow.models import (
     ASSIGNED,
+    BOT,
     CLOSED,
     QUEUED,
     Agent,
@@ -112,9 +113,18 @@ class MemoryWorkflowStore:
         if a is not None:
             self.agents[agent_id] = replace(a, load=max(0, a.load + delta))
 
-    def enqueue(self, conversation_id: str, customer_id: str, team_id: str, now: float) -> "Deferred[WorkItem]":
+    def enqueue(
+        self, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
+    ) -> "Deferred[WorkItem]":
         if conversation_id not in self.items:
-            self.items[conversation_id] = WorkItem(conversation_id, customer_id, team_id, QUEUED, None, now)
+            self.items[conversation_id] = WorkItem(conversation_id, customer_id, team_id, state, None, now)
+        return succeed(self.items[conversation_id])
+
+    def handoff(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
+        item = self.items.get(conversation_id)
+        if item is None or item.state != BOT:
+            return succeed(None)
+        self.items[conversation_id] = replace(item, state=QUEUED, queued_at=now)
         return succeed(self.items[conversation_id])
 
     def _queued(self) -> list[WorkItem]:

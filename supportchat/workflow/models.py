@@ -7,6 +7,9 @@ from typing import Any
 
 STATUSES = ("online", "away", "offline")
 QUEUED, ASSIGNED, CLOSED = "queued", "assigned", "closed"
+# With the bot enabled a new conversation stays with the bot (not in the
+# queue) until the bot hands off; then it is queued.
+BOT = "bot"
 DEFAULT_TEAM = ""
 
 

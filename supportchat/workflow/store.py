@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from supportchat.storage.database import Cursor, Database
 from supportchat.workflow.models import (
     ASSIGNED,
+    BOT,
     CLOSED,
     QUEUED,
     Agent,
@@ -59,8 +60,15 @@ class WorkflowStore(Protocol):
 
     # status and queue
     def set_status(self, agent_id: str, status: str) -> "Deferred[Agent | None]": ...
-    def enqueue(self, conversation_id: str, customer_id: str, team_id: str, now: float) -> "Deferred[WorkItem]":
-        """Queue a conversation (no change if it already has a place)."""
+    def enqueue(
+        self, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
+    ) -> "Deferred[WorkItem]":
+        """Queue a conversation (no change if it already has a place); with
+        ``state`` BOT it is held for the bot, outside the queue."""
+    def handoff(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
+        """The bot handed off: a conversation held for the bot enters its
+        team's queue (queued at ``now``). None if it was not with the bot
+        (already handed off, taken, closed or unknown): idempotent."""
     def assign_next(self, now: float, limit: int) -> "Deferred[list[Assignment]]":
         """Assign queued conversations, oldest first, each to the least busy
         online agent of its team below capacity; atomic across nodes."""
@@ -241,18 +249,29 @@ def _get_item_txn(cur: Cursor, conversation_id: str) -> WorkItem | None:
     return None if r is None else _item(r)
 
 
-def _enqueue_txn(cur: Cursor, conversation_id: str, customer_id: str, team_id: str, now: float) -> WorkItem:
+def _enqueue_txn(
+    cur: Cursor, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
+) -> WorkItem:
     found = _get_item_txn(cur, conversation_id)
     if found is not None:
         return found
     cur.execute(
         cur.engine.insert_ignore("work_items", "conversation_id, customer_id, team_id, state, queued_at",
                                  "?, ?, ?, ?, ?", "conversation_id"),
-        (conversation_id, customer_id, team_id, QUEUED, now),
+        (conversation_id, customer_id, team_id, state, now),
     )
     item = _get_item_txn(cur, conversation_id)
     assert item is not None
     return item
+
+
+def _handoff_txn(cur: Cursor, conversation_id: str, now: float) -> WorkItem | None:
+    _lock_txn(cur)
+    cur.execute("UPDATE work_items SET state = ?, queued_at = ? WHERE conversation_id = ? AND state = ?",
+                (QUEUED, now, conversation_id, BOT))
+    if cur.rowcount <= 0:
+        return None
+    return _get_item_txn(cur, conversation_id)
 
 
 def _assign_next_txn(cur: Cursor, now: float, limit: int) -> list[Assignment]:
@@ -466,8 +485,13 @@ class SqlWorkflowStore:
     def set_status(self, agent_id: str, status: str) -> "Deferred[Agent | None]":
         return self._db.run_interaction("set_status", _set_status_txn, agent_id, status)
 
-    def enqueue(self, conversation_id: str, customer_id: str, team_id: str, now: float) -> "Deferred[WorkItem]":
-        return self._db.run_interaction("enqueue", _enqueue_txn, conversation_id, customer_id, team_id, now)
+    def enqueue(
+        self, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
+    ) -> "Deferred[WorkItem]":
+        return self._db.run_interaction("enqueue", _enqueue_txn, conversation_id, customer_id, team_id, now, state)
+
+    def handoff(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
+        return self._db.run_interaction("handoff", _handoff_txn, conversation_id, now)
 
     def assign_next(self, now: float, limit: int) -> "Deferred[list[Assignment]]":
         return self._db.run_interaction("assign_next", _assign_next_txn, now, limit)
