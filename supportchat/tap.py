@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from supportchat.config import Config, ConfigError, load_config
-from supportchat.workers import as_reuseport, reuseport_parser, worker_monitor
+from supportchat.workers import as_reuseport, die_with_parent, reuseport_parser, worker_monitor
 
 log = Logger()
 
@@ -30,6 +30,7 @@ class RunOptions(usage.Options):
         ["config", "c", None, "TOML configuration file (defaults as in conf/supportchat.toml)."],
         ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
         ["workers", "w", "1", "Processes serving the same ports (SO_REUSEPORT; needs Redis)."],
+        ["worker-of", None, None, "(internal) this is a worker of that parent process id."],
     ]
     longdesc = "Run every role (WebSocket/HTTP gateway, storage and the bot) in one process."
     roles: tuple[str, ...] = ("gateway", "persister", "bot")
@@ -203,6 +204,8 @@ def makeService(options: Options) -> IService:
     for desc in config.server.listen:
         log.info("Listening on {endpoint}", endpoint=desc)
     service = server.make_service()
+    if sub["worker-of"]:
+        die_with_parent(int(sub["worker-of"]))
     if sub["workers"] > 1:
         tail = [a for a in _worker_argv(sub)]
         monitor = worker_monitor(reactor, sub["workers"] - 1, tail, dict(os.environ))

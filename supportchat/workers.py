@@ -71,13 +71,31 @@ def as_reuseport(desc: str) -> str:
     return desc
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker get SIGTERM when its parent dies, however it dies
+    (Linux PR_SET_PDEATHSIG); exit now if the parent is already gone."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's stop still ends us
+        pass
+    if os.getppid() != parent_pid:
+        raise SystemExit("supportchat worker: parent is gone")
+
+
 def worker_monitor(reactor: Any, count: int, argv_tail: list[str], env: dict[str, str]) -> ProcessMonitor:
     """A ProcessMonitor running ``count`` gateway workers with these options."""
+    import os
+
     monitor = ProcessMonitor(reactor=reactor)
     monitor.setName("workers")
     for i in range(count):
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "supportchat", "gateway", *argv_tail]
+                "-n", "--pidfile=", "supportchat", "gateway", "--worker-of", str(os.getpid()), *argv_tail]
         worker_env = dict(env)
         if worker_env.get("SUPPORTCHAT_SERVER_NODE_ID"):
             worker_env["SUPPORTCHAT_SERVER_NODE_ID"] += f"-w{i + 1}"

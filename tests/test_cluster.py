@@ -345,4 +345,29 @@ class ClusterTests(unittest.TestCase):
         workers = [line for line in procs if "supportchat gateway" in line and data_dir in line]
         self.assertEqual(workers, [], "workers outlived the parent")
 
+    @inlineCallbacks
+    def test_workers_die_with_a_killed_parent(self) -> Any:
+        """Workers of a parent killed with SIGKILL (no chance to stop them)
+        exit on their own instead of serving on as orphans."""
+        cluster = Cluster(self)
+        port = free_port()
+        proc = ServerProcess(cluster.data_dir, port, cluster.env, role="run", name="node",
+                             extra_args=["--workers", "2"], marker="[worker-1]")
+        self.addCleanup(proc.kill)
+        yield proc.start()
+        data_dir = os.path.abspath(cluster.data_dir)
+
+        def workers() -> list[str]:
+            procs = subprocess.run(["ps", "ax", "-o", "args"], capture_output=True, text=True).stdout.splitlines()
+            return [line for line in procs if "supportchat gateway" in line and data_dir in line]
+
+        self.assertEqual(len(workers()), 1)
+        proc.signal("KILL")
+        yield proc.ended()
+        for _ in range(200):  # bounded wait for the worker's exit
+            if not workers():
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(workers(), [], "a worker outlived its killed parent")
+
 __all__ = ["ConnectionRefused"]
