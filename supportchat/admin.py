@@ -5,6 +5,7 @@
     supportchat-admin export --customer ID [--output FILE]
     supportchat-admin erase --customer ID --yes
     supportchat-admin copy-db --to postgresql://... [--from sqlite:///data/supportchat.db]
+    supportchat-admin create-admin --user-id boss --name "The Boss" [--password-file FILE]
 """
 
 from __future__ import annotations
@@ -91,6 +92,46 @@ class CopyDbOptions(_Common):
     ]
 
 
+PASSWORD_ENV = "SUPPORTCHAT_ADMIN_PASSWORD"
+
+
+class CreateAdminOptions(_Common):
+    """Create the first admin account (login with it at POST /api/v1/login).
+
+    The password is read from --password-file, else from the environment
+    variable SUPPORTCHAT_ADMIN_PASSWORD, else prompted for (twice); never
+    from the command line, where other users and shell history would see it."""
+
+    optParameters = _Common.optParameters + [
+        ["user-id", "u", None, "Account id (the tokens' sub claim)."],
+        ["name", "n", None, "Display name."],
+        ["login", "l", None, "Login name (default: the user id)."],
+        ["team", None, "", "Team id (default: none)."],
+        ["password-file", None, None, "Read the password from the first line of this file."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["user-id"] or len(self["user-id"]) > 128:
+            raise usage.UsageError("--user-id is required (1-128 characters)")
+        if not self["name"]:
+            raise usage.UsageError("--name is required")
+
+    def load(self) -> Config:
+        # The password variable is this command's, not a config option.
+        import os
+
+        overrides: dict[str, dict[str, Any]] = {}
+        if self["data-dir"]:
+            overrides["server"] = {"data_dir": self["data-dir"]}
+        environ = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+        return load_config(self["config"], environ=environ, overrides=overrides)
+
+    def opt_password(self, _: str) -> None:
+        """Refused: pass the password with --password-file, SUPPORTCHAT_ADMIN_PASSWORD or the prompt."""
+        raise usage.UsageError(
+            f"a password on the command line is refused; use --password-file, {PASSWORD_ENV} or the prompt")
+
+
 class AdminOptions(usage.Options):
     synopsis = "supportchat-admin <command> [options]"
     subCommands = [
@@ -99,6 +140,7 @@ class AdminOptions(usage.Options):
         ["export", None, ExportOptions, "Export a customer's conversations as JSON."],
         ["erase", None, EraseOptions, "Erase a customer's conversations and messages."],
         ["copy-db", None, CopyDbOptions, "Copy the SQLite database into PostgreSQL or MySQL."],
+        ["create-admin", None, CreateAdminOptions, "Create the first admin account."],
     ]
 
     def postOptions(self) -> None:
@@ -122,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         token = TokenIssuer(config.auth, secret).mint(sub["user-id"], sub["role"], sub["ttl"], time.time(), sub["name"])
         sys.stdout.write(token + "\n")
         return 0
+    if options.subCommand == "create-admin":
+        from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase
+
+        try:
+            return _create_admin(sub, config)
+        except (DatabaseUnavailable, UnsupportedDatabase) as e:
+            sys.stderr.write(f"supportchat-admin: {e}\n")
+            return 1
     if options.subCommand in ("export", "erase", "copy-db"):
         from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase
 
@@ -135,6 +185,70 @@ def main(argv: list[str] | None = None) -> int:
     version = prepare_database(config, migrate=True)
     sys.stdout.write(f"schema version {version}\n")
     return 0
+
+
+def _read_password(sub: Any) -> str | None:
+    """From --password-file, the environment, or an interactive prompt
+    (asked twice). None (with a message) when unusable."""
+    import os
+
+    if sub["password-file"]:
+        try:
+            with open(sub["password-file"], encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            sys.stderr.write(f"supportchat-admin: cannot read the password file: {e.strerror}\n")
+            return None
+    elif os.environ.get(PASSWORD_ENV):
+        password = os.environ[PASSWORD_ENV]
+    else:
+        import getpass
+
+        if not sys.stdin.isatty():
+            sys.stderr.write(f"supportchat-admin: no password: use --password-file, {PASSWORD_ENV} or a terminal\n")
+            return None
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            sys.stderr.write("supportchat-admin: the passwords differ\n")
+            return None
+    if not 8 <= len(password) <= 1024:
+        sys.stderr.write("supportchat-admin: the password must be 8 to 1024 characters\n")
+        return None
+    return password
+
+
+def _create_admin(sub: Any, config: Config) -> int:
+    """Insert an admin account (scrypt hash) through the workflow store."""
+    from supportchat.storage.copy import _now
+    from supportchat.storage.database import Database
+    from supportchat.storage.engines import engine_from_url
+    from supportchat.tap import prepare_database
+    from supportchat.workflow.models import Agent, WorkflowError
+    from supportchat.workflow.passwords import hash_password
+    from supportchat.workflow.store import SqlWorkflowStore
+
+    password = _read_password(sub)
+    if password is None:
+        return 2
+    prepare_database(config)
+    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
+                  threadless=True)
+    db.start()
+    try:
+        store = SqlWorkflowStore(db)
+        login = sub["login"] or sub["user-id"]
+        agent = Agent(sub["user-id"], login, sub["name"], "admin", team_id=sub["team"],
+                      capacity=config.workflow.default_capacity, password_hash=hash_password(password),
+                      created_at=time.time())
+        try:
+            _now(store.create_agent(agent))
+        except WorkflowError as e:
+            sys.stderr.write(f"supportchat-admin: {e}\n")
+            return 1
+        sys.stdout.write(f"created admin {agent.id} (login {login})\n")
+        return 0
+    finally:
+        db.close()
 
 
 def _data_command(command: str, sub: Any, config: Config) -> int:

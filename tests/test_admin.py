@@ -9,9 +9,11 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from typing import Any
 
 import jwt
 from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -218,3 +220,102 @@ class ModuleEntryTests(_AdminCase):
             self.assertEqual(verifier.verify(out.decode("ascii").strip()), Principal("dora", "customer"))
 
         return d.addCallback(check)
+
+
+class CreateAdminCommandTests(_AdminCase):
+    """`create-admin`: the first admin account, password never on the command line."""
+
+    def password_file(self, text: str) -> str:
+        path = os.path.join(self.tempdir(), "pw")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        return path
+
+    def stored(self, user_id: str) -> Any:
+        from supportchat.storage.copy import _now
+        from supportchat.storage.database import Database
+        from supportchat.storage.engines import engine_from_url
+        from supportchat.workflow.store import SqlWorkflowStore
+
+        db = Database(engine_from_url("sqlite:///" + os.path.join(self.data_dir, "supportchat.db")), reactor=None,
+                      threadless=True)
+        db.start()
+        try:
+            return _now(SqlWorkflowStore(db).get_agent(user_id))
+        finally:
+            db.close()
+
+    def test_password_file_creates_an_admin_that_can_log_in(self) -> Any:
+        """--password-file: an admin row with a scrypt hash; the secret is printed nowhere;
+        a second run for the same id is refused; the account logs in over REST."""
+        from supportchat.workflow.passwords import verify_password
+
+        secret = "first admin passphrase"
+        code, out, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "boss",
+                                       "--name", "The Boss", "--password-file", self.password_file(secret))
+        self.assertEqual((code, err), (0, ""))
+        self.assertNotIn(secret, out)
+        agent = self.stored("boss")
+        self.assertEqual((agent.role, agent.name, agent.login, agent.disabled), ("admin", "The Boss", "boss", False))
+        self.assertTrue(verify_password(secret, agent.password_hash))
+        code, out, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "boss",
+                                       "--name", "Again", "--password-file", self.password_file(secret))
+        self.assertEqual(code, 1)
+        self.assertIn("exists", err)
+        return self._login(secret)
+
+    @inlineCallbacks
+    def _login(self, secret: str) -> Any:
+        import json
+
+        from tests.support import http_client, start_server
+
+        running = yield start_server(self, server={"data_dir": self.data_dir})
+        r = yield http_client().request(
+            "POST", f"http://127.0.0.1:{running.port}/api/v1/login", headers={b"content-type": [b"application/json"]},
+            data=json.dumps({"login": "boss", "password": secret}).encode())
+        body = json.loads((yield r.text()))
+        self.assertEqual((r.code, body["agent"]["role"]), (200, "admin"))
+
+    def test_environment_and_prompt(self) -> None:
+        """SUPPORTCHAT_ADMIN_PASSWORD is used when set; otherwise a terminal prompt asked twice
+        (different answers refused; no terminal: refused)."""
+        from supportchat.workflow.passwords import verify_password
+
+        self.patch(os, "environ", dict(os.environ, SUPPORTCHAT_ADMIN_PASSWORD="from the environment"))
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "a1", "--name", "A")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(verify_password("from the environment", self.stored("a1").password_hash))
+        os.environ.pop("SUPPORTCHAT_ADMIN_PASSWORD")
+        import getpass
+
+        answers = iter(["typed password", "typed password", "one password", "another one"])
+        self.patch(getpass, "getpass", lambda prompt="": next(answers))
+
+        class Tty(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        self.patch(sys, "stdin", Tty())
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "a2", "--name", "B")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(verify_password("typed password", self.stored("a2").password_hash))
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "a3", "--name", "C")
+        self.assertEqual(code, 2)
+        self.assertIn("differ", err)
+        self.patch(sys, "stdin", io.StringIO())
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "a4", "--name", "D")
+        self.assertEqual(code, 2)
+        self.assertIsNone(self.stored("a4"))
+
+    def test_password_argument_and_short_passwords_are_refused(self) -> None:
+        """--password on the command line is a usage error; passwords under 8 characters are refused."""
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "x", "--name", "X",
+                                     "--password", "hunter2hunter2")
+        self.assertEqual(code, 2)
+        self.assertIn("refused", err)
+        self.assertNotIn("hunter2hunter2", err)
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "x", "--name", "X",
+                                     "--password-file", self.password_file("short"))
+        self.assertEqual(code, 2)
+        self.assertIn("8 to 1024", err)
