@@ -222,6 +222,11 @@ class SupportChatServer:
 
         return self._once("workflow_store", lambda: SqlWorkflowStore(self.get_database()))
 
+    def get_canned_store(self) -> Any:
+        from supportchat.workflow.canned import SqlCannedStore
+
+        return self._once("canned_store", lambda: SqlCannedStore(self.get_database()))
+
     def get_workflow(self) -> Any:
         from supportchat.handlers.workflow import WorkflowHandler
 
@@ -241,6 +246,9 @@ class SupportChatServer:
         v1.putChild(b"teams", TeamsApi(self.reactor, verifier, store))
         v1.putChild(b"inbox", InboxApi(self.reactor, verifier, store))
         v1.putChild(b"csat", CsatApi(self.reactor, verifier, store))
+        from supportchat.http.canned_api import CannedApi
+
+        v1.putChild(b"canned", CannedApi(self.reactor, verifier, store, self.get_canned_store()))
 
     def _drain_tick(self) -> None:
         self.get_workflow().request_drain()
