@@ -408,6 +408,9 @@ class SupportChatServer:
             v1.putChild(b"search", SearchApi(self.get_verifier(), self.get_history_store()))
             if self.config.workflow.enabled:
                 self._mount_workflow_api(v1)
+            from supportchat.http.openapi import OpenApiResource
+
+            v1.putChild(b"openapi.json", OpenApiResource())
             v1.putChild(b"admin", AdminApi(
                 self.reactor, self.get_verifier(), self.get_history_store(), self.config.database.retention_batch))
             if self.config.websocket.testee_path:

@@ -1,0 +1,196 @@
+"""``GET /api/v1/openapi.json``: an OpenAPI 3.0 description of every REST
+endpoint under /api/v1 (tests/test_openapi.py checks that each mounted
+route and method is described). Public, like the code it describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.http import Request
+
+from supportchat.http.common import json_body
+from supportchat.http.resources import JsonResource
+
+_ERR = {"$ref": "#/components/responses/Error"}
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+_S, _I, _N, _B = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+_ANY_OBJ: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: int = 200, ok_schema: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (401, 403), public: bool = False,
+        tag: str = "workflow") -> dict[str, Any]:
+    responses: dict[str, Any] = {str(ok): dict(description="OK", **_json(ok_schema or _ANY_OBJ))}
+    for code in sorted(set(errors) | {400}):
+        responses[str(code)] = _ERR
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if not public:
+        op["security"] = _BEARER
+    else:
+        op["security"] = []
+    if body is not None:
+        op["requestBody"] = dict(required=True, **_json(body))
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _p(name: str, description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _S, "description": description}
+
+
+AGENT = _obj({"id": _S, "login": _S, "name": _S, "role": {"type": "string", "enum": ["agent", "admin"]},
+              "team": _S, "capacity": _I, "status": {"type": "string", "enum": ["online", "away", "offline"]},
+              "load": _I, "disabled": _B, "created_at": _N})
+TEAM = _obj({"id": _S, "name": _S, "created_at": _N})
+ITEM = _obj({"conversation": _S, "customer_id": _S, "team": _S,
+             "state": {"type": "string", "enum": ["bot", "queued", "assigned", "closed"]},
+             "agent_id": {"type": "string", "nullable": True}, "queued_at": _N,
+             "assigned_at": {"type": "number", "nullable": True}, "closed_at": {"type": "number", "nullable": True},
+             "waiting": _N, "rating": _I, "rating_comment": _S})
+CANNED = _obj({"id": _S, "scope": {"type": "string", "enum": ["team", "personal"]}, "owner": _S, "shortcut": _S,
+               "title": _S, "body": _S, "created_by": _S, "created_at": _N, "updated_at": _N})
+MESSAGE = _obj({"conversation": _S, "msg_id": _S, "seq": _I, "client_msg_id": {"type": "string", "nullable": True},
+                "sender": _obj({"id": _S, "role": _S}), "kind": {"type": "string", "enum": ["text", "event"]},
+                "body": _S, "ts": _N, "event": _ANY_OBJ})
+TOKENS = _obj({"access_token": _S, "refresh_token": _S, "token_type": _S, "expires_in": _N, "agent": AGENT})
+AGENT_EDIT = {"name": _S, "role": {"type": "string", "enum": ["agent", "admin"]}, "team": _S, "capacity": _I,
+              "password": {"type": "string", "minLength": 8, "maxLength": 1024, "format": "password"}}
+CANNED_EDIT = {"shortcut": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"},
+               "title": {"type": "string", "maxLength": 200}, "body": {"type": "string", "minLength": 1,
+                                                                       "maxLength": 4000}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document (plain data, JSON-serialisable)."""
+    paths: dict[str, Any] = {
+        "/api/v1/openapi.json": {"get": _op("This document", public=True, errors=(), tag="meta")},
+        "/api/v1/visitors": {"post": _op(
+            "A fresh anonymous customer identity and token (CORS for allowed origins)", 201,
+            _obj({"user_id": _S, "role": _S, "token": _S, "expires_at": _I}), public=True, errors=(404, 429),
+            tag="customers")},
+        "/api/v1/login": {"post": _op(
+            "Agent/admin login: short-lived access token and a one-use refresh token", 200, TOKENS,
+            _obj({"login": _S, "password": {"type": "string", "format": "password"}}, ("login", "password")),
+            public=True, errors=(401,), tag="auth")},
+        "/api/v1/refresh": {"post": _op(
+            "Exchange a refresh token (one use) for a new pair", 200, TOKENS,
+            _obj({"refresh_token": _S}, ("refresh_token",)), public=True, errors=(401,), tag="auth")},
+        "/api/v1/agents": {
+            "get": _op("List agents and admins", ok_schema=_obj({"agents": {"type": "array", "items": AGENT}})),
+            "post": _op("Create an agent (admins)", 201, AGENT,
+                        _obj(dict(AGENT_EDIT, login=_S, id=_S), ("login", "password")), errors=(401, 403, 409)),
+        },
+        "/api/v1/agents/{id}": {
+            "parameters": [_p("id", "agent id")],
+            "get": _op("One agent (admins, or the agent themself)", ok_schema=AGENT, errors=(401, 403, 404)),
+            "patch": _op("Edit an agent (admins); disabled=true revokes tokens and requeues", ok_schema=AGENT,
+                         body=_obj(dict(AGENT_EDIT, disabled=_B)), errors=(401, 403, 404)),
+        },
+        "/api/v1/teams": {
+            "get": _op("List teams", ok_schema=_obj({"teams": {"type": "array", "items": TEAM}})),
+            "post": _op("Create a team (admins)", 201, TEAM, _obj({"id": _S, "name": _S}, ("id", "name")),
+                        errors=(401, 403, 409)),
+        },
+        "/api/v1/teams/{id}": {
+            "parameters": [_p("id", "team id")],
+            "patch": _op("Rename a team (admins)", ok_schema=TEAM, body=_obj({"name": _S}, ("name",)),
+                         errors=(401, 403, 404)),
+        },
+        "/api/v1/inbox": {"get": _op(
+            "Conversations in the workflow (agents: own team)",
+            ok_schema=_obj({"conversations": {"type": "array", "items": ITEM}}),
+            params=[_q("state", {"type": "string", "enum": ["bot", "queued", "assigned", "closed"]}),
+                    _q("agent", _S), _q("team", _S), _q("waiting_min", _I, "queued at least this many seconds"),
+                    _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})])},
+        "/api/v1/inbox/{conversation}": {
+            "parameters": [_p("conversation")],
+            "get": _op("One conversation's work item with its internal notes", ok_schema=ITEM,
+                       errors=(401, 403, 404)),
+        },
+        "/api/v1/csat": {"get": _op(
+            "Ratings report: count, average, distribution, per agent (admins)",
+            params=[_q("since", _I, "unix time")])},
+        "/api/v1/canned": {
+            "get": _op("Canned responses: the team's and one's own (admins: every team's and own)",
+                       ok_schema=_obj({"canned": {"type": "array", "items": CANNED}}),
+                       params=[_q("shortcut", _S, "prefix"), _q("team", _S)]),
+            "post": _op("Create a personal response (agents) or a team one (admins)", 201, CANNED,
+                        _obj(dict(CANNED_EDIT, scope={"type": "string", "enum": ["team", "personal"]}, team=_S),
+                             ("shortcut", "body")), errors=(401, 403, 409)),
+        },
+        "/api/v1/canned/{id}": {
+            "parameters": [_p("id")],
+            "get": _op("One canned response", ok_schema=CANNED, errors=(401, 403, 404)),
+            "patch": _op("Edit (the owner; admins for team responses)", ok_schema=CANNED, body=_obj(CANNED_EDIT),
+                         errors=(401, 403, 404, 409)),
+            "delete": _op("Delete (as PATCH)", ok_schema=_obj({"deleted": _S}), errors=(401, 403, 404)),
+        },
+        "/api/v1/conversations/{id}/messages": {
+            "parameters": [_p("id", "conversation id")],
+            "get": _op(
+                "History in keyset pages (participants, admins)", tag="history",
+                ok_schema=_obj({"messages": {"type": "array", "items": MESSAGE}, "has_more": _B}),
+                params=[_q("after_seq", {"type": "integer", "minimum": 0}),
+                        _q("before_seq", {"type": "integer", "minimum": 1}), _q("limit", _I)],
+                errors=(401, 404, 503)),
+        },
+        "/api/v1/search": {"get": _op(
+            "Full-text search in one's conversations (admins: all)", tag="history",
+            ok_schema=_obj({"query": _S, "messages": {"type": "array", "items": MESSAGE}}),
+            params=[dict(_q("q", _S, "words to search for"), required=True), _q("limit", _I)],
+            errors=(401, 503))},
+        "/api/v1/admin/customers/{id}/export": {
+            "parameters": [_p("id", "customer user id")],
+            "get": _op("Everything stored about a customer (admins)", tag="privacy", errors=(401, 403, 404)),
+        },
+        "/api/v1/admin/customers/{id}": {
+            "parameters": [_p("id", "customer user id")],
+            "delete": _op("Erase a customer's conversations and messages (admins)", tag="privacy",
+                          errors=(401, 403, 404)),
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "supportchat REST API", "version": "1",
+                 "description": "Errors are {\"error\": {\"code\", \"message\"}}. The chat itself is a WebSocket "
+                                "protocol (docs/protocol.md)."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "responses": {"Error": {"description": "A JSON error", **_json(
+                _obj({"error": _obj({"code": _S, "message": _S}, ("code", "message"))}, ("error",)))}},
+        },
+    }
+
+
+class OpenApiResource(JsonResource):
+    """``GET /api/v1/openapi.json``."""
+
+    methods = (b"GET", b"HEAD")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._doc = openapi_document()
+
+    def render_GET(self, request: Request) -> bytes:
+        return json_body(request, 200, self._doc)
+
+    render_HEAD = render_GET
