@@ -233,7 +233,14 @@ class SupportChatServer:
         return self._once("workflow", lambda: WorkflowHandler(
             self.reactor, self.get_chat_store(), self.get_workflow_store(), self.get_bus(), self.get_registry(),
             self.get_presence(), self.get_background(), self.config.workflow, bot_first=self.config.bot.enabled,
+            hours=self._business_hours(),
         ))
+
+    def _business_hours(self) -> Any:
+        """The one definition of business hours: ``[bot] business_hours`` in ``[bot] timezone``."""
+        from supportchat.bot.hours import BusinessHours
+
+        return BusinessHours(self.config.bot.business_hours, self.config.bot.timezone)
 
     def _mount_workflow_api(self, v1: Resource) -> None:
         from supportchat.http.workflow_api import AgentsApi, CsatApi, InboxApi, LoginApi, TeamsApi
@@ -288,7 +295,6 @@ class SupportChatServer:
     def get_bot(self) -> Any:
         def make() -> Any:
             from supportchat.bot.engine import Dialogue
-            from supportchat.bot.hours import BusinessHours
             from supportchat.bot.knowledge import load_knowledge
             from supportchat.bot.node import BotNode
 
@@ -296,7 +302,7 @@ class SupportChatServer:
             return BotNode(
                 self.reactor, self.get_chat_store(), self.get_bus(), self.get_bot_states(),
                 Dialogue(load_knowledge(cfg.knowledge), cfg.threshold, cfg.max_misses),
-                BusinessHours(cfg.business_hours, cfg.timezone), self.get_metrics(), cfg, self.get_bot_external(),
+                self._business_hours(), self.get_metrics(), cfg, self.get_bot_external(),
                 float(self.config.chat.idempotency_window),
                 on_handoff=self.get_workflow().on_handoff if self.config.workflow.enabled else None,
             )

@@ -4,7 +4,7 @@ time zone; an empty list means agents are always available."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -37,3 +37,27 @@ class BusinessHours:
         local = datetime.fromtimestamp(now, self._tz)
         t = local.time()
         return any(local.weekday() in days and start <= t < end for days, start, end in self._rules)
+
+    def next_open(self, now: float) -> float | None:
+        """When agents work next: ``now`` if open now, else the start of the
+        next opening (within a week); None without rules (always open)."""
+        if not self._rules:
+            return None
+        if self.is_open(now):
+            return now
+        local = datetime.fromtimestamp(now, self._tz)
+        best: float | None = None
+        for offset in range(8):
+            day = (local + timedelta(days=offset)).date()
+            for days, start, _ in self._rules:
+                if day.weekday() in days:
+                    at = datetime.combine(day, start, self._tz).timestamp()
+                    if at > now and (best is None or at < best):
+                        best = at
+            if best is not None:
+                return best
+        return best
+
+    def describe(self, ts: float) -> str:
+        """``ts`` in the business time zone, e.g. ``Mon 06 Jan 09:00 UTC``."""
+        return datetime.fromtimestamp(ts, self._tz).strftime("%a %d %b %H:%M %Z")

@@ -266,6 +266,9 @@ class WorkflowConfig:
     queue_updates_max: int = 100
     access_token_ttl: int = 900
     refresh_token_ttl: int = 14 * 86400
+    after_hours_reply: bool = True
+    after_hours_text: str = ("We are outside business hours. An agent will answer from {next_open}; "
+                             "you may leave your message here.")
 
     def validate(self, check: "_Checker") -> None:
         check.that(0 <= self.default_capacity <= 1000, "default_capacity", "must be between 0 and 1000")
@@ -276,6 +279,7 @@ class WorkflowConfig:
         check.that(self.queue_updates_max >= 0, "queue_updates_max", "must not be negative")
         check.that(self.access_token_ttl >= 60, "access_token_ttl", "must be at least 60 seconds")
         check.that(self.refresh_token_ttl > self.access_token_ttl, "refresh_token_ttl", "must exceed access_token_ttl")
+        check.that(1 <= len(self.after_hours_text) <= 2000, "after_hours_text", "must be 1-2000 characters")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
+from supportchat.bot.hours import BusinessHours
 from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.config.model import WorkflowConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
@@ -62,7 +63,7 @@ class WorkflowHandler:
     def __init__(
         self, clock: IReactorTime, store: WorkflowChatStore, workflow: WorkflowStore, bus: MessageBus,
         registry: ConnectionRegistry, presence: PresenceStore, background: BackgroundTasks, config: WorkflowConfig,
-        bot_first: bool = False,
+        bot_first: bool = False, hours: BusinessHours | None = None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -75,6 +76,9 @@ class WorkflowHandler:
         # The bot answers first: a new conversation is held for it (state
         # BOT, not queued) until its handoff event.
         self._bot_first = bot_first
+        # Business hours ([bot] business_hours): outside them a conversation
+        # entering the queue gets an automatic after-hours event.
+        self._hours = hours
         # conversation -> closed_at (None: open), as this node last learnt it.
         self._closed: OrderedDict[str, float | None] = OrderedDict()
         self._draining = False
@@ -168,6 +172,7 @@ class WorkflowHandler:
             session.send({"type": "queue", "conversation": conv.id,
                           "position": await self._position(conv.id, item.team_id)})
         if created and item.state == QUEUED:
+            await self._after_hours(conv.id, item.queued_at)
             self.request_drain()
 
     async def on_handoff(self, conversation_id: str) -> None:
@@ -194,7 +199,27 @@ class WorkflowHandler:
             frame={"type": "queue", "conversation": conversation_id,
                    "position": await self._position(conversation_id, item.team_id)},
             user_ids=(item.customer_id,)))
+        await self._after_hours(conversation_id, item.queued_at)
         self.request_drain()
+
+    async def _after_hours(self, conversation_id: str, queued_at: float) -> None:
+        """Outside business hours: an ``after_hours`` event telling when
+        agents work again (once per entry into the queue: keyed by it)."""
+        if self._hours is None or not self._config.after_hours_reply:
+            return
+        now = self._clock.seconds()
+        next_open = self._hours.next_open(now)
+        if next_open is None or next_open <= now:
+            return
+        body = self._config.after_hours_text.replace("{next_open}", self._hours.describe(next_open))
+        result = await self._store.append(AppendRequest(
+            conversation_id=conversation_id, sender_id="workflow", sender_role="system", kind=EVENT, body=body,
+            ts=now, data={"name": "after_hours", "next_open": next_open}, require_participant=False,
+            client_msg_id=f"workflow:after_hours:{conversation_id}:{queued_at!r}",
+        ))
+        if not result.duplicate:
+            await self._bus.publish(Delivery(frame=result.message.to_wire(),
+                                             user_ids=tuple(p.user_id for p in result.participants)))
 
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writing to a closed conversation reopens it within
@@ -218,6 +243,7 @@ class WorkflowHandler:
                               {"user": session.principal.to_wire()}, "The conversation was reopened")
             session.send({"type": "queue", "conversation": conversation_id,
                           "position": await self._position(conversation_id, reopened.team_id)})
+            await self._after_hours(conversation_id, reopened.queued_at)
             self.request_drain()
 
     # -- frames ----------------------------------------------------------
