@@ -6,6 +6,7 @@
     supportchat-admin erase --customer ID --yes
     supportchat-admin copy-db --to postgresql://... [--from sqlite:///data/supportchat.db]
     supportchat-admin create-admin --user-id boss --name "The Boss" [--password-file FILE]
+    supportchat-admin rotate-profile-keys [--batch N]
 """
 
 from __future__ import annotations
@@ -132,6 +133,19 @@ class CreateAdminOptions(_Common):
             f"a password on the command line is refused; use --password-file, {PASSWORD_ENV} or the prompt")
 
 
+class RotateProfileKeysOptions(_Common):
+    """Re-encrypt every sensitive profile field under the keyring's active
+    key and recompute phone indexes (batched; running it again is harmless)."""
+
+    optParameters = _Common.optParameters + [
+        ["batch", None, 200, "Profiles per batch.", int],  # type: ignore[list-item]
+    ]
+
+    def postOptions(self) -> None:
+        if not 1 <= self["batch"] <= 10000:
+            raise usage.UsageError("--batch must be between 1 and 10000")
+
+
 class AdminOptions(usage.Options):
     synopsis = "supportchat-admin <command> [options]"
     subCommands = [
@@ -141,6 +155,7 @@ class AdminOptions(usage.Options):
         ["erase", None, EraseOptions, "Erase a customer's conversations and messages."],
         ["copy-db", None, CopyDbOptions, "Copy the SQLite database into PostgreSQL or MySQL."],
         ["create-admin", None, CreateAdminOptions, "Create the first admin account."],
+        ["rotate-profile-keys", None, RotateProfileKeysOptions, "Re-encrypt profiles under the active key."],
     ]
 
     def postOptions(self) -> None:
@@ -170,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _create_admin(sub, config)
         except (DatabaseUnavailable, UnsupportedDatabase) as e:
+            sys.stderr.write(f"supportchat-admin: {e}\n")
+            return 1
+    if options.subCommand == "rotate-profile-keys":
+        from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase
+        from supportchat.workflow.profiles import ProfileKeyError
+
+        try:
+            return _rotate_profile_keys(sub, config)
+        except (DatabaseUnavailable, UnsupportedDatabase, ProfileKeyError) as e:
             sys.stderr.write(f"supportchat-admin: {e}\n")
             return 1
     if options.subCommand in ("export", "erase", "copy-db"):
@@ -246,6 +270,35 @@ def _create_admin(sub: Any, config: Config) -> int:
             sys.stderr.write(f"supportchat-admin: {e}\n")
             return 1
         sys.stdout.write(f"created admin {agent.id} (login {login})\n")
+        return 0
+    finally:
+        db.close()
+
+
+def _rotate_profile_keys(sub: Any, config: Config) -> int:
+    """Re-encrypt under the active key; prints the counts."""
+    from twisted.internet.defer import Deferred
+
+    from supportchat.storage.copy import _now
+    from supportchat.storage.database import Database
+    from supportchat.storage.engines import engine_from_url
+    from supportchat.tap import prepare_database
+    from supportchat.workflow.profiles import Keyring, ProfileKeyError, ProfileService, SqlProfileStore
+
+    cfg = config.profile
+    keyring = Keyring.load(cfg.keyring, cfg.keyring_file)
+    if keyring is None:
+        raise ProfileKeyError("no profile keyring is configured ([profile] keyring_file or SUPPORTCHAT_PROFILE_KEYRING)")
+    prepare_database(config)
+    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
+                  threadless=True)
+    db.start()
+    try:
+        service = ProfileService(SqlProfileStore(db), keyring, cfg.sensitive_fields)
+        counts = _now(Deferred.fromCoroutine(service.rotate(sub["batch"])))
+        sys.stdout.write(f"profiles {counts['profiles']}: {counts['reencrypted']} fields re-encrypted under "
+                         f"{keyring.active}, {counts['reindexed']} phone indexes recomputed, "
+                         f"{counts['current']} already current\n")
         return 0
     finally:
         db.close()

@@ -29,6 +29,9 @@ class Principal:
     # The token's "iat", when it has one (revocation: tokens issued before
     # an account was disabled are refused).
     issued_at: float | None = field(default=None, compare=False)
+    # A customer token's "profile" object claim (integrators pass the
+    # customer's profile this way; stored at WebSocket open).
+    profile: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.user_id, "role": self.role}
@@ -129,7 +132,9 @@ class TokenVerifier:
         name = claims.get("name")
         iat = claims.get("iat")
         issued = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None
-        return Principal(sub, role, name if isinstance(name, str) else None, issued)
+        profile = claims.get("profile")
+        return Principal(sub, role, name if isinstance(name, str) else None, issued,
+                         profile if role == "customer" and isinstance(profile, dict) else None)
 
 
 class TokenIssuer:

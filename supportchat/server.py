@@ -227,6 +227,15 @@ class SupportChatServer:
 
         return self._once("canned_store", lambda: SqlCannedStore(self.get_database()))
 
+    def get_profiles(self) -> Any:
+        """Customer profiles with the [profile] keyring (docs/profiles.md)."""
+        from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
+
+        cfg = self.config.profile
+        return self._once("profiles", lambda: ProfileService(
+            SqlProfileStore(self.get_database()), Keyring.load(cfg.keyring, cfg.keyring_file), cfg.sensitive_fields,
+            cfg.show_sensitive_to_agents))
+
     def get_workflow(self) -> Any:
         from supportchat.handlers.workflow import WorkflowHandler
 
@@ -256,6 +265,9 @@ class SupportChatServer:
         from supportchat.http.canned_api import CannedApi
 
         v1.putChild(b"canned", CannedApi(self.reactor, verifier, store, self.get_canned_store()))
+        from supportchat.http.profiles_api import CustomersApi
+
+        v1.putChild(b"customers", CustomersApi(self.reactor, verifier, store, self.get_profiles()))
 
     def _drain_tick(self) -> None:
         self.get_workflow().request_drain()
@@ -352,6 +364,10 @@ class SupportChatServer:
                 self.reactor, self.get_handler(), self.get_background(), self.config.websocket, self.config.chat
             )
             factory.setProtocolOptions(**websocket_options(self.config.websocket, self.get_allowed_origins()))
+            if self.config.workflow.enabled:
+                from supportchat.http.profiles_api import claim_upserter
+
+                factory.on_profile = claim_upserter(self.get_profiles(), self.reactor)
             return factory
 
         return self._once("chat_factory", make)

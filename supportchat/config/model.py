@@ -283,6 +283,30 @@ class WorkflowConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """Customer profiles; sensitive fields encrypted at rest (docs/profiles.md)."""
+
+    sensitive_fields: list[str] = field(default_factory=lambda: ["phone"])
+    keyring_file: str = ""
+    keyring: str = ""
+    show_sensitive_to_agents: bool = False
+
+    def validate(self, check: "_Checker") -> None:
+        for i, name in enumerate(self.sensitive_fields):
+            check.that(bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", name)), f"sensitive_fields[{i}]",
+                       "must be a field name (name, email, phone or an attribute)")
+        check.that(not (self.keyring and self.keyring_file), "keyring",
+                   "set either keyring (SUPPORTCHAT_PROFILE_KEYRING) or keyring_file, not both")
+        if self.keyring or self.keyring_file:
+            from supportchat.workflow.profiles import Keyring, ProfileKeyError
+
+            try:
+                Keyring.load(self.keyring, self.keyring_file)
+            except ProfileKeyError as e:
+                check.that(False, "keyring" if self.keyring else "keyring_file", str(e))
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -294,6 +318,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     bot: BotConfig = field(default_factory=BotConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     source: str = "<defaults>"
 
     def database_url(self) -> str:
@@ -303,7 +328,7 @@ class Config:
         return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
 
 
-SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow")
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile")
 
 
 class _Checker:
@@ -458,4 +483,5 @@ def _section_classes() -> dict[str, type]:
         "redis": RedisConfig,
         "workflow": WorkflowConfig,
         "bot": BotConfig,
+        "profile": ProfileConfig,
     }

@@ -67,6 +67,12 @@ ITEM = _obj({"conversation": _S, "customer_id": _S, "team": _S,
              "waiting": _N, "rating": _I, "rating_comment": _S})
 CANNED = _obj({"id": _S, "scope": {"type": "string", "enum": ["team", "personal"]}, "owner": _S, "shortcut": _S,
                "title": _S, "body": _S, "created_by": _S, "created_at": _N, "updated_at": _N})
+PROFILE_ATTRS: dict[str, Any] = {"type": "object", "additionalProperties": {"nullable": True}}
+PROFILE = _obj({"customer_id": _S, "name": _S, "email": _S, "phone": _S, "attributes": PROFILE_ATTRS,
+                "masked": {"type": "array", "items": _S, "description": "sensitive fields shown masked"},
+                "updated_at": _N})
+PROFILE_EDIT = _obj({"name": {"type": "string", "maxLength": 200}, "email": {"type": "string", "maxLength": 320},
+                     "phone": {"type": "string", "maxLength": 40}, "attributes": PROFILE_ATTRS})
 MESSAGE = _obj({"conversation": _S, "msg_id": _S, "seq": _I, "client_msg_id": {"type": "string", "nullable": True},
                 "sender": _obj({"id": _S, "role": _S}), "kind": {"type": "string", "enum": ["text", "event"]},
                 "body": _S, "ts": _N, "event": _ANY_OBJ})
@@ -142,6 +148,18 @@ def openapi_document() -> dict[str, Any]:
             "patch": _op("Edit (the owner; admins for team responses)", ok_schema=CANNED, body=_obj(CANNED_EDIT),
                          errors=(401, 403, 404, 409)),
             "delete": _op("Delete (as PATCH)", ok_schema=_obj({"deleted": _S}), errors=(401, 403, 404)),
+        },
+        "/api/v1/customers": {"get": _op(
+            "Customers with this phone number, any formatting (blind index; agents see sensitive fields masked)",
+            ok_schema=_obj({"customers": {"type": "array", "items": PROFILE}}),
+            params=[dict(_q("phone", _S, "phone number"), required=True)], errors=(401, 403, 500),
+            tag="customers")},
+        "/api/v1/customers/{id}/profile": {
+            "parameters": [_p("id", "customer user id")],
+            "get": _op("A customer's profile (the customer; agents masked; admins)", ok_schema=PROFILE,
+                       errors=(401, 403, 404, 500), tag="customers"),
+            "put": _op("Replace a customer's profile (admins, integrator tokens with role admin)",
+                       ok_schema=PROFILE, body=PROFILE_EDIT, errors=(401, 403, 500), tag="customers"),
         },
         "/api/v1/conversations/{id}/messages": {
             "parameters": [_p("id", "conversation id")],

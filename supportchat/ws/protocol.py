@@ -84,6 +84,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
             return
         self.session = ClientSession(self.principal, self)
         self.factory.background.run("open_session", self.factory.handler.on_open, self.session)
+        if self.principal.profile is not None and self.factory.on_profile is not None:
+            # The token's profile claim: stored in the background, never delaying hello.
+            self.factory.background.run("profile_claim", self.factory.on_profile, self.principal)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -150,6 +153,7 @@ class ChatServerFactory(WebSocketServerFactory):
         self.sync_limit_max = chat_config.sync_limit_max
         self.deflate_threshold = ws_config.deflate_threshold if ws_config.deflate else 1 << 62
         self.pending_principal: Principal | None = None
+        self.on_profile: Callable[[Principal], Any] | None = None
         self._clock = reactor
         self.live: set[ChatServerProtocol] = set()
         self.lost_waiters: dict[ChatServerProtocol, list[Deferred[None]]] = {}
