@@ -4,7 +4,7 @@ browser. The scenario itself is tests/browser/ui_scenario.py, run as a
 subprocess (Playwright's sync API brings its own event loop) against a
 ``twistd supportchat run`` process that it starts, kills with SIGKILL
 mid-conversation and starts again. Screenshots and WebSocket frame logs land
-in test-artifacts/browser/; with SUPPORTCHAT_UPDATE_SCREENSHOTS=1 the README's
+in test-artifacts/browser/; with SUPPORTCHAT_TEST_UPDATE_SCREENSHOTS=1 the README's
 copies in docs/screenshots/ are refreshed too."""
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class BrowserTests(unittest.TestCase):
 
     def setUp(self) -> None:
         reason = _missing()
-        if reason and os.environ.get("SUPPORTCHAT_REQUIRE_BROWSER") == "1":
-            self.fail(reason + " (SUPPORTCHAT_REQUIRE_BROWSER=1, as .ci/run sets)")
+        if reason and os.environ.get("SUPPORTCHAT_TEST_REQUIRE_BROWSER") == "1":
+            self.fail(reason + " (SUPPORTCHAT_TEST_REQUIRE_BROWSER=1, as .ci/run sets)")
         if reason:
             raise unittest.SkipTest(reason)
 
@@ -57,7 +57,7 @@ class BrowserTests(unittest.TestCase):
         survives two page reloads; the widget fills a 390 px mobile screen;
         screenshots of both pages are saved."""
         args = [SCRIPT, ARTIFACTS]
-        if os.environ.get("SUPPORTCHAT_UPDATE_SCREENSHOTS") == "1":
+        if os.environ.get("SUPPORTCHAT_TEST_UPDATE_SCREENSHOTS") == "1":
             args.append(SCREENSHOTS)
         out, err, code = yield utils.getProcessOutputAndValue(
             sys.executable, args, env=python_env(), path=REPO.path)

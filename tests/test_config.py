@@ -275,6 +275,15 @@ class EnvironmentTests(_TempDirMixin, SynchronousTestCase):
                              overrides={"server": {"listen": ["tcp:2:interface=127.0.0.1"]}})
         self.assertEqual(config.server.listen, ["tcp:2:interface=127.0.0.1"])
 
+    def test_non_config_variables_are_ignored(self):
+        """SUPPORTCHAT_ADMIN_* (the admin command's password) and
+        SUPPORTCHAT_TEST_* (test-suite switches) are not configuration; any
+        other unknown SUPPORTCHAT_* section is still an error."""
+        config = load_config(None, {"SUPPORTCHAT_ADMIN_PASSWORD": "x" * 12, "SUPPORTCHAT_TEST_REQUIRE_BROWSER": "1"})
+        self.assertEqual(config.server.listen, ["tcp:8080:interface=127.0.0.1"])
+        e = self.assertRaises(ConfigError, load_config, None, {"SUPPORTCHAT_TESTS_X": "1"})
+        self.assertIn("SUPPORTCHAT_TESTS_X", str(e))
+
     def test_unknown_key(self):
         """An unknown key in the environment is refused, naming the variable and the key."""
         e = self.assertEnvError({"SUPPORTCHAT_WEBSOCKET_NOPE": "1"}, "websocket.nope")

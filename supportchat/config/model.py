@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, get_type_hints
 
 ENV_PREFIX = "SUPPORTCHAT_"
+# Variables with these prefixes are not configuration (the admin command's
+# password, switches of the test suite); every other SUPPORTCHAT_* variable
+# must name a real section and key, so a typo is an error, not a no-op.
+NOT_CONFIG_PREFIXES = ("SUPPORTCHAT_ADMIN_", "SUPPORTCHAT_TEST_")
 
 
 class ConfigError(Exception):
@@ -449,7 +453,7 @@ def load_config(
             raw[section].update(values)
     config_classes = _section_classes()
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name.startswith(NOT_CONFIG_PREFIXES):
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")
