@@ -26,10 +26,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,6 +41,7 @@ from supportchat.bot.state import BotState, BotStateStore, Reply
 from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.config.model import BotConfig
 from supportchat.metrics import Metrics
+from supportchat.redis.consumer import Entries, StreamConsumer
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.models import EVENT, TEXT, AppendRequest, Message
 from supportchat.storage.sql import _msg
@@ -333,94 +333,27 @@ class BotService(MultiService):
             log.warn("bot answers still running at shutdown")
 
 
-class StreamBotConsumer(Service):
+class StreamBotConsumer(StreamConsumer):
     """Consumer group ``bots`` on the message stream (Redis mode)."""
 
     GROUP = "bots"
+    what = "Bot consumer"
 
     def __init__(self, clock: IReactorTime, redis: Any, node: BotNode, consumer: str, prefix: str = "sc:",
                  batch: int = 100, block_ms: int = 500, claim_idle_ms: int = 10000, max_deliveries: int = 5) -> None:
-        self._clock = clock
-        self._redis = redis
+        super().__init__(clock, redis, consumer, f"{prefix}stream", self.GROUP, batch, block_ms, claim_idle_ms,
+                         max_deliveries, claim_every=5)
         self._node = node
-        self.consumer = consumer
-        self.stream = f"{prefix}stream"
-        self._batch = batch
-        self._block_ms = block_ms
-        self._claim_idle_ms = claim_idle_ms
-        self._max_deliveries = max_deliveries
-        self._loop: Deferred[None] | None = None
-        self._stopping = False
         self.acked = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        log.info("Bot consumer {consumer} reading the stream", consumer=self.consumer)
-        self._loop = Deferred.fromCoroutine(self._run())
-        self._loop.addErrback(lambda f: log.failure("bot consumer stopped", f))
-
-    def stopService(self) -> "Deferred[None] | None":
-        super().stopService()
-        self._stopping = True
-        return self._loop
-
-    async def _pause(self, seconds: float) -> None:
-        await deferLater(self._clock, seconds, lambda: None)
-
-    async def _run(self) -> None:
-        from supportchat.redis.connection import RedisUnavailable
-        from supportchat.redis.persister import ensure_group
-
-        rounds = 0
-        while not self._stopping:
-            try:
-                if not self._redis.connected:
-                    await self._pause(0.2)
-                    continue
-                await ensure_group(self._redis, self.stream, self.GROUP)
-                pending = await self._read("0", block=False)
-                if pending:
-                    await self._process(pending, retry=True)
-                    continue
-                rounds += 1
-                if rounds % 5 == 1:
-                    await self._claim()
-                fresh = await self._read(">", block=True)
-                if fresh:
-                    await self._process(fresh, retry=False)
-            except RedisUnavailable:
-                await self._pause(0.2)
-            except Exception:
-                log.failure("bot consumer round failed; retrying")
-                await self._pause(1.0)
-
-    async def _read(self, start: str, block: bool) -> list[tuple[str, dict[str, str]]]:
-        from supportchat.redis.persister import parse_entries
-
-        args: list[Any] = ["XREADGROUP", "GROUP", self.GROUP, self.consumer, "COUNT", self._batch]
-        if block:
-            args += ["BLOCK", self._block_ms]
-        reply = await self._redis.execute(*args, "STREAMS", self.stream, start)
-        if not reply:
-            return []
-        return parse_entries(reply[0][1])
-
-    async def _claim(self) -> None:
-        from supportchat.redis.persister import parse_entries
-
-        reply = await self._redis.execute(
-            "XAUTOCLAIM", self.stream, self.GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch)
-        claimed = parse_entries(reply[1]) if reply else []
-        if claimed:
-            log.info("bot consumer claimed {n} entries left by another bot node", n=len(claimed))
-            await self._process(claimed, retry=True)
+    async def handle(self, entries: Entries, retry: bool) -> None:
+        await self._process(entries, retry)
 
     async def _process(self, entries: list[tuple[str, dict[str, str]]], retry: bool) -> None:
         from supportchat.redis.codec import decode_message
 
         if retry:
-            give_up = await self._over_delivered([e for e, _ in entries])
+            give_up = await self.over_delivered([e for e, _ in entries])
             if give_up:
                 log.warn("bot consumer skips {n} entries after {max} attempts", n=len(give_up), max=self._max_deliveries)
                 await self._redis.execute("XACK", self.stream, self.GROUP, *sorted(give_up))
@@ -446,8 +379,3 @@ class StreamBotConsumer(Service):
         if len(done) < len(entries):
             await self._pause(0.5)
 
-    async def _over_delivered(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        reply = await self._redis.execute("XPENDING", self.stream, self.GROUP, "-", "+", len(ids) + 100)
-        return {str(r[0]) for r in reply or [] if int(r[3]) > self._max_deliveries and str(r[0]) in ids}

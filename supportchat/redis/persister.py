@@ -10,47 +10,23 @@ below the oldest entry any consumer group still needs.
 
 from __future__ import annotations
 
-from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from supportchat.metrics import Metrics
 from supportchat.redis.codec import decode_message
 from supportchat.redis.connection import RedisClient, RedisUnavailable
-from supportchat.storage.database import Database
-from supportchat.storage.models import Message
+from supportchat.redis.consumer import Entries, StreamConsumer, ensure_group, parse_entries
 from supportchat.redis.scripts import SEED
 from supportchat.redis.store import KEY_TTL
+from supportchat.storage.database import Database
+from supportchat.storage.models import Message
 from supportchat.storage.persist import PersistResult, persist_batch_txn
 
 log = Logger()
 
 GROUP = "persisters"
-
-
-def parse_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
-    """XREADGROUP / XAUTOCLAIM entry lists -> [(id, fields)]."""
-    out = []
-    for entry in reply or []:
-        if not entry or entry[1] is None:
-            continue
-        entry_id, flat = entry[0], entry[1]
-        out.append((str(entry_id), {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}))
-    return out
-
-
-async def ensure_group(redis: RedisClient, stream: str, group: str) -> None:
-    try:
-        await redis.execute("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
-    except RedisUnavailable:
-        raise
-    except Exception as e:
-        if "BUSYGROUP" not in str(e):
-            raise
 
 
 async def stream_backlog(redis: RedisClient, stream: str, group: str) -> int:
@@ -73,78 +49,29 @@ async def stream_backlog(redis: RedisClient, stream: str, group: str) -> int:
     return int(await redis.execute("XLEN", stream))
 
 
-class Persister(Service):
+class Persister(StreamConsumer):
     """One persister consumer; several may run against one stream."""
+
+    what = "Persister"
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
                  prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
                  max_deliveries: int = 5, idempotency_window: float = 86400.0) -> None:
-        self._clock = clock
-        self._redis = redis
+        super().__init__(clock, redis, consumer, f"{prefix}stream", GROUP, batch, block_ms, claim_idle_ms,
+                         max_deliveries, claim_every=10)
         self._db = db
         self._metrics = metrics
-        self.consumer = consumer
         self._p = prefix
-        self.stream = f"{prefix}stream"
         self.dead_stream = f"{prefix}dead"
-        self._batch = batch
-        self._block_ms = block_ms
-        self._claim_idle_ms = claim_idle_ms
-        self._max_deliveries = max_deliveries
         self._window = idempotency_window
-        self._loop: Deferred[None] | None = None
-        self._stopping = False
         self.flushed = 0
         self.batches = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._stopping = False
-        log.info("Persister started as consumer {consumer}", consumer=self.consumer)
-        self._loop = Deferred.fromCoroutine(self._run())
-        self._loop.addErrback(lambda f: log.failure("persister stopped", f))
+    async def handle(self, entries: Entries, retry: bool) -> None:
+        await self._flush(entries)
 
-    def stopService(self) -> "Deferred[None] | None":
-        super().stopService()
-        self._stopping = True
-        return self._loop
-
-    async def _pause(self, seconds: float) -> None:
-        await deferLater(self._clock, seconds, lambda: None)
-
-    async def _run(self) -> None:
-        rounds = 0
-        while not self._stopping:
-            try:
-                if not self._redis.connected:
-                    await self._pause(0.2)
-                    continue
-                await ensure_group(self._redis, self.stream, GROUP)
-                # Our own pending entries first (a failed flush, or a restart under the same name).
-                pending = await self._read("0", block=False)
-                if pending:
-                    await self._flush(pending)
-                    continue
-                rounds += 1
-                if rounds % 10 == 1:
-                    await self._claim_and_trim()
-                fresh = await self._read(">", block=True)
-                if fresh:
-                    await self._flush(fresh)
-            except RedisUnavailable:
-                await self._pause(0.2)
-            except Exception:
-                log.failure("persister round failed; retrying")
-                await self._pause(1.0)
-
-    async def _read(self, start: str, block: bool) -> list[tuple[str, dict[str, str]]]:
-        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
-        if block:
-            args += ["BLOCK", self._block_ms]
-        reply = await self._redis.execute(*args, "STREAMS", self.stream, start)
-        if not reply:
-            return []
-        return parse_entries(reply[0][1])
+    async def after_claim(self) -> None:
+        await trim_stream(self._redis, self.stream)
 
     async def _flush(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         messages: list[Message] = []
@@ -156,7 +83,7 @@ class Persister(Service):
                 bad.append(entry_id)
         if bad:
             await self._dead_letter(bad, "undecodable")
-        over = await self._over_delivered([e for e, _ in entries if e not in bad])
+        over = await self.over_delivered([e for e, _ in entries if e not in bad])
         if over:
             await self._dead_letter(sorted(over), "too many attempts")
         ids = [e for e, _ in entries if e not in bad and e not in over]
@@ -198,12 +125,6 @@ class Persister(Service):
                 await self._pause(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _over_delivered(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        reply = await self._redis.execute("XPENDING", self.stream, GROUP, ids[0], ids[-1], len(ids) + 100)
-        return {str(r[0]) for r in reply or [] if int(r[3]) > self._max_deliveries and str(r[0]) in ids}
-
     async def _dead_letter(self, ids: list[str], reason: str) -> None:
         for entry_id in ids:
             rows = await self._redis.execute("XRANGE", self.stream, entry_id, entry_id)
@@ -212,16 +133,6 @@ class Persister(Service):
             await self._redis.execute("XACK", self.stream, GROUP, entry_id)
         self._metrics.dead_letters.inc(len(ids))
         log.warn("{n} stream entries moved to the dead-letter stream: {reason}", n=len(ids), reason=reason)
-
-    async def _claim_and_trim(self) -> None:
-        reply = await self._redis.execute(
-            "XAUTOCLAIM", self.stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch
-        )
-        claimed = parse_entries(reply[1]) if reply else []
-        if claimed:
-            log.info("claimed {n} entries left pending by another persister", n=len(claimed))
-            await self._flush(claimed)
-        await trim_stream(self._redis, self.stream)
 
 
 async def trim_stream(redis: RedisClient, stream: str) -> None:
@@ -244,3 +155,6 @@ async def trim_stream(redis: RedisClient, stream: str) -> None:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+__all__ = ["GROUP", "Persister", "ensure_group", "parse_entries", "stream_backlog", "trim_stream"]
