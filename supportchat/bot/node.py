@@ -23,6 +23,7 @@ participants live and count as unread like any text message.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
@@ -50,6 +51,7 @@ log = Logger()
 
 BOT_ROLE = "bot"
 HUMAN_ROLES = ("agent", "admin")
+SILENCED_MAX = 100_000
 SAVE_ATTEMPTS = 8
 
 
@@ -81,6 +83,10 @@ class BotNode:
         # (idempotent; called again when a handoff is re-sent).
         self._on_handoff = on_handoff
         self._chains: dict[str, Deferred[None]] = {}
+        # Conversations a human has: the bot stays silent there for good (a
+        # reopened conversation goes back to the queue, not to the bot), so
+        # once seen, no more state or participant reads per message.
+        self._silenced: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
         self.conflicts = 0
 
@@ -125,8 +131,19 @@ class BotNode:
 
     # -- work ------------------------------------------------------------
     async def _humans_present(self, conversation_id: str) -> bool:
+        if conversation_id in self._silenced:
+            return True
         participants = await self._store.get_participants(conversation_id)
-        return any(p.role in HUMAN_ROLES for p in participants)
+        if any(p.role in HUMAN_ROLES for p in participants):
+            self._silence(conversation_id)
+            return True
+        return False
+
+    def _silence(self, conversation_id: str) -> None:
+        self._silenced[conversation_id] = None
+        self._silenced.move_to_end(conversation_id)
+        while len(self._silenced) > SILENCED_MAX:
+            self._silenced.popitem(last=False)
 
     async def _greet(self, conversation_id: str) -> None:
         for _ in range(SAVE_ATTEMPTS):
@@ -145,7 +162,7 @@ class BotNode:
 
     async def _handle(self, msg: Message) -> None:
         now = self._clock.seconds()
-        if now - msg.ts > self._config.max_age:
+        if now - msg.ts > self._config.max_age or msg.conversation_id in self._silenced:
             return
         for _ in range(SAVE_ATTEMPTS):
             state = await self._states.load(msg.conversation_id) or BotState(msg.conversation_id)
