@@ -152,6 +152,27 @@ def raise_nofile_limit(wanted: int) -> int:
     return soft
 
 
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> tuple[int, int, int]:
+    """Fewer, cheaper garbage collections for a long-running server.
+
+    With 10,000 connections a full collection walks every object of every
+    connection (0.4-0.7 s on the benchmark machine) and ran every 1-2 s under
+    load, because objects waiting for a group commit lived long enough to be
+    promoted. A large young-generation threshold lets such objects die young;
+    full collections still run (no cyclic garbage is kept for ever), just
+    rarely. Objects alive at start (imports, configuration) are frozen out of
+    every collection."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return gc.get_threshold()
+
+
 def prepare_database(config: Config, migrate: bool | None = None) -> int:
     """Before anything starts: migrate the database (``[database]
     auto_migrate``, or ``migrate=True`` from the admin command), or else
@@ -199,6 +220,7 @@ def makeService(options: Options) -> IService:
     version = prepare_database(config)
     log.info("Database schema version {version}", version=version)
     _exit_zero_after_drain(reactor)
+    log.info("Garbage collection thresholds {thresholds}", thresholds=tune_gc())
     server = SupportChatServer(reactor, config, roles=sub.roles)
     server.get_secret()
     for desc in config.server.listen:
