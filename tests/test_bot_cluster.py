@@ -24,7 +24,9 @@ class BotClusterTests(unittest.TestCase):
     @inlineCallbacks
     def bot(self, cluster: Cluster, name: str) -> Any:
         env = dict(cluster.env, SUPPORTCHAT_BOT_ENABLED="true", SUPPORTCHAT_BOT_CLAIM_IDLE="1")
-        proc = ServerProcess(cluster.data_dir, None, env, role="bot", name=name, marker="Bot node started")
+        # Ready once subscribed (new conversations, which it greets, arrive by pub/sub).
+        proc = ServerProcess(cluster.data_dir, None, env, role="bot", name=name,
+                             marker="Connected to Redis (redis-subscriber)")
         self.addCleanup(proc.kill)
         yield proc.start()
         return proc

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
@@ -115,14 +115,22 @@ class RedisClient:
             d = proto.whenConnected()
 
             def ready(_: Any) -> Any:
-                if not self.connected_once.called:
-                    log.info("Connected to Redis ({name})", name=name)
+                first = not self.connected_once.called
                 self._protocol = proto
                 proto.whenDisconnected().addCallback(self._lost, proto)
                 self._changed(True)
-                if not self.connected_once.called:
+                if first:
                     self.connected_once.callback(None)
-                return self._on_connect(proto) if self._on_connect else None
+                d: Deferred[Any] = maybeDeferred(self._on_connect, proto) if self._on_connect else succeed(None)
+
+                def announce(result: Any) -> Any:
+                    # After on_connect (e.g. SUBSCRIBE): ready in every sense.
+                    log.info("Connected to Redis ({name})", name=name)
+                    return result
+
+                if first:
+                    d.addCallback(announce)
+                return d
 
             return d.addCallback(ready)
 
