@@ -94,12 +94,10 @@ class PersisterOptions(RunOptions):
     command = "persister"
 
     def postOptions(self) -> None:
-        if not self["listen"]:
-            self["listen"] = []
-            self._no_listen = True
+        listens = bool(self["listen"])
         super().postOptions()
-        if getattr(self, "_no_listen", False) and self.config is not None:
-            self.config.server.listen = []
+        if not listens and self.config is not None:
+            self.config.server.listen = []  # not the gateway's default port
         if self.config is not None and not self.config.redis.url:
             raise usage.UsageError(f"configuration error: redis.url: the {self.command} needs Redis (set [redis] url)")
 

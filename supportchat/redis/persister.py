@@ -73,26 +73,27 @@ class Persister(StreamConsumer):
     async def after_claim(self) -> None:
         await trim_stream(self._redis, self.stream)
 
-    async def _flush(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        messages: list[Message] = []
+    async def _flush(self, entries: Entries) -> None:
+        decoded: list[tuple[str, Message]] = []
         bad: list[str] = []
         for entry_id, fields in entries:
             try:
-                messages.append(decode_message(fields["m"]))
+                decoded.append((entry_id, decode_message(fields["m"])))
             except Exception:
                 bad.append(entry_id)
         if bad:
             await self._dead_letter(bad, "undecodable")
-        over = await self.over_delivered([e for e, _ in entries if e not in bad])
+        over = await self.over_delivered([e for e, _ in decoded])
         if over:
             await self._dead_letter(sorted(over), "too many attempts")
-        ids = [e for e, _ in entries if e not in bad and e not in over]
-        keep = [m for (e, _), m in zip([x for x in entries if x[0] not in bad], messages) if e not in over]
-        if not keep:
+            decoded = [(e, m) for e, m in decoded if e not in over]
+        if not decoded:
             return
+        ids = [e for e, _ in decoded]
+        keep = [m for _, m in decoded]
         result = await self._commit(keep)
         if result.refused:
-            refused_ids = [e for e, m in zip(ids, keep) if m.msg_id in result.refused]
+            refused_ids = [e for e, m in decoded if m.msg_id in result.refused]
             await self._dead_letter(refused_ids, "unknown conversation")
         for conv, top in result.resequenced.items():
             # Redis lost writes and handed out seqs SQL already had: raise its counter.

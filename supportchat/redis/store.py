@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -300,27 +300,35 @@ class RedisChatStore:
         return Deferred.fromCoroutine(self._get_states(user_id))
 
     async def _get_states(self, user_id: str) -> list[SessionState]:
+        """SQL's list and state, with Redis's newer counts where it has them.
+        All reads are sent at once (one round trip on the connection)."""
         base = await self._sql.get_states(user_id)
         if self.degraded or not base:
             return base
-        out = []
+        reads = []
+        for s in base:
+            reads.append(self._redis.execute(
+                "HMGET", f"{self.prefix}meta:{s.conversation_id}", "last_seq", "last_msg_id", "last_ts"))
+            reads.append(self._redis.execute(
+                "HMGET", f"{self.prefix}sess:{user_id}:{s.conversation_id}", "unread", "last_read_seq"))
         try:
-            for s in base:
-                meta = await self._redis.execute(
-                    "HMGET", f"{self.prefix}meta:{s.conversation_id}", "last_seq", "last_msg_id", "last_ts")
-                sess = await self._redis.execute(
-                    "HMGET", f"{self.prefix}sess:{user_id}:{s.conversation_id}", "unread", "last_read_seq")
-                last_seq = int(meta[0]) if meta[0] is not None else s.last_seq
-                if last_seq >= s.last_seq and meta[0] is not None:
-                    s = SessionState(
-                        s.conversation_id,
-                        int(sess[0]) if sess[0] is not None else s.unread,
-                        int(sess[1]) if sess[1] is not None else s.last_read_seq,
-                        last_seq, meta[1], float(meta[2]) if meta[2] is not None else s.last_ts, s.status,
-                    )
-                out.append(s)
-        except RedisUnavailable:
-            return base
+            replies = await gatherResults(reads, consumeErrors=True)
+        except FirstError as e:
+            if e.subFailure.check(RedisUnavailable):
+                return base
+            e.subFailure.raiseException()
+            raise  # unreachable: raiseException always raises
+        out = []
+        for i, s in enumerate(base):
+            meta, sess = replies[2 * i], replies[2 * i + 1]
+            if meta[0] is not None and int(meta[0]) >= s.last_seq:
+                s = SessionState(
+                    s.conversation_id,
+                    int(sess[0]) if sess[0] is not None else s.unread,
+                    int(sess[1]) if sess[1] is not None else s.last_read_seq,
+                    int(meta[0]), meta[1], float(meta[2]) if meta[2] is not None else s.last_ts, s.status,
+                )
+            out.append(s)
         return out
 
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
