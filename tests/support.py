@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponse, PerMessageDeflateResponseAccept
@@ -102,6 +102,18 @@ def start_server(testcase: Any, **sections: dict[str, Any]) -> Any:
     return running
 
 
+def is_event(frame: Any, name: str | None = None) -> bool:
+    """Is ``frame`` a lifecycle event message (called ``name``)?"""
+    if not isinstance(frame, dict) or frame.get("type") != "message" or frame.get("kind") != "event":
+        return False
+    return name is None or (frame.get("event") or {}).get("name") == name
+
+
+def is_chat(frame: Any) -> bool:
+    """Is ``frame`` a message that is not a lifecycle event?"""
+    return isinstance(frame, dict) and frame.get("type") == "message" and frame.get("kind") != "event"
+
+
 class ChatClient(WebSocketClientProtocol):
     """Collects server frames; ``next_frame`` waits for the next one of a type."""
 
@@ -109,7 +121,7 @@ class ChatClient(WebSocketClientProtocol):
         super().__init__()
         self.frames: list[Any] = []
         self._cursor = 0
-        self._waiters: list[tuple[str | None, defer.Deferred[Any]]] = []
+        self._waiters: list[tuple[str | None, Callable[[Any], bool] | None, defer.Deferred[Any]]] = []
         self.opened: defer.Deferred[ChatClient] = defer.Deferred()
         self.closed: defer.Deferred[tuple[bool, int | None, str | None]] = defer.Deferred()
         self.compressed_in = False
@@ -130,24 +142,32 @@ class ChatClient(WebSocketClientProtocol):
         progress = True
         while progress and self._waiters:
             progress = False
-            kind, waiter = self._waiters[0]
+            kind, where, waiter = self._waiters[0]
             for i in range(self._cursor, len(self.frames)):
                 frame = self.frames[i]
-                if kind is None or (isinstance(frame, dict) and frame.get("type") == kind) or frame == kind:
+                if not (kind is None or (isinstance(frame, dict) and frame.get("type") == kind) or frame == kind):
+                    continue
+                if where is None or where(frame):
                     self._cursor = i + 1
                     self._waiters.pop(0)
                     waiter.callback(frame)
                     progress = True
                     break
 
-    def next_frame(self, kind: str | None = None) -> "defer.Deferred[Any]":
-        """The next unread frame (of ``kind``), skipping others before it."""
+    def next_frame(self, kind: str | None = None, where: Callable[[Any], bool] | None = None) -> "defer.Deferred[Any]":
+        """The next unread frame (of ``kind``, and for which ``where`` holds),
+        skipping others before it."""
         from twisted.internet import reactor
 
         d: defer.Deferred[Any] = defer.Deferred()
-        self._waiters.append((kind, d))
+        self._waiters.append((kind, where, d))
         self._dispatch()
         return d.addTimeout(TIMEOUT, reactor)
+
+    def next_event(self, name: str) -> "defer.Deferred[Any]":
+        """The next lifecycle ``event`` message called ``name`` (``created``,
+        ``queued``, ``joined``, ``assigned``...), skipping others before it."""
+        return self.next_frame("message", lambda f: is_event(f, name))
 
     def of_type(self, kind: str) -> list[Any]:
         return [f for f in self.frames if isinstance(f, dict) and f.get("type") == kind]

@@ -10,7 +10,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.redis_support import REDIS_SERVER
-from tests.support import ServerProcess, close_client, connect, token
+from tests.support import ServerProcess, close_client, connect, is_chat, token
 from tests.test_cluster import Cluster
 
 
@@ -43,7 +43,7 @@ class BotClusterTests(unittest.TestCase):
         cust = yield connect(gw.port, token("cust"))
         cust.send({"type": "start", "ref": "s"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
-        greeting = yield cust.next_frame("message")
+        greeting = yield cust.next_frame("message", is_chat)  # after the "created" event
         self.assertEqual(greeting["sender"]["role"], "bot")
         acks: dict[str, Any] = {}
 
@@ -70,8 +70,8 @@ class BotClusterTests(unittest.TestCase):
         self.assertIn("doesn't look like an order number", frame["body"])
         self.assertIn("A123456 has shipped", (yield ask("k3", "A123456"))["body"])
         self.assertIn("Monday to Friday", (yield ask("k4", "opening hours"))["body"])
-        # 1 greeting + 4 questions + 4 answers, flushed to SQL exactly once each.
-        yield cluster.flushed(9, conv)
+        # The "created" event, 1 greeting + 4 questions + 4 answers, flushed to SQL exactly once each.
+        yield cluster.flushed(10, conv)
         cluster.assert_stored_once(conv, acks)
         rows = cluster.sql("SELECT client_msg_id FROM messages WHERE conversation_id = ? AND sender_role = 'bot'"
                            " ORDER BY seq", conv)

@@ -121,8 +121,9 @@ class ClusterTests(unittest.TestCase):
         cust, agent, conv = yield open_conversation(gws[0].port, gws[2].port)
         notice = yield watcher.next_frame("conversation")
         self.assertEqual(notice["conversation"]["id"], conv)
-        joined = yield cust.next_frame("message")
-        self.assertEqual((joined["kind"], joined["seq"]), ("event", 1))
+        yield cust.next_event("joined")
+        lifecycle = [(m["event"]["name"], m["seq"]) for m in cust.of_type("message")]
+        self.assertEqual(lifecycle, [("created", 1), ("queued", 2), ("joined", 3)])
         acks = {}
         for i in range(10):
             cust.send({"type": "message", "ref": i, "conversation": conv, "client_msg_id": f"c{i}", "body": f"hello {i}"})
@@ -141,7 +142,8 @@ class ClusterTests(unittest.TestCase):
         self.assertEqual((yield agent.next_frame("typing"))["user_id"], "cust")
         agent.send({"type": "read", "conversation": conv, "seq": acks["c9"]["seq"]})
         self.assertEqual((yield cust.next_frame("read"))["user_id"], "agent")
-        yield cluster.flushed(12, conv)
+        rows = yield cluster.flushed(14, conv)  # 3 lifecycle events, 11 messages
+        self.assertEqual(rows, 14)
         cluster.assert_stored_once(conv, acks)
         for c in (cust, agent, watcher):
             yield close_client(c)
@@ -177,8 +179,8 @@ class ClusterTests(unittest.TestCase):
                 self.assertEqual((ack["msg_id"], ack["seq"]), (prior["msg_id"], prior["seq"]))
             acks[ack["client_msg_id"]] = ack
         self.assertGreater(len(unacked), 0)
-        rows = yield cluster.flushed(401, conv)
-        self.assertEqual(rows, 401)
+        rows = yield cluster.flushed(403, conv)  # created, queued, joined + 400
+        self.assertEqual(rows, 403)
         cluster.assert_stored_once(conv, acks)
         agent.send({"type": "sync", "ref": "s", "conversation": conv, "after_seq": 0, "limit": 500})
         history = yield agent.next_frame("history")
@@ -212,8 +214,8 @@ class ClusterTests(unittest.TestCase):
             ack = yield cust.next_frame("ack")
             acks[ack["client_msg_id"]] = ack
         yield cluster.persister("p2")
-        rows = yield cluster.flushed(301, conv)
-        self.assertEqual(rows, 301)
+        rows = yield cluster.flushed(303, conv)  # created, queued, joined + 300
+        self.assertEqual(rows, 303)
         cluster.assert_stored_once(conv, acks)
         self.assertEqual(cluster.redis.cli("XLEN", "sc:dead"), "0")
         yield close_client(cust)
@@ -247,8 +249,8 @@ class ClusterTests(unittest.TestCase):
         yield send_batch("during", 15)
         cluster.redis.start()
         yield send_batch("after", 15)
-        rows = yield cluster.flushed(46, conv)
-        self.assertEqual(rows, 46)
+        rows = yield cluster.flushed(48, conv)  # created, queued, joined + 45
+        self.assertEqual(rows, 48)
         cluster.assert_stored_once(conv, acks)
         agent.send({"type": "sync", "ref": "s", "conversation": conv, "after_seq": 0, "limit": 500})
         history = yield agent.next_frame("history")
@@ -293,7 +295,7 @@ class ClusterTests(unittest.TestCase):
                 break
             yield task.deferLater(reactor, 0.1, lambda: None)
         self.assertIn(key, acks, "backpressure never released")
-        yield cluster.flushed(len(acks) + 1, conv)
+        yield cluster.flushed(len(acks) + 3, conv)  # + created, queued, joined
         cluster.assert_stored_once(conv, acks)
         yield close_client(cust)
         yield close_client(agent)

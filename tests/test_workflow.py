@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.support import ConnectionRefused, close_client, connect, http_client, start_server, token
+from tests.support import ConnectionRefused, close_client, connect, http_client, is_chat, start_server, token
 
 PASSWORD = "correct horse battery"
 
@@ -114,7 +114,7 @@ class WorkflowTests(unittest.TestCase):
         self.assertEqual(rated["type"], "rated")
         history = yield self.reply(cust, {"type": "sync", "conversation": conv})
         names = [m["event"]["name"] for m in history["messages"] if m["kind"] == "event"]
-        self.assertEqual(names, ["assigned", "transferred", "closed"])
+        self.assertEqual(names, ["created", "queued", "assigned", "transferred", "closed"])
         self.assertNotIn("VIP", json.dumps(cust.frames))
         code, report = yield self.api.call("GET", "/csat", self.admin)
         self.assertEqual((code, report["count"], report["by_agent"]["dan"]["average"]), (200, 1, 4.0))
@@ -127,15 +127,15 @@ class WorkflowTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_message_after_close_reopens_within_window(self) -> Any:
-        """A customer message after close reopens the conversation (event
-        "reopened", back in the queue) within reopen_window."""
+        """A customer message after close reopens the conversation (events
+        "reopened" and "queued": back in the queue) within reopen_window."""
         cust, ann, conv = yield self.assigned_conversation()
         yield self.reply(cust, {"type": "close", "conversation": conv})
         ack = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "x", "body": "more"})
         self.assertEqual(ack["type"], "ack")
         history = yield self.reply(cust, {"type": "sync", "conversation": conv})
         names = [m["event"]["name"] for m in history["messages"] if m["kind"] == "event"]
-        self.assertEqual(names[:3], ["assigned", "closed", "reopened"])
+        self.assertEqual(names[:6], ["created", "queued", "assigned", "closed", "reopened", "queued"])
 
     @inlineCallbacks
     def test_disabling_closes_sockets_and_revokes_tokens(self) -> Any:
@@ -260,7 +260,7 @@ class BotFirstTests(unittest.TestCase):
         self.addCleanup(close_client, cust)
         cust.send({"type": "start", "ref": "s"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
-        greeting = yield cust.next_frame("message")
+        greeting = yield cust.next_frame("message", is_chat)
         self.assertEqual(greeting["sender"]["role"], "bot")
 
         @inlineCallbacks

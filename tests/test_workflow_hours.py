@@ -88,7 +88,7 @@ class AfterHoursTests(unittest.TestCase):
                          ("event", "system", MONDAY_NINE))
         self.assertIn("Mon 06 Jan 09:00 UTC", event["body"])
         stored = self.successResultOf(self.store.get_messages(conv, 0, 10))
-        self.assertEqual([m.data["name"] for m in stored if m.data], ["after_hours"])
+        self.assertEqual([m.data["name"] for m in stored if m.data], ["created", "queued", "after_hours"])
         self.send(s, {"type": "start", "ref": "s2"})  # the same open conversation again: no second reply
         self.assertEqual(len(self.after_hours(t)), 1)
 

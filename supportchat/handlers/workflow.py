@@ -165,12 +165,18 @@ class WorkflowHandler:
     async def on_started(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
         """A customer's ``start``: queue a new conversation, tell the position
         (with the bot first: hold it for the bot, no position yet)."""
+        if created:
+            # Told before the item enters the queue, so that no agent can
+            # take it first: the log reads created, queued, assigned.
+            await self._system_event(conv.id, "created", {"customer": {"id": session.user_id}, "team": team},
+                                     "The conversation was created", f"workflow:created:{conv.id}")
+            if not self._bot_first:
+                await self._queued(conv.id, team, "new", f"workflow:queued:{conv.id}:new")
         item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at,
                                       BOT if self._bot_first else QUEUED)
         self._remember(conv.id, None)
         if item.state == QUEUED:
-            session.send({"type": "queue", "conversation": conv.id,
-                          "position": await self._position(conv.id, item.team_id)})
+            await self._send_position(session, conv.id, item.team_id)
         if created and item.state == QUEUED:
             await self._after_hours(conv.id, item.queued_at)
             self.request_drain()
@@ -181,6 +187,9 @@ class WorkflowHandler:
         is drained. Idempotent: called by the bot node right after appending
         the event and by every node that observes the event."""
         now = self._clock.seconds()
+        held = await self._wf.get_item(conversation_id)
+        if held is not None and held.state == BOT:  # told before it is takeable (one handoff per conversation)
+            await self._queued(conversation_id, held.team_id, "handoff", f"workflow:queued:{conversation_id}:handoff")
         item = await self._wf.handoff(conversation_id, now)
         if item is None:
             existing = await self._wf.get_item(conversation_id)
@@ -188,6 +197,7 @@ class WorkflowHandler:
                 conv = await self._store.get_conversation(conversation_id)
                 if conv is None or conv.status != "open":
                     return
+                await self._queued(conv.id, "", "handoff", f"workflow:queued:{conv.id}:handoff")
                 item = await self._wf.enqueue(conv.id, conv.customer_id, "", now)
             elif existing.state == QUEUED:
                 self.request_drain()  # seen twice: nothing new, a drain is cheap
@@ -195,10 +205,11 @@ class WorkflowHandler:
             else:
                 return
         self._remember(conversation_id, None)
-        await self._bus.publish(Delivery(
-            frame={"type": "queue", "conversation": conversation_id,
-                   "position": await self._position(conversation_id, item.team_id)},
-            user_ids=(item.customer_id,)))
+        position = await self._position(conversation_id, item.team_id)
+        if position:
+            await self._bus.publish(Delivery(
+                frame={"type": "queue", "conversation": conversation_id, "position": position},
+                user_ids=(item.customer_id,)))
         await self._after_hours(conversation_id, item.queued_at)
         self.request_drain()
 
@@ -212,10 +223,29 @@ class WorkflowHandler:
         if next_open is None or next_open <= now:
             return
         body = self._config.after_hours_text.replace("{next_open}", self._hours.describe(next_open))
+        await self._system_event(conversation_id, "after_hours", {"next_open": next_open}, body,
+                                 f"workflow:after_hours:{conversation_id}:{queued_at!r}")
+
+    async def _queued(self, conversation_id: str, team_id: str, reason: str, key: str) -> None:
+        """The ``queued`` event: the conversation enters its team's queue
+        (once per entry: ``key`` names the entry)."""
+        await self._system_event(conversation_id, "queued", {"team": team_id, "reason": reason},
+                                 "The conversation is waiting for an agent", key)
+
+    async def _send_position(self, session: ClientSession, conversation_id: str, team_id: str) -> None:
+        """A ``queue`` frame with the place in the queue (none once taken)."""
+        position = await self._position(conversation_id, team_id)
+        if position:
+            session.send({"type": "queue", "conversation": conversation_id, "position": position})
+
+    async def _system_event(self, conversation_id: str, name: str, data: dict[str, Any], body: str,
+                            key: str) -> None:
+        """Append an event from the workflow itself (sender ``workflow``,
+        role ``system``), idempotent by ``key`` so that nodes observing the
+        same change, or a retry, record it once; fanned out when new."""
         result = await self._store.append(AppendRequest(
             conversation_id=conversation_id, sender_id="workflow", sender_role="system", kind=EVENT, body=body,
-            ts=now, data={"name": "after_hours", "next_open": next_open}, require_participant=False,
-            client_msg_id=f"workflow:after_hours:{conversation_id}:{queued_at!r}",
+            ts=self._clock.seconds(), data=dict(data, name=name), require_participant=False, client_msg_id=key,
         ))
         if not result.duplicate:
             await self._bus.publish(Delivery(frame=result.message.to_wire(),
@@ -236,13 +266,19 @@ class WorkflowHandler:
         if now - closed_at > self._config.reopen_window:
             raise FrameError("conversation_closed",
                              "the conversation is closed; send start for a new conversation", ref)
+        # Told before the item is queued again (so that no agent takes it
+        # first), once per close: two racing messages record it once.
+        closed = await self._wf.get_item(conversation_id)
+        if closed is not None and closed.state == CLOSED:
+            entry = f"{conversation_id}:{closed_at!r}"
+            await self._event(conversation_id, session.user_id, session.role, "reopened",
+                              {"user": session.principal.to_wire()}, "The conversation was reopened",
+                              key=f"workflow:reopened:{entry}")
+            await self._queued(conversation_id, closed.team_id, "reopened", f"workflow:queued:{entry}")
         reopened = await self._wf.reopen(conversation_id, now)
         self._remember(conversation_id, None)
         if reopened is not None:
-            await self._event(conversation_id, session.user_id, session.role, "reopened",
-                              {"user": session.principal.to_wire()}, "The conversation was reopened")
-            session.send({"type": "queue", "conversation": conversation_id,
-                          "position": await self._position(conversation_id, reopened.team_id)})
+            await self._send_position(session, conversation_id, reopened.team_id)
             await self._after_hours(conversation_id, reopened.queued_at)
             self.request_drain()
 
@@ -459,13 +495,14 @@ class WorkflowHandler:
 
     async def _event(
         self, conversation_id: str, sender_id: str, sender_role: str, name: str, data: dict[str, Any], body: str,
-        join: bool = False, require_participant: bool = True, allow_rejoin: bool = True,
+        join: bool = False, require_participant: bool = True, allow_rejoin: bool = True, key: str | None = None,
     ) -> AppendResult:
-        """Append a lifecycle event through the chat store and fan it out."""
+        """Append a lifecycle event through the chat store and fan it out
+        (``key``: idempotency key, recorded once per sender)."""
         request = AppendRequest(
             conversation_id=conversation_id, sender_id=sender_id, sender_role=sender_role, kind=EVENT, body=body,
             ts=self._clock.seconds(), data=dict(data, name=name), join=join,
-            require_participant=require_participant,
+            require_participant=require_participant, client_msg_id=key,
         )
         try:
             result = await self._store.append(request)
@@ -473,6 +510,7 @@ class WorkflowHandler:
             if not allow_rejoin:
                 raise
             result = await self._store.append(replace(request, join=False))
-        await self._bus.publish(Delivery(frame=result.message.to_wire(),
-                                         user_ids=tuple(p.user_id for p in result.participants)))
+        if not result.duplicate:
+            await self._bus.publish(Delivery(frame=result.message.to_wire(),
+                                             user_ids=tuple(p.user_id for p in result.participants)))
         return result

@@ -41,6 +41,7 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 .sc-status-seen { color: #1a7f37; }
 .sc-link { background: none; border: 0; color: #0969da; cursor: pointer; text-decoration: underline; font-size: 11px; }
 .sc-event { align-self: center; font-size: 12px; color: #57606a; text-align: center; }
+.sc-event[data-event="created"] { display: none; } /* the customer started it: nothing to tell */
 .sc-quick { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; justify-content: center; }
 .sc-chip { border: 1px solid #1f6feb; color: #1f6feb; background: #fff; border-radius: 14px; padding: 5px 10px; cursor: pointer; font-size: 13px; }
 .sc-chip:hover { background: #ddf4ff; }
