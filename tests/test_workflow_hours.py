@@ -46,7 +46,9 @@ class HoursTests(unittest.SynchronousTestCase):
         self.assertIsNone(BusinessHours([]).next_open(SATURDAY_NOON))
 
 
-class AfterHoursTests(unittest.TestCase):
+class HandlerHarness:
+    """The chat and workflow handlers on in-memory twins and a fixed clock."""
+
     def make(self, now: float, bot_first: bool = False, reply: bool = True) -> None:
         self.clock = Clock()
         self.clock.advance(now)
@@ -76,6 +78,13 @@ class AfterHoursTests(unittest.TestCase):
     def send(self, session: ClientSession, frame: dict[str, Any]) -> None:
         self.successResultOf(self.handler.on_frame(session, parse_frame(json.dumps(frame), 4000, 500)))
 
+    def events(self, conv: str) -> list[str]:
+        """The names of the stored lifecycle events, in seq order."""
+        stored = self.successResultOf(self.store.get_messages(conv, 0, 100))
+        return [m.data["name"] for m in stored if m.kind == "event" and m.data]
+
+
+class AfterHoursTests(HandlerHarness, unittest.TestCase):
     def after_hours(self, t: FakeTransport) -> list[dict[str, Any]]:
         return [f for f in t.of_type("message") if (f.get("event") or {}).get("name") == "after_hours"]
 
