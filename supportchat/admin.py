@@ -151,8 +151,8 @@ class AdminOptions(usage.Options):
     subCommands = [
         ["token", None, TokenOptions, "Print a signed access token."],
         ["migrate", None, MigrateOptions, "Apply pending database migrations."],
-        ["export", None, ExportOptions, "Export a customer's conversations as JSON."],
-        ["erase", None, EraseOptions, "Erase a customer's conversations and messages."],
+        ["export", None, ExportOptions, "Export everything stored about a customer as JSON."],
+        ["erase", None, EraseOptions, "Erase a customer: conversations, messages, workflow records, profile."],
         ["copy-db", None, CopyDbOptions, "Copy the SQLite database into PostgreSQL or MySQL."],
         ["create-admin", None, CreateAdminOptions, "Create the first admin account."],
         ["rotate-profile-keys", None, RotateProfileKeysOptions, "Re-encrypt profiles under the active key."],
@@ -344,7 +344,15 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
         history = SqlHistoryStore(db)
         customer = sub["customer"]
         if command == "export":
-            data = _now(history.export_customer(customer))
+            from twisted.internet.defer import Deferred
+
+            from supportchat.http.admin_api import customer_export
+            from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
+
+            cfg = config.profile
+            profiles = ProfileService(SqlProfileStore(db), Keyring.load(cfg.keyring, cfg.keyring_file),
+                                      cfg.sensitive_fields)
+            data = _now(Deferred.fromCoroutine(customer_export(history, profiles, customer)))
             data["exported_at"] = time.time()
             text = export_json(data) + "\n"
             if sub["output"]:

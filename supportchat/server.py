@@ -434,7 +434,8 @@ class SupportChatServer:
 
             v1.putChild(b"openapi.json", OpenApiResource())
             v1.putChild(b"admin", AdminApi(
-                self.reactor, self.get_verifier(), self.get_history_store(), self.config.database.retention_batch))
+                self.reactor, self.get_verifier(), self.get_history_store(), self.config.database.retention_batch,
+                self.get_profiles()))
             if self.config.websocket.testee_path:
                 from autobahn.twisted.resource import WebSocketResource
 

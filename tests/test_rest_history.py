@@ -7,7 +7,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
 from supportchat.storage.models import EVENT, TEXT, AppendRequest
@@ -135,7 +135,10 @@ class RestHistoryTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_admin_export_and_erase(self) -> Any:
-        """Admins export a customer's data as JSON and erase it; others get 403."""
+        """Admins export a customer's data (conversations, profile) as JSON and erase it,
+        profile included; others get 403."""
+        yield Deferred.fromCoroutine(self.server.server.get_profiles().put(
+            "alice", {"name": "Alice", "email": "alice@example.com"}, 1000.0))
         code, body = yield self.get("/admin/customers/alice/export", "alice")
         self.assertEqual((code, body["error"]["code"]), (403, "forbidden"))
         code, body = yield self.get("/admin/customers/alice", "ann", "agent", method="DELETE")
@@ -144,11 +147,12 @@ class RestHistoryTests(unittest.TestCase):
         self.assertEqual(code, 200)
         [conv] = body["conversations"]
         self.assertEqual((conv["id"], len(conv["messages"])), (self.conv.id, 10))
+        self.assertEqual((body["profile"]["name"], body["profile"]["email"]), ("Alice", "alice@example.com"))
         code, body = yield self.get("/admin/customers/alice", "root", "admin", method="DELETE")
         self.assertEqual((code, body["erased"]), (200, True))
         self.assertGreaterEqual(body["deleted_rows"], 12)
         _, body = yield self.get("/admin/customers/alice/export", "root", "admin")
-        self.assertEqual(body["conversations"], [])
+        self.assertEqual((body["conversations"], body["profile"]), ([], None))
         code, _ = yield self.get(f"/conversations/{self.conv.id}/messages", "alice")
         self.assertEqual(code, 404)
         code, body = yield self.get(f"/conversations/{self.other.id}/messages", "bob")

@@ -1,7 +1,8 @@
 """Admin REST: per-customer export and erase (privacy requests).
 
-    GET    /api/v1/admin/customers/{id}/export   -> everything stored about them (JSON)
-    DELETE /api/v1/admin/customers/{id}          -> erase it all, in small batches
+    GET    /api/v1/admin/customers/{id}/export   -> everything stored about them (JSON):
+                                                    conversations, workflow, notes, profile
+    DELETE /api/v1/admin/customers/{id}          -> erase it all (profile included), in small batches
 
 Admin tokens only (403 forbidden for any other role).
 """
@@ -17,6 +18,15 @@ from supportchat.auth import TokenVerifier
 from supportchat.http.history import AsyncJsonResource, HttpError, authenticate
 from supportchat.storage.history import repeat_batches
 from supportchat.storage.interfaces import HistoryStore
+from supportchat.workflow.profiles import ProfileService
+
+
+async def customer_export(history: HistoryStore, profiles: ProfileService | None, customer: str) -> dict[str, Any]:
+    """Everything stored about a customer: conversations with messages,
+    participants and workflow (rating, notes), and their profile."""
+    data = await history.export_customer(customer)
+    data["profile"] = await profiles.export(customer) if profiles is not None else None
+    return data
 
 
 class AdminApi(AsyncJsonResource):
@@ -24,12 +34,14 @@ class AdminApi(AsyncJsonResource):
 
     routes = {b"GET": "get", b"DELETE": "delete"}
 
-    def __init__(self, clock: IReactorTime, verifier: TokenVerifier, history: HistoryStore, batch: int) -> None:
+    def __init__(self, clock: IReactorTime, verifier: TokenVerifier, history: HistoryStore, batch: int,
+                 profiles: ProfileService | None = None) -> None:
         super().__init__()
         self._clock = clock
         self._verifier = verifier
         self._history = history
         self._batch = batch
+        self._profiles = profiles
 
     def _customer(self, request: Request, suffix: list[str]) -> str:
         principal = authenticate(request, self._verifier)
@@ -42,7 +54,7 @@ class AdminApi(AsyncJsonResource):
 
     async def get(self, request: Request) -> tuple[int, Any]:
         customer = self._customer(request, ["export"])
-        data = await self._history.export_customer(customer)
+        data = await customer_export(self._history, self._profiles, customer)
         data["exported_at"] = self._clock.seconds()
         return 200, data
 

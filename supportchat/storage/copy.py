@@ -1,5 +1,6 @@
 """Copy one supportchat database into another (SQLite -> PostgreSQL/MySQL),
-so an installation can outgrow the embedded default without losing history.
+so an installation can outgrow the embedded default without losing history,
+accounts, the workflow's state, canned responses or profiles.
 
 Both sides are migrated to the latest schema first. Each table is read in
 keyset pages from the source and written with an insert-ignore keyed on its
@@ -28,6 +29,26 @@ TABLES: list[tuple[str, list[str], list[str]]] = [
     ("idempotency_keys",
      ["sender_id", "client_msg_id", "conversation_id", "msg_id", "seq", "ts", "expires_at"],
      ["sender_id", "client_msg_id"]),
+    ("bot_states", ["conversation_id", "version", "data", "updated_at"], ["conversation_id"]),
+    ("teams", ["id", "name", "created_at"], ["id"]),
+    ("agents",
+     ["id", "login", "name", "role", "team_id", "capacity", "status", "load_count", "disabled", "password_hash",
+      "tokens_valid_after", "created_at"], ["id"]),
+    ("refresh_tokens", ["token_hash", "agent_id", "expires_at"], ["token_hash"]),
+    ("work_items",
+     ["conversation_id", "customer_id", "team_id", "state", "agent_id", "queued_at", "assigned_at", "closed_at",
+      "rating", "rating_comment", "rated_at"], ["conversation_id"]),
+    ("canned_responses",
+     ["id", "scope", "owner", "shortcut", "title", "body", "created_by", "created_at", "updated_at"], ["id"]),
+    ("customer_profiles",
+     ["customer_id", "name", "email", "attributes", "sensitive_values", "phone_index", "updated_at"],
+     ["customer_id"]),
+]
+
+# Tables without a primary key, copied per group: the target's rows of a
+# group are replaced by the source's (so a second run adds nothing).
+GROUPED_TABLES: list[tuple[str, list[str], str, str]] = [
+    ("work_notes", ["conversation_id", "author_id", "body", "ts"], "conversation_id", "ts"),
 ]
 
 
@@ -66,6 +87,34 @@ def write_rows_txn(cur: Cursor, table: str, columns: list[str], keys: list[str],
     )
 
 
+def read_groups_txn(cur: Cursor, table: str, group: str, after: Any, limit: int) -> list[Any]:
+    """The next ``limit`` distinct values of ``group`` after ``after``."""
+    sql = f"SELECT DISTINCT {group} FROM {table}"
+    args: tuple[Any, ...] = ()
+    if after is not None:
+        sql += f" WHERE {group} > ?"
+        args = (after,)
+    cur.execute(sql + f" ORDER BY {group} LIMIT ?", (*args, limit))
+    return [r[0] for r in cur.fetchall()]
+
+
+def read_grouped_txn(
+    cur: Cursor, table: str, columns: list[str], group: str, order: str, values: list[Any]
+) -> list[tuple[Any, ...]]:
+    marks = ", ".join("?" * len(values))
+    cur.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {group} IN ({marks}) ORDER BY {group}, {order}",
+                values)
+    return [tuple(r) for r in cur.fetchall()]
+
+
+def replace_grouped_txn(
+    cur: Cursor, table: str, columns: list[str], group: str, values: list[Any], rows: list[tuple[Any, ...]]
+) -> None:
+    cur.execute(f"DELETE FROM {table} WHERE {group} IN ({', '.join('?' * len(values))})", values)
+    if rows:
+        cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
+
+
 def count_txn(cur: Cursor, table: str) -> int:
     cur.execute(f"SELECT COUNT(*) FROM {table}")
     return int(cur.fetchone()[0])
@@ -81,6 +130,15 @@ def _now(d: "Deferred[Any]") -> Any:
     if hasattr(result, "raiseException"):
         result.raiseException()
     return result
+
+
+def _compare_counts(src: Database, dst: Database, table: str) -> int:
+    """Rows of ``table`` in the target; CopyError if fewer than in the source."""
+    have = _now(src.run_interaction("copy_count", count_txn, table))
+    now = _now(dst.run_interaction("copy_count", count_txn, table))
+    if now < have:
+        raise CopyError(f"{table}: the source has {have} rows but the target only {now}")
+    return int(now)
 
 
 def copy_database(
@@ -111,11 +169,23 @@ def copy_database(
                         progress(table, copied)
                     last = rows[-1]
                     after = tuple(last[columns.index(k)] for k in keys)
-                have = _now(src.run_interaction("copy_count", count_txn, table))
-                now = _now(dst.run_interaction("copy_count", count_txn, table))
-                if now < have:
-                    raise CopyError(f"{table}: the source has {have} rows but the target only {now}")
-                counts[table] = now
+                counts[table] = _compare_counts(src, dst, table)
+            for table, columns, group, order in GROUPED_TABLES:
+                last_group: Any = None
+                copied = 0
+                while True:
+                    values = _now(src.run_interaction("copy_groups", read_groups_txn, table, group, last_group,
+                                                      batch))
+                    if not values:
+                        break
+                    rows = _now(src.run_interaction("copy_read", read_grouped_txn, table, columns, group, order,
+                                                    values))
+                    _now(dst.run_interaction("copy_write", replace_grouped_txn, table, columns, group, values, rows))
+                    copied += len(rows)
+                    if progress is not None:
+                        progress(table, copied)
+                    last_group = values[-1]
+                counts[table] = _compare_counts(src, dst, table)
             return counts
         finally:
             dst.close()

@@ -102,7 +102,8 @@ def _delete_conversations_batch_txn(cur: Cursor, ids: list[str], batch: int) -> 
     if len(msg_ids) < batch:
         # Every message of these conversations is gone: the rest is small.
         for table, column in (("participants", "conversation_id"), ("idempotency_keys", "conversation_id"),
-                              ("conversations", "id")):
+                              ("work_notes", "conversation_id"), ("work_items", "conversation_id"),
+                              ("bot_states", "conversation_id"), ("conversations", "id")):
             cur.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             deleted += cur.rowcount
     return deleted
@@ -120,7 +121,9 @@ def retention_batch_txn(cur: Cursor, cutoff: float, batch: int) -> int:
 
 def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
     """One batch of erasing a customer: their conversations (messages,
-    participants, idempotency keys), then anything else under their id."""
+    participants, idempotency keys, workflow item with rating and internal
+    notes, bot state), then anything else under their id, their profile
+    included."""
     cur.execute(
         "SELECT id FROM conversations WHERE customer_id = ? ORDER BY id LIMIT ?",
         (customer_id, CONVERSATIONS_PER_BATCH),
@@ -137,8 +140,10 @@ def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
     for table in ("idempotency_keys",):
         cur.execute(f"DELETE FROM {table} WHERE sender_id = ?", (customer_id,))
         deleted += cur.rowcount
-    cur.execute("DELETE FROM participants WHERE user_id = ?", (customer_id,))
-    deleted += cur.rowcount
+    for table, column in (("participants", "user_id"), ("work_items", "customer_id"),
+                          ("customer_profiles", "customer_id")):
+        cur.execute(f"DELETE FROM {table} WHERE {column} = ?", (customer_id,))
+        deleted += cur.rowcount
     return deleted
 
 
@@ -155,8 +160,26 @@ def export_customer_txn(cur: Cursor, customer_id: str) -> dict[str, Any]:
         entry = conv.to_wire()
         entry["participants"] = [{"id": p.user_id, "role": p.role} for p in _participants_txn(cur, conv.id)]
         entry["messages"] = messages
+        entry["workflow"] = _work_item_export_txn(cur, conv.id)
         out.append(entry)
     return {"customer_id": customer_id, "conversations": out}
+
+
+_WORK_COLS = ("team_id", "state", "agent_id", "queued_at", "assigned_at", "closed_at", "rating", "rating_comment",
+              "rated_at")
+
+
+def _work_item_export_txn(cur: Cursor, conversation_id: str) -> dict[str, Any] | None:
+    """The conversation's place in the workflow (team, agent, times, the
+    customer's rating) and the agents' internal notes about it."""
+    cur.execute(f"SELECT {', '.join(_WORK_COLS)} FROM work_items WHERE conversation_id = ?", (conversation_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    item: dict[str, Any] = dict(zip(_WORK_COLS, row))
+    cur.execute("SELECT author_id, body, ts FROM work_notes WHERE conversation_id = ? ORDER BY ts", (conversation_id,))
+    item["notes"] = [{"author_id": a, "body": b, "ts": t} for a, b, t in cur.fetchall()]
+    return item
 
 
 # -- the store (reactor thread) -------------------------------------------

@@ -353,5 +353,6 @@ class MemoryHistoryStore:
             for m in messages:
                 m.pop("type", None)
             entry["messages"] = messages
+            entry["workflow"] = None  # the workflow's twin keeps its own records
             out.append(entry)
         return succeed({"customer_id": customer_id, "conversations": out})

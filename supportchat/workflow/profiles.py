@@ -426,6 +426,20 @@ class ProfileService:
                 out["attributes"][key] = value
         return out
 
+    async def export(self, customer_id: str) -> dict[str, Any] | None:
+        """A customer's profile for their data export: everything in clear
+        when the keyring can decrypt it; otherwise the plain fields and the
+        names of the fields that stay encrypted (``encrypted``)."""
+        profile = await self.store.get(customer_id)
+        if profile is None:
+            return None
+        try:
+            return self.view(profile, reveal=True)
+        except ProfileKeyError:
+            plain = self.view(replace(profile, sensitive={}), reveal=True)
+            plain["encrypted"] = sorted(profile.sensitive)
+            return plain
+
     async def find_by_phone(self, phone: str) -> list[StoredProfile]:
         keyring = self._require_keyring()
         return await self.store.by_phone_index([phone_index(keyring, kid, phone) for kid in sorted(keyring.keys)])
