@@ -382,10 +382,19 @@ class ProfileApiTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_authorization_matrix(self) -> Any:
-        """PUT: admins only; GET: the customer themself (plain), another customer 404, agents masked,
-        admins plain, expired 401; search by phone for agents/admins only; 400 on bad input."""
+        """PUT: admins only; GET: the customer themself (plain), another customer 404, agents masked
+        once the customer has a conversation in their team (404 before, and for another team's
+        agent), admins plain, expired 401; search by phone for agents (their customers) and
+        admins only; 400 on bad input."""
         body = {"name": "Ann", "email": "ann@x.org", "phone": PHONE, "attributes": {"plan": "pro"}}
+        code, _ = yield self.api.call("POST", "/teams", self.admin, {"id": "billing", "name": "Billing"})
+        self.assertEqual(code, 201)
+        code, _ = yield self.api.call("POST", "/agents", self.admin, {
+            "login": "bob", "name": "Bob", "team": "billing", "password": "correct horse battery"})
+        self.assertEqual(code, 201)
+        code, login = yield self.api.call("POST", "/login", None, {"login": "bob", "password": "correct horse battery"})
         who = {"customer": token("cust1"), "other": token("cust2"), "agent": token("ann", "agent"),
+               "other_team": login["access_token"],
                "admin": self.admin, "expired": token("cust1", now=time.time() - 7200), "none": None}
         for role, expected in (("customer", 403), ("agent", 403), ("expired", 401), ("none", 401), ("admin", 200)):
             code, answer = yield self.api.call("PUT", "/customers/cust1/profile", who[role], body)
@@ -393,19 +402,28 @@ class ProfileApiTests(unittest.TestCase):
             if code >= 400:
                 self.assertIn("code", answer["error"])
         self.assertEqual(answer["phone"], PHONE)
+        code, _ = yield self.api.call("GET", "/customers/cust1/profile", who["agent"])
+        self.assertEqual(code, 404)  # not a customer of ann's (yet)
+        cust = yield connect(self.server.port, who["customer"])
+        self.addCleanup(close_client, cust)
+        cust.send({"type": "start", "ref": "s"})
+        yield cust.next_frame("conversation")
+        yield cust.next_frame("queue")  # queued: the work item exists
         masked = "+49\u2022\u2022\u2022\u2022\u2022\u2022\u20226789"
         for role, expected, phone in (("customer", 200, PHONE), ("other", 404, None), ("agent", 200, masked),
-                                      ("admin", 200, PHONE), ("expired", 401, None)):
+                                      ("other_team", 404, None), ("admin", 200, PHONE), ("expired", 401, None)):
             code, answer = yield self.api.call("GET", "/customers/cust1/profile", who[role])
             self.assertEqual(code, expected, role)
             if phone is not None:
                 self.assertEqual((answer["phone"], answer["name"], answer["attributes"]), (phone, "Ann", {"plan": "pro"}))
         code, _ = yield self.api.call("GET", "/customers/nobody/profile", self.admin)
         self.assertEqual(code, 404)
-        for role, expected in (("customer", 403), ("expired", 401), ("agent", 200), ("admin", 200)):
+        for role, expected, found in (("customer", 403, None), ("expired", 401, None), ("agent", 200, ["cust1"]),
+                                      ("other_team", 200, []), ("admin", 200, ["cust1"])):
             code, answer = yield self.api.call("GET", "/customers?phone=0049%20151%2023456789", who[role])
             self.assertEqual(code, expected, role)
-        self.assertEqual([c["customer_id"] for c in answer["customers"]], ["cust1"])
+            if found is not None:
+                self.assertEqual([c["customer_id"] for c in answer["customers"]], found, role)
         code, answer = yield self.api.call("GET", "/customers?phone=%2B4915123456780", self.admin)
         self.assertEqual(answer["customers"], [])
         for bad in ({"phone": "12"}, {"shoe": 42}, {"attributes": {"a": [1]}}):

@@ -75,6 +75,20 @@ class WorkflowStoreContract:
         self.assertEqual((agent.disabled, agent.status, agent.load, requeued), (True, "offline", 0, ["c1"]))
         self.assertIsNone(self.ok(self.store.use_refresh("h", 5.0)))
 
+    def test_serves_customer_is_the_team_inbox_or_own_assignment(self) -> None:
+        """An agent serves a customer with a conversation in the agent's team or assigned
+        to the agent (after a transfer across teams too); not another team's customers."""
+        self.agent("a", team="sales")
+        self.agent("b", team="billing")
+        self.ok(self.store.create_team("billing", "Billing", 1.0))
+        self.ok(self.store.enqueue("c1", "u1", "sales", 1.0))
+        self.assertEqual([self.ok(self.store.serves_customer("u1", team, agent)) for team, agent in
+                          (("sales", "a"), ("billing", "b"), ("", "x"))], [True, False, False])
+        self.assertFalse(self.ok(self.store.serves_customer("nobody", "sales", "a")))
+        self.ok(self.store.take("c1", "u1", "a", 2.0))
+        self.ok(self.store.transfer("c1", "b", None, "a", None, 3.0))
+        self.assertTrue(self.ok(self.store.serves_customer("u1", "billing", "b")))
+
     def test_bot_hold_then_handoff_enters_the_queue_once(self) -> None:
         """A conversation held for the bot is not assigned; the handoff queues it (once) and it is assigned."""
         self.agent("a")

@@ -6,10 +6,11 @@
     PUT /api/v1/customers/{id}/profile       admins (accounts or integrator tokens with role admin):
                                              replace {name?, email?, phone?, attributes?}
 
-Rule for agents: any agent may read any customer's profile (masked); the
-profile is what they need to help the customer in front of them, and
-sensitive fields stay masked. Another customer's profile is 404 for a
-customer. A key problem (no keyring, unknown key id, a value that does not
+Rule for agents: an agent reads the profile (masked) of a customer who has
+a conversation in the agent's team's inbox (any state) or assigned to the
+agent: the customers they serve, as the inbox shows them; any other
+profile is 404, and a phone search lists only those customers. Admins read
+every profile. Another customer's profile is 404 for a customer. A key problem (no keyring, unknown key id, a value that does not
 authenticate) is 500 ``unavailable``; the log line names the customer and
 the reason, never the value.
 """
@@ -54,6 +55,14 @@ class CustomersApi(WorkflowResource):
         log.error("customer profile unavailable for {customer}: {reason}", customer=customer, reason=str(e))
         return HttpError(500, "unavailable", str(e))
 
+    async def _serves(self, principal: Principal, customer: str) -> bool:
+        """May this principal read this customer's profile? (Agents: the
+        customers of their team's inbox and of their own conversations.)"""
+        if principal.role != "agent":
+            return True
+        me = await self._wf.get_agent(principal.user_id)
+        return await self._wf.serves_customer(customer, me.team_id if me is not None else "", principal.user_id)
+
     def _reveal(self, principal: Principal) -> bool:
         return principal.role != "agent" or self._profiles.show_sensitive_to_agents
 
@@ -65,7 +74,7 @@ class CustomersApi(WorkflowResource):
         if principal.role == "customer" and principal.user_id != customer:
             raise HttpError(404, "not_found", "no such profile")
         profile = await self._profiles.store.get(customer)
-        if profile is None:
+        if profile is None or not await self._serves(principal, customer):
             raise HttpError(404, "not_found", "no such profile")
         try:
             return 200, self._profiles.view(profile, self._reveal(principal))
@@ -82,7 +91,8 @@ class CustomersApi(WorkflowResource):
         except ProfileInvalid as e:
             raise HttpError(400, "bad_request", str(e)) from None
         try:
-            found = await self._profiles.find_by_phone(phone)
+            found = [p for p in await self._profiles.find_by_phone(phone)
+                     if await self._serves(principal, p.customer_id)]
             return 200, {"customers": [self._profiles.view(p, self._reveal(principal)) for p in found]}
         except ProfileKeyError as e:
             raise self._unavailable(e, "(phone search)") from None

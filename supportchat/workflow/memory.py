@@ -218,6 +218,10 @@ class MemoryWorkflowStore:
     def get_item(self, conversation_id: str) -> "Deferred[WorkItem | None]":
         return succeed(self.items.get(conversation_id))
 
+    def serves_customer(self, customer_id: str, team_id: str, agent_id: str) -> "Deferred[bool]":
+        return succeed(any(i.customer_id == customer_id and (i.team_id == team_id or i.agent_id == agent_id)
+                           for i in self.items.values()))
+
     def list_items(
         self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
     ) -> "Deferred[list[WorkItem]]":

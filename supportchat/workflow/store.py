@@ -89,6 +89,9 @@ class WorkflowStore(Protocol):
     def rate(self, conversation_id: str, rating: int, comment: str | None, now: float) -> "Deferred[bool]":
         """Store the customer's rating of a closed conversation."""
     def get_item(self, conversation_id: str) -> "Deferred[WorkItem | None]": ...
+    def serves_customer(self, customer_id: str, team_id: str, agent_id: str) -> "Deferred[bool]":
+        """Has the customer a conversation in ``team_id``'s inbox or assigned
+        to ``agent_id``? (Whose profile an agent may read.)"""
     def list_items(
         self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
     ) -> "Deferred[list[WorkItem]]":
@@ -263,6 +266,12 @@ def _enqueue_txn(
     item = _get_item_txn(cur, conversation_id)
     assert item is not None
     return item
+
+
+def _serves_customer_txn(cur: Cursor, customer_id: str, team_id: str, agent_id: str) -> bool:
+    cur.execute("SELECT 1 FROM work_items WHERE customer_id = ? AND (team_id = ? OR agent_id = ?) LIMIT 1",
+                (customer_id, team_id, agent_id))
+    return cur.fetchone() is not None
 
 
 def _handoff_txn(cur: Cursor, conversation_id: str, now: float) -> WorkItem | None:
@@ -517,6 +526,9 @@ class SqlWorkflowStore:
 
     def get_item(self, conversation_id: str) -> "Deferred[WorkItem | None]":
         return self._db.run_interaction("get_item", _get_item_txn, conversation_id)
+
+    def serves_customer(self, customer_id: str, team_id: str, agent_id: str) -> "Deferred[bool]":
+        return self._db.run_interaction("serves_customer", _serves_customer_txn, customer_id, team_id, agent_id)
 
     def list_items(
         self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
