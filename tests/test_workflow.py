@@ -126,6 +126,34 @@ class WorkflowTests(unittest.TestCase):
         self.assertEqual(code, 401)  # one use
 
     @inlineCallbacks
+    def test_consoles_see_the_queue_live(self) -> Any:
+        """Agents of the team get an inbox frame when a conversation is queued and when
+        another agent takes it (another team's agent gets none); hello lists the team's
+        queue; a transfer target gets the conversation frame."""
+        ann = yield self.ws(self.tokens["ann"])
+        dan = yield self.ws(self.tokens["dan"])
+        bob = yield self.ws(self.tokens["bob"])
+        cust = yield self.ws(token("cust"))
+        cust.send({"type": "start", "team": "sales"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        for agent in (ann, dan):
+            inbox = yield agent.next_frame("inbox")
+            self.assertEqual((inbox["item"]["conversation"], inbox["item"]["state"]), (conv, "queued"))
+        late = yield self.ws(self.tokens["dan"])
+        self.assertEqual([q["id"] for q in late.frames[0]["queue"]], [conv])
+        taken = yield self.reply(ann, {"type": "take", "conversation": conv})
+        self.assertEqual(taken["type"], "conversation")
+        inbox = yield dan.next_frame("inbox", lambda f: f["item"]["state"] != "queued")
+        self.assertEqual((inbox["item"]["state"], inbox["item"]["agent_id"]), ("assigned", "ann"))
+        yield self.reply(dan, {"type": "status", "status": "online"})
+        yield self.reply(ann, {"type": "transfer", "conversation": conv, "to_agent": "dan"})
+        given = yield dan.next_frame("conversation", lambda f: f.get("assigned") is True)
+        self.assertEqual(given["conversation"]["id"], conv)
+        yield self.reply(bob, {"type": "ping"})  # everything sent before this has arrived
+        self.assertEqual(bob.of_type("inbox"), [])
+        self.assertEqual(bob.frames[0]["queue"], [])
+
+    @inlineCallbacks
     def test_message_after_close_reopens_within_window(self) -> Any:
         """A customer message after close reopens the conversation (events
         "reopened" and "queued": back in the queue) within reopen_window."""

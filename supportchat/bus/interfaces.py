@@ -14,12 +14,14 @@ class Delivery:
     """A frame for every connection of some users and/or roles.
 
     ``exclude_connection`` skips the connection that caused it (the sender
-    already has its ack)."""
+    already has its ack). ``team`` narrows the ``roles`` part to the staff
+    of that team (admins always; ``user_ids`` are not narrowed)."""
 
     frame: dict[str, Any]
     user_ids: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     exclude_connection: str | None = None
+    team: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -27,6 +29,7 @@ class Delivery:
             "user_ids": list(self.user_ids),
             "roles": list(self.roles),
             "exclude_connection": self.exclude_connection,
+            "team": self.team,
         }
 
     @classmethod
@@ -36,6 +39,7 @@ class Delivery:
             user_ids=tuple(data.get("user_ids", ())),
             roles=tuple(data.get("roles", ())),
             exclude_connection=data.get("exclude_connection"),
+            team=data.get("team"),
         )
 
 

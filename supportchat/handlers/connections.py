@@ -35,6 +35,9 @@ class ClientSession:
         self.closed = False
         self._held: list[str] = []
         self.sent = 0
+        # The agent's team, learnt at hello (workflow): team-scoped
+        # deliveries (the inbox) reach the staff of that team only.
+        self.team: str | None = None
 
     @property
     def user_id(self) -> str:
@@ -113,7 +116,9 @@ class ConnectionRegistry:
         for uid in delivery.user_ids:
             targets.update(self._by_user.get(uid, {}))
         for role in delivery.roles:
-            targets.update(self._by_role.get(role, {}))
+            for sid, session in self._by_role.get(role, {}).items():
+                if delivery.team is None or role == "admin" or session.team == delivery.team:
+                    targets[sid] = session
         targets.pop(delivery.exclude_connection or "", None)
         if not targets:
             return 0

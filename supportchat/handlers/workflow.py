@@ -24,13 +24,15 @@ from supportchat.config.model import WorkflowConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.storage.interfaces import ConversationStore, PresenceStore
 from supportchat.storage.models import EVENT, AppendRequest, AppendResult, Conflict, Conversation
-from supportchat.workflow.models import ASSIGNED, BOT, CLOSED, QUEUED, Agent, Assignment, WorkflowError
+from supportchat.workflow.models import ASSIGNED, BOT, CLOSED, QUEUED, Agent, Assignment, WorkflowError, WorkItem
 from supportchat.workflow.store import WorkflowStore
 from supportchat.ws.frames import Close, FrameError, Rate, SetStatus, Take, Transfer
 
 log = Logger()
 
 CACHE_MAX = 100_000
+# Queued conversations listed in an agent's ``hello`` (oldest first).
+QUEUE_IN_HELLO = 200
 
 
 class WorkflowChatStore(ConversationStore, Protocol):
@@ -114,7 +116,10 @@ class WorkflowHandler:
         if timer is not None and timer.active():
             timer.cancel()
         agent = await self._ensure(session)
-        return {"agent": self._agent_wire(agent)}
+        session.team = agent.team_id
+        team = None if session.role == "admin" else agent.team_id
+        queued = await self._wf.list_items(QUEUED, None, team, QUEUE_IN_HELLO)
+        return {"agent": self._agent_wire(agent), "queue": [self._queue_entry(i) for i in queued]}
 
     def on_session_closed(self, session: ClientSession) -> None:
         """After the agent's last connection has been gone ``offline_grace``
@@ -175,6 +180,8 @@ class WorkflowHandler:
         item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at,
                                       BOT if self._bot_first else QUEUED)
         self._remember(conv.id, None)
+        if created:
+            await self._inbox(conv.id, item)
         if item.state == QUEUED:
             await self._send_position(session, conv.id, item.team_id)
         if created and item.state == QUEUED:
@@ -205,6 +212,7 @@ class WorkflowHandler:
             else:
                 return
         self._remember(conversation_id, None)
+        await self._inbox(conversation_id, item)
         position = await self._position(conversation_id, item.team_id)
         if position:
             await self._bus.publish(Delivery(
@@ -278,6 +286,7 @@ class WorkflowHandler:
         reopened = await self._wf.reopen(conversation_id, now)
         self._remember(conversation_id, None)
         if reopened is not None:
+            await self._inbox(conversation_id, reopened)
             await self._send_position(session, conversation_id, reopened.team_id)
             await self._after_hours(conversation_id, reopened.queued_at)
             self.request_drain()
@@ -318,6 +327,7 @@ class WorkflowHandler:
                 await self._event(conv.id, session.user_id, session.role, event_name,
                                   {"user": user, "assigned": True, "by": "take"},
                                   f"{name} joined the conversation", join=True)
+                await self._inbox(conv.id)
                 self._background.run("workflow_positions", self.publish_positions)
         else:
             try:
@@ -362,6 +372,9 @@ class WorkflowHandler:
                               "The conversation was transferred to a team", require_participant=False)
         if before.agent_id and before.agent_id != after.agent_id:
             await self._store.remove_participant(frame.conversation, before.agent_id)
+        await self._inbox(frame.conversation, after)
+        if after.state == ASSIGNED and after.agent_id is not None and after.agent_id != before.agent_id:
+            await self._tell_assigned(frame.conversation, after.agent_id)
         if frame.note and after.agent_id:
             await self._bus.publish(Delivery(frame={
                 "type": "note", "conversation": frame.conversation, "author": session.principal.to_wire(),
@@ -394,6 +407,7 @@ class WorkflowHandler:
                           {"by": session.principal.to_wire()}, "The conversation was closed",
                           require_participant=False)
         session.send(reply({"type": "closed", "conversation": frame.conversation}, frame.ref))
+        await self._inbox(frame.conversation)
         if before.state == ASSIGNED:
             self.request_drain()
         elif before.state == QUEUED:
@@ -422,6 +436,7 @@ class WorkflowHandler:
                               {"from": {"id": agent.id}, "reason": "agent_disabled"},
                               "The conversation is back in the queue", require_participant=False)
             await self._store.remove_participant(conversation_id, agent.id)
+            await self._inbox(conversation_id)
         self.request_drain()
 
     # -- the queue -------------------------------------------------------
@@ -454,11 +469,33 @@ class WorkflowHandler:
         await self._event(a.conversation_id, a.agent_id, agent.role if agent else "agent", "assigned",
                           {"user": user, "assigned": True, "by": "auto"},
                           f"{user.get('name') or a.agent_id} was assigned", join=True)
-        conv = await self._store.get_conversation(a.conversation_id)
+        await self._tell_assigned(a.conversation_id, a.agent_id)
+        await self._inbox(a.conversation_id)
+
+    async def _tell_assigned(self, conversation_id: str, agent_id: str) -> None:
+        """The agent's consoles get the conversation (``assigned: true``)."""
+        conv = await self._store.get_conversation(conversation_id)
         if conv is not None:
             await self._bus.publish(Delivery(
                 frame={"type": "conversation", "conversation": conv.to_wire(), "assigned": True},
-                user_ids=(a.agent_id,)))
+                user_ids=(agent_id,)))
+
+    async def _inbox(self, conversation_id: str, item: WorkItem | None = None) -> None:
+        """Tell the staff of the conversation's team (and admins) where it
+        now is in the workflow, so that every console's queue stays live:
+        an ``inbox`` frame after each change of state, agent or team."""
+        if item is None:
+            item = await self._wf.get_item(conversation_id)
+            if item is None:
+                return
+        await self._bus.publish(Delivery(frame={"type": "inbox", "item": item.to_wire()},
+                                         roles=("agent", "admin"), team=item.team_id))
+
+    @staticmethod
+    def _queue_entry(item: WorkItem) -> dict[str, Any]:
+        """A queued conversation as ``hello.queue`` lists it."""
+        return {"id": item.conversation_id, "customer_id": item.customer_id, "status": "queued",
+                "team": item.team_id, "queued_at": item.queued_at, "created_at": item.queued_at}
 
     async def publish_positions(self) -> None:
         """Queue positions to waiting customers (first queue_updates_max of each team)."""

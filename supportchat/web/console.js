@@ -143,8 +143,9 @@ function startApp(token) {
   client.connect();
 }
 
-/** The queue from REST (GET /api/v1/inbox?state=queued) when the server has
- * it: conversations another agent took disappear, which no frame reports. */
+/** The queue from REST (GET /api/v1/inbox?state=queued): a slow
+ * reconciliation beside the live `inbox` frames, which keep the queue current
+ * (in Redis mode they travel by pub/sub, which can lose one). */
 async function refreshQueue() {
   if (!client || client.state !== "open" || !client.hello || !client.hello.agent) return;
   try {
@@ -434,7 +435,7 @@ function wire() {
   });
   window.addEventListener("focus", stopBlink);
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && stopBlink());
-  setInterval(refreshQueue, 15000);
+  setInterval(refreshQueue, 60000);
   setInterval(() => {
     for (const w of document.querySelectorAll("#queue .wait")) {
       const created = Number(w.dataset.created);

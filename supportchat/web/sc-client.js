@@ -468,6 +468,7 @@ export class SupportChatClient extends EventTarget {
       this._changed(c, "conversation");
       if (c.lastSeq > c.contig) this.syncConversation(c.id);
     } else if (this.user && this.user.role !== "customer") {
+      if (this.hello && this.hello.agent) return; // the workflow's inbox frames keep the queue
       if (info.status === "open" || info.status === "queued" || !info.status) this.queue.set(info.id, info);
       else this.queue.delete(info.id);
       this._emit("queue", { queue: [...this.queue.values()], added: info });
@@ -599,6 +600,22 @@ export class SupportChatClient extends EventTarget {
     this._changed(c, "status");
   }
 
+  /** Agents (workflow): a conversation of my team changed its place in the
+   * workflow; the queue shows exactly the queued ones, whoever took them. */
+  _on_inbox(f) {
+    const it = f.item;
+    if (!it || !it.conversation) return;
+    if (it.state === "queued") {
+      this.queue.set(it.conversation, Object.assign({}, this.queue.get(it.conversation) || {}, {
+        id: it.conversation, customer_id: it.customer_id, status: "queued", team: it.team,
+        queued_at: it.queued_at, created_at: it.queued_at,
+      }));
+    } else {
+      this.queue.delete(it.conversation);
+    }
+    this._emit("queue", { queue: [...this.queue.values()], item: it });
+  }
+
   _on_agent_status(f) {
     this.agentStatus = f.agent && f.agent.status;
     this._emit("agentstatus", f);
@@ -611,7 +628,8 @@ export class SupportChatClient extends EventTarget {
     this._changed(c, "note");
   }
 
-  /** Agents: reconcile the queue with a fresh list (REST inbox), since no frame says another agent took one. */
+  /** Agents: reconcile the queue with a fresh list (REST inbox): after a
+   * reconnect, or a gap in the live inbox frames (Redis pub/sub is lossy). */
   setQueue(items) {
     const fresh = new Map();
     for (const it of items) fresh.set(it.id, Object.assign({}, this.queue.get(it.id) || {}, it));
