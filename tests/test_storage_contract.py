@@ -194,6 +194,9 @@ class ConversationStoreContract:
         self.assertEqual((yield self.store.get_states("cust"))[0].unread, 2)
         self.assertEqual((yield self.store.mark_read("cust", conv.id, 6)), 1)
         self.assertEqual((yield self.store.get_states("cust"))[0].last_read_seq, 6)
+        positions = yield self.store.read_positions(conv.id)
+        self.assertEqual(positions, {"cust": 6, "agent": 7})  # everyone's (sending reads); for the Seen marks
+        self.assertEqual((yield self.store.read_positions("no-such-conversation")), {})
 
     @inlineCallbacks
     def test_mark_read_requires_participation(self) -> Any:

@@ -272,7 +272,8 @@ class ProtocolTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_typing_and_read_receipts(self) -> Any:
-        """Typing and read events reach the other participant over the wire."""
+        """Typing and read events reach the other participant over the wire; a sync that
+        catches up tells the others' read positions."""
         cust, agent, conv = yield self.pair()
         cust.send({"type": "typing", "conversation": conv})
         typing = yield agent.next_frame("typing")
@@ -282,6 +283,9 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(mine["ref"], 1)
         theirs = yield cust.next_frame("read")
         self.assertEqual((theirs["user_id"], theirs["seq"]), ("agent", 1))
+        cust.send({"type": "sync", "ref": "s", "conversation": conv, "after_seq": 0})
+        history = yield cust.next_frame("history")
+        self.assertEqual(history["read"], [{"user_id": "agent", "seq": 1}])  # for Seen marks after a reload
 
     @inlineCallbacks
     def test_metrics_count_connections_and_messages(self) -> Any:

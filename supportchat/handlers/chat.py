@@ -343,12 +343,18 @@ class ChatHandler:
     async def _sync(self, session: ClientSession, frame: Sync) -> None:
         await self._authorize(session, frame.conversation, frame.ref)
         msgs = await self._store.get_messages(frame.conversation, frame.after_seq, frame.limit + 1)
-        session.send(reply({
+        history: dict[str, Any] = {
             "type": "history",
             "conversation": frame.conversation,
             "messages": [m.to_wire() for m in msgs[: frame.limit]],
             "has_more": len(msgs) > frame.limit,
-        }, frame.ref))
+        }
+        if not history["has_more"]:
+            # Caught up: where the others have read to (Seen marks after a reload).
+            positions = await self._store.read_positions(frame.conversation)
+            history["read"] = [{"user_id": u, "seq": s} for u, s in sorted(positions.items())
+                               if u != session.user_id and s > 0]
+        session.send(reply(history, frame.ref))
 
     async def _typing(self, session: ClientSession, frame: Typing) -> None:
         ids = await self._authorize(session, frame.conversation, frame.ref, write=True)

@@ -331,6 +331,26 @@ class RedisChatStore:
             out.append(s)
         return out
 
+    def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
+        return Deferred.fromCoroutine(self._read_positions(conversation_id))
+
+    async def _read_positions(self, conv: str) -> dict[str, int]:
+        """SQL's participants and positions, with Redis's where it has them
+        (messages not yet flushed cannot be read positions in SQL)."""
+        base = await self._sql.read_positions(conv)
+        if self.degraded or not base:
+            return base
+        users = sorted(base)
+        reads = [self._redis.execute("HGET", f"{self.prefix}sess:{u}:{conv}", "last_read_seq") for u in users]
+        try:
+            replies = await gatherResults(reads, consumeErrors=True)
+        except FirstError as e:
+            if e.subFailure.check(RedisUnavailable):
+                return base
+            e.subFailure.raiseException()
+            raise  # unreachable: raiseException always raises
+        return {u: int(r) if r is not None else base[u] for u, r in zip(users, replies)}
+
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
         return Deferred.fromCoroutine(self._mark_read(user_id, conversation_id, seq))
 

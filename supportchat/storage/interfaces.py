@@ -64,6 +64,9 @@ class SessionStateStore(Protocol):
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
         """Set the read position; returns the new unread count."""
 
+    def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
+        """Every participant's read position (user id -> seq)."""
+
 
 class PresenceStore(Protocol):
     """Who is online, refreshed by heartbeats, forgotten after a TTL."""

@@ -208,6 +208,10 @@ class MemoryConversationStore:
         out.sort(key=lambda s: s.conversation_id)
         return succeed(out)
 
+    def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
+        return succeed({uid: self._reads[(conversation_id, uid)].last_read_seq
+                        for uid in self._participants.get(conversation_id, {}) if (conversation_id, uid) in self._reads})
+
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
         read = self._reads.get((conversation_id, user_id))
         if read is None:

@@ -402,6 +402,11 @@ def _get_states_txn(cur: Cursor, user_id: str) -> list[SessionState]:
     ]
 
 
+def _read_positions_txn(cur: Cursor, conversation_id: str) -> dict[str, int]:
+    cur.execute("SELECT user_id, last_read_seq FROM participants WHERE conversation_id = ?", (conversation_id,))
+    return {str(u): int(s) for u, s in cur.fetchall()}
+
+
 def _mark_read_txn(cur: Cursor, user_id: str, conversation_id: str, seq: int) -> int:
     cur.execute(
         "SELECT c.last_seq FROM participants p JOIN conversations c ON c.id = p.conversation_id"
@@ -485,6 +490,9 @@ class SqlConversationStore:
 
     def get_states(self, user_id: str) -> "Deferred[list[SessionState]]":
         return self._db.run_interaction("get_states", _get_states_txn, user_id)
+
+    def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
+        return self._db.run_interaction("read_positions", _read_positions_txn, conversation_id)
 
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
         return self._db.run_interaction("mark_read", _mark_read_txn, user_id, conversation_id, seq)

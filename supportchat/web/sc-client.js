@@ -666,6 +666,10 @@ export class SupportChatClient extends EventTarget {
       while (more && this.state === "open") {
         const h = await this.request({ type: "sync", conversation: id, after_seq: c.contig, limit: 200 });
         for (const m of h.messages || []) this._storeMessage(c, m);
+        for (const r of h.read || []) {
+          // the others' read positions, once caught up (Seen marks survive a reload)
+          if (!this.user || r.user_id !== this.user.id) c.readBy[r.user_id] = Math.max(c.readBy[r.user_id] || 0, r.seq);
+        }
         if ((h.messages || []).length === 0) more = false;
         else more = !!h.has_more || c.contig < c.lastSeq;
         // messages missing in the middle (should not happen): avoid spinning
