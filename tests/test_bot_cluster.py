@@ -1,9 +1,11 @@
 """Bot nodes as real processes on a private Redis: a bot node killed
 (SIGKILL) mid-dialogue is replaced and the dialogue continues at the same
-step, every customer message answered exactly once."""
+step, every customer message answered exactly once; with the bot first, a
+conversation goes bot -> handoff -> queue -> agent across processes."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -80,3 +82,60 @@ class BotClusterTests(unittest.TestCase):
         state = cluster.redis.cli("HGET", f"sc:bot:{conv}", "version")
         self.assertGreaterEqual(int(state), 5)
         yield close_client(cust)
+
+    @inlineCallbacks
+    def test_bot_first_then_queue_then_agent_across_processes(self) -> Any:
+        """Redis mode, bot first: gateways hold a new conversation for the bot (not queued,
+        not assigned to the online agent on the other gateway); the bot node greets and
+        answers; "human" hands off; the conversation is queued and assigned to that agent
+        once; the bot is silent afterwards; the log reads created, handoff, queued, assigned."""
+        cluster = Cluster(self)
+        cluster.env["SUPPORTCHAT_BOT_ENABLED"] = "true"  # gateways hold new conversations for the bot
+        gw1 = yield cluster.gateway("gw1")
+        gw2 = yield cluster.gateway("gw2")
+        yield cluster.persister("p1")
+        yield self.bot(cluster, "b1")
+        agent = yield connect(gw2.port, token("ag", "agent", name="Ag"))
+        agent.send({"type": "status", "status": "online", "ref": "on"})
+        yield agent.next_frame("agent_status")
+        cust = yield connect(gw1.port, token("cust"))
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        greeting = yield cust.next_frame("message", is_chat)
+        self.assertEqual(greeting["sender"]["role"], "bot")
+        self.assertEqual(cluster.sql("SELECT state, agent_id FROM work_items WHERE conversation_id = ?", conv),
+                         [("bot", None)])
+
+        @inlineCallbacks
+        def ask(key: str, body: str) -> Any:
+            cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
+            ack = yield cust.next_frame("ack")
+            return ack
+
+        ack = yield ask("q1", "when are you open")
+        answer = yield cust.next_frame("message", lambda f: f["client_msg_id"] == f"bot:{ack['msg_id']}")
+        self.assertIn("Monday to Friday", answer["body"])
+        self.assertEqual(cust.of_type("queue"), [])
+        yield ask("q2", "human")
+        handoff = yield cust.next_event("handoff")
+        queued = yield cust.next_event("queued")
+        assigned = yield cust.next_event("assigned")
+        self.assertEqual((queued["event"]["reason"], assigned["event"]["user"]["id"]), ("handoff", "ag"))
+        self.assertLess(handoff["seq"], queued["seq"])
+        given = yield agent.next_frame("conversation", lambda f: f.get("assigned") is True)
+        self.assertEqual(given["conversation"]["id"], conv)
+        after = yield ask("q3", "opening hours")
+        agent.send({"type": "message", "ref": "r", "conversation": conv, "client_msg_id": "r", "body": "Hi, Ag here"})
+        reply = yield cust.next_frame("message", lambda f: f["sender"]["role"] == "agent" and f["kind"] == "text")
+        self.assertEqual(reply["seq"], after["seq"] + 1)  # nothing from the bot in between
+        rows = yield cluster.flushed(reply["seq"], conv)
+        self.assertEqual(rows, reply["seq"])
+        names = [r[0] for r in cluster.sql(
+            "SELECT data FROM messages WHERE conversation_id = ? AND kind = 'event' ORDER BY seq", conv)]
+        lifecycle = [n for n in (json.loads(d).get("name") for d in names)
+                     if n in ("created", "handoff", "queued", "assigned")]
+        self.assertEqual(lifecycle, ["created", "handoff", "queued", "assigned"])
+        self.assertEqual(cluster.sql("SELECT state, agent_id FROM work_items WHERE conversation_id = ?", conv),
+                         [("assigned", "ag")])
+        yield close_client(cust)
+        yield close_client(agent)
