@@ -267,7 +267,8 @@ class SupportChatServer:
         v1.putChild(b"canned", CannedApi(self.reactor, verifier, store, self.get_canned_store()))
         from supportchat.http.profiles_api import CustomersApi
 
-        v1.putChild(b"customers", CustomersApi(self.reactor, verifier, store, self.get_profiles()))
+        v1.putChild(b"customers", CustomersApi(self.reactor, verifier, store, self.get_profiles(),
+                                               self.get_workflow().profile_changed))
 
     def _drain_tick(self) -> None:
         self.get_workflow().request_drain()

@@ -434,6 +434,27 @@ class ProfileApiTests(unittest.TestCase):
         self.assertNoPhoneLogged()
 
     @inlineCallbacks
+    def test_agents_in_the_conversation_are_told_of_a_change(self) -> Any:
+        """A profile replaced over REST: the agent in the customer's conversation gets a
+        profile frame naming the customer (no profile data in it); another agent none."""
+        cust = yield connect(self.server.port, token("cust1"))
+        ann = yield connect(self.server.port, token("ann", "agent"))
+        bob = yield connect(self.server.port, token("bob", "agent"))
+        for c in (cust, ann, bob):
+            self.addCleanup(close_client, c)
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        ann.send({"type": "take", "ref": "t", "conversation": conv})
+        yield ann.next_frame("conversation", lambda f: f.get("ref") == "t")
+        code, _ = yield self.api.call("PUT", "/customers/cust1/profile", self.admin, {"name": "Ann", "phone": PHONE})
+        self.assertEqual(code, 200)
+        told = yield ann.next_frame("profile")
+        self.assertEqual(told, {"type": "profile", "customer_id": "cust1"})
+        bob.send({"type": "ping", "ref": "barrier"})
+        yield bob.next_frame("pong")
+        self.assertEqual(bob.of_type("profile"), [])
+
+    @inlineCallbacks
     def test_unknown_key_id_is_500_unavailable_without_the_value(self) -> Any:
         """A stored value under a key id the server does not have: 500 unavailable, logged without the value."""
         stranger = ProfileService(self.server.server.get_profiles().store, ring(keyring_data("k9", ("k9",))),

@@ -423,6 +423,18 @@ class WorkflowHandler:
             raise FrameError("conflict", "a conversation is rated after it is closed", frame.ref)
         session.send(reply({"type": "rated", "conversation": frame.conversation, "rating": frame.rating}, frame.ref))
 
+    async def profile_changed(self, customer_id: str) -> None:
+        """A customer's profile was replaced (REST): the staff in their open
+        conversations get a ``profile`` frame naming the customer, and
+        fetch it again over REST (with their role's masking; no profile
+        data travels on the bus)."""
+        staff: set[str] = set()
+        for conv in await self._store.list_conversations(customer_id):
+            staff.update(p.user_id for p in await self._store.get_participants(conv.id) if p.role != "customer")
+        if staff:
+            await self._bus.publish(Delivery(frame={"type": "profile", "customer_id": customer_id},
+                                             user_ids=tuple(sorted(staff))))
+
     async def after_agent_change(self, agent: Agent, requeued: list[str]) -> None:
         """An admin edited an agent: a disabled one is disconnected everywhere
         (1008) and their conversations go back to the queue; capacity may

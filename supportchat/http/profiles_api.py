@@ -17,7 +17,7 @@ the reason, never the value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.logger import Logger
 from twisted.web.http import Request
@@ -41,9 +41,10 @@ class CustomersApi(WorkflowResource):
     routes = {b"GET": "get", b"PUT": "put"}
 
     def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore,
-                 profiles: ProfileService) -> None:
+                 profiles: ProfileService, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
         super().__init__(reactor, verifier, workflow)
         self._profiles = profiles
+        self._on_change = on_change
 
     def _target(self, request: Request) -> str:
         path = _path(request)
@@ -106,9 +107,12 @@ class CustomersApi(WorkflowResource):
             raise HttpError(400, "bad_request", str(e)) from None
         try:
             profile = await self._profiles.put(customer, fields, self._reactor.seconds())
-            return 200, self._profiles.view(profile, self._reveal(principal))
+            view = self._profiles.view(profile, self._reveal(principal))
         except ProfileKeyError as e:
             raise self._unavailable(e, customer) from None
+        if self._on_change is not None:
+            await self._on_change(customer)
+        return 200, view
 
 
 def claim_upserter(profiles: ProfileService, clock: Any) -> Any:

@@ -1,6 +1,6 @@
 // The agent console. Plain ES module; talks to the server only through
 // sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
-import { SupportChatClient, formatDuration, isSensitiveField, jwtClaims, maskValue } from "./sc-client.js";
+import { SupportChatClient, formatDuration, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -140,6 +140,7 @@ function startApp(token) {
     if (a && a.status) $("agent-status").value = a.status;
   });
   client.addEventListener("frame", renderSide);
+  client.addEventListener("profile", (e) => loadProfile(e.detail.customer_id, true));
   client.connect();
 }
 
@@ -266,15 +267,46 @@ function renderConv() {
   if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
 }
 
+// Customer profiles (GET /api/v1/customers/{id}/profile), masked by the
+// server for agents; fetched when a conversation is shown (at most every
+// PROFILE_TTL ms) and at once when a `profile` frame says one changed.
+const PROFILE_TTL = 30000;
+const profiles = new Map(); // customer id -> {at, profile: object | null}
+
+async function loadProfile(customerId, force = false) {
+  const known = profiles.get(customerId);
+  if (!customerId || !client || !client.hello || !client.hello.agent) return;
+  if (!force && known && (known.loading || Date.now() - known.at < PROFILE_TTL)) return;
+  profiles.set(customerId, Object.assign({}, known || { profile: null }, { loading: true, at: Date.now() }));
+  let profile = known ? known.profile : null;
+  try {
+    const r = await fetch(`/api/v1/customers/${encodeURIComponent(customerId)}/profile`, { headers: { authorization: "Bearer " + client._token } });
+    if (r.ok) profile = await r.json();
+    else if (r.status === 404) profile = null;
+  } catch (e) {
+    /* keep what we had */
+  }
+  profiles.set(customerId, { at: Date.now(), profile });
+  const c = selected && client.conversations.get(selected);
+  if (c && c.info.customer_id === customerId) renderProfile(c);
+}
+
 function renderProfile(c) {
   const dl = $("profile");
   const rows = [["Customer id", c.info.customer_id], ["Conversation", c.id], ["Started", c.info.created_at ? new Date(c.info.created_at * 1000).toLocaleString() : ""]];
-  const profile = c.info.customer || c.info.profile || (client.profiles && client.profiles[c.info.customer_id]) || {};
-  for (const [k, v] of Object.entries(profile)) if (typeof v !== "object") rows.push([k, v, isSensitiveField(k)]);
+  const known = profiles.get(c.info.customer_id);
+  const p = known && known.profile;
+  if (p) {
+    // values arrive masked by the server where this agent may not see them
+    const masked = new Set(p.masked || []);
+    for (const [k, label] of [["name", "Name"], ["email", "Email"], ["phone", "Phone"]]) if (p[k]) rows.push([label, p[k], masked.has(k)]);
+    for (const [k, v] of Object.entries(p.attributes || {})) if (typeof v !== "object") rows.push([k, v, masked.has(k)]);
+  }
   dl.replaceChildren(...rows.flatMap(([k, v, sensitive]) => [
     el("dt", { text: k }),
-    el("dd", { class: sensitive ? "masked" : null, "aria-label": sensitive ? `${k} (masked)` : null, text: sensitive ? maskValue(v) : String(v ?? "") }),
+    el("dd", { class: sensitive ? "masked" : null, "aria-label": sensitive ? `${k} (masked)` : null, "data-field": k, text: String(v ?? "") }),
   ]));
+  loadProfile(c.info.customer_id);
 }
 
 // ------------------------------------------------------------ composer

@@ -46,21 +46,6 @@ export function backoffDelay(attempt, base = 500, max = 15000, floor = 250) {
   return Math.max(floor, Math.round(Math.random() * cap));
 }
 
-/** Mask sensitive values for display: keeps a short tail, hides the rest. */
-export function maskValue(value, keep = 2) {
-  const s = String(value ?? "");
-  if (!s) return s;
-  const at = s.indexOf("@");
-  if (at > 0) return s[0] + "•".repeat(Math.max(1, at - 1)) + s.slice(at);
-  if (s.length <= keep) return "•".repeat(s.length);
-  return "•".repeat(s.length - keep) + s.slice(-keep);
-}
-
-const SENSITIVE = /phone|mobile|email|card|iban|account|payment|address|ssn|passport|birth/i;
-export function isSensitiveField(name) {
-  return SENSITIVE.test(String(name));
-}
-
 class Conversation {
   constructor(id) {
     this.id = id;
@@ -614,6 +599,11 @@ export class SupportChatClient extends EventTarget {
       this.queue.delete(it.conversation);
     }
     this._emit("queue", { queue: [...this.queue.values()], item: it });
+  }
+
+  /** Agents: a customer's profile changed (REST); fetch it again. */
+  _on_profile(f) {
+    this._emit("profile", { customer_id: f.customer_id });
   }
 
   _on_agent_status(f) {

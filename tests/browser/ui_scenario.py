@@ -10,6 +10,7 @@ mid-conversation and starts again. Prints one JSON object on stdout:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -28,6 +29,8 @@ sys.path.insert(0, REPO)
 
 from tests.support import SECRET, free_port, token  # noqa: E402
 
+# The server's profile keyring (phone numbers are encrypted at rest), fresh per run.
+KEYRING = json.dumps({"active": "k1", "keys": {"k1": base64.b64encode(os.urandom(32)).decode()}})
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,7 +79,8 @@ class Server:
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTCHAT_")}
-        env.update(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+        env.update(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, SUPPORTCHAT_PROFILE_KEYRING=KEYRING, PYTHONPATH=REPO,
+                   PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "supportchat", "run", "--data-dir", self.data_dir, "--listen", f"tcp:{self.port}:interface=127.0.0.1"],
@@ -168,6 +172,15 @@ class Scenario:
             os.makedirs(self.shots, exist_ok=True)
             page.screenshot(path=os.path.join(self.shots, name))
 
+    def put_profile(self, customer: str, profile: dict[str, Any]) -> None:
+        """What an integrator does: replace the customer's profile over REST (admin token)."""
+        req = urllib.request.Request(f"{self.base}/api/v1/customers/{customer}/profile", method="PUT",
+                                     data=json.dumps(profile).encode(),
+                                     headers={"Authorization": "Bearer " + token("integrator", "admin"),
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, r.status
+
     def customer_send(self, page: Any, text: str) -> None:
         box = page.locator("#supportchat-widget textarea")
         box.fill(text)
@@ -246,6 +259,19 @@ class Scenario:
         expect(cust.locator("#supportchat-widget li.sc-event[data-event=joined]")).to_contain_text("Alice joined")
         expect(agent.locator("#queue li.queue-item")).to_have_count(0)
         self.check("agent accepts: the join event reaches both screens, the history before the join is shown")
+
+        # The customer panel: the integrator's profile, phone masked by the server; a change shows at once.
+        customer = agent.evaluate("() => [...window.scConsole.conversations.values()][0].info.customer_id")
+        self.put_profile(customer, {"name": "Dana Scully", "phone": "+1 202 555 0143", "attributes": {"plan": "gold"}})
+        profile_panel = agent.locator("#profile")
+        expect(profile_panel.locator("dd[data-field=Name]")).to_have_text("Dana Scully")
+        expect(profile_panel.locator("dd[data-field=Phone]")).to_have_class("masked")
+        expect(profile_panel.locator("dd[data-field=Phone]")).to_contain_text("0143")
+        assert "555" not in profile_panel.inner_text(), "the agent saw the unmasked phone"
+        self.put_profile(customer, {"name": "Dana K. Scully", "phone": "+1 202 555 0143"})
+        expect(profile_panel.locator("dd[data-field=Name]")).to_have_text("Dana K. Scully")
+        expect(profile_panel.locator("dd[data-field=plan]")).to_have_count(0)
+        self.check("the customer panel shows the profile with the phone masked, and a change to it at once")
 
         # Typing and a reply.
         agent.locator("#composer-input").press_sequentially("Let me check", delay=20)
