@@ -154,6 +154,30 @@ class WorkflowTests(unittest.TestCase):
         self.assertEqual(bob.frames[0]["queue"], [])
 
     @inlineCallbacks
+    def test_inbox_filters_unread_and_waiting(self) -> Any:
+        """GET /inbox: unread=true lists the conversations whose agent has unread messages
+        (with the count), and none once read; waiting_min lists only those queued that long;
+        a bad unread value is a 400."""
+        cust, ann, conv = yield self.assigned_conversation()
+        for i in range(2):
+            yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": f"u{i}", "body": "hi"})
+        code, body = yield self.api.call("GET", "/inbox?unread=true", self.tokens["ann"])
+        self.assertEqual((code, [(c["conversation"], c["unread"]) for c in body["conversations"]]), (200, [(conv, 2)]))
+        last = max(m["seq"] for m in ann.of_type("message"))
+        yield self.reply(ann, {"type": "read", "conversation": conv, "seq": last})
+        code, body = yield self.api.call("GET", "/inbox?unread=true", self.tokens["ann"])
+        self.assertEqual(body["conversations"], [])
+        other = yield self.ws(token("cust2"))
+        other.send({"type": "start", "team": "billing", "ref": "s"})  # nobody of billing is online
+        yield other.next_frame("queue")
+        code, body = yield self.api.call("GET", "/inbox?waiting_min=0", self.admin)
+        self.assertEqual([(c["state"], c["team"]) for c in body["conversations"]], [("queued", "billing")])
+        code, body = yield self.api.call("GET", "/inbox?waiting_min=3600", self.admin)
+        self.assertEqual(body["conversations"], [])
+        code, body = yield self.api.call("GET", "/inbox?unread=maybe", self.tokens["ann"])
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    @inlineCallbacks
     def test_message_after_close_reopens_within_window(self) -> Any:
         """A customer message after close reopens the conversation (events
         "reopened" and "queued": back in the queue) within reopen_window."""

@@ -42,6 +42,8 @@ class WorkflowStoreContract:
         self.assertEqual(self.ok(self.store.assign_next(101.0, 50)), [])
         self.assertEqual([i.conversation_id for i in self.ok(self.store.list_items("queued", None, None, 10))],
                          ["c3", "c4"])
+        waited = self.ok(self.store.list_items(None, None, None, 10, queued_before=13.0))  # waiting since 13 or before
+        self.assertEqual([i.conversation_id for i in waited], ["c3"])
         self.assertEqual(self.ok(self.store.get_agent("a")).load, 2)
 
     def test_close_frees_capacity_and_take_conflicts(self) -> None:

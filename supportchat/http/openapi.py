@@ -64,7 +64,7 @@ ITEM = _obj({"conversation": _S, "customer_id": _S, "team": _S,
              "state": {"type": "string", "enum": ["bot", "queued", "assigned", "closed"]},
              "agent_id": {"type": "string", "nullable": True}, "queued_at": _N,
              "assigned_at": {"type": "number", "nullable": True}, "closed_at": {"type": "number", "nullable": True},
-             "waiting": _N, "rating": _I, "rating_comment": _S})
+             "waiting": _N, "unread": _I, "rating": _I, "rating_comment": _S})
 CANNED = _obj({"id": _S, "scope": {"type": "string", "enum": ["team", "personal"]}, "owner": _S, "shortcut": _S,
                "title": _S, "body": _S, "created_by": _S, "created_at": _N, "updated_at": _N})
 PROFILE_ATTRS: dict[str, Any] = {"type": "object", "additionalProperties": {"nullable": True}}
@@ -125,6 +125,8 @@ def openapi_document() -> dict[str, Any]:
             ok_schema=_obj({"conversations": {"type": "array", "items": ITEM}}),
             params=[_q("state", {"type": "string", "enum": ["bot", "queued", "assigned", "closed"]}),
                     _q("agent", _S), _q("team", _S), _q("waiting_min", _I, "queued at least this many seconds"),
+                    _q("unread", {"type": "string", "enum": ["true", "false"]},
+                       "only conversations whose assigned agent has unread messages"),
                     _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000})])},
         "/api/v1/inbox/{conversation}": {
             "parameters": [_p("conversation")],

@@ -296,15 +296,21 @@ class InboxApi(WorkflowResource):
                 raise HttpError(403, "forbidden", "agents see their own team's conversations")
             team = own_team
         waiting_min = int_arg(request, "waiting_min", None, 0)
+        unread = str_arg(request, "unread")
+        if unread not in (None, "true", "false"):
+            raise HttpError(400, "bad_request", "unread must be true or false")
         limit = int_arg(request, "limit", 100, 1, 1000)
         assert limit is not None
-        items = await self._wf.list_items(state, str_arg(request, "agent"), team, limit)
+        queued_before = None if waiting_min is None else self._reactor.seconds() - waiting_min
+        items = await self._wf.list_items(state, str_arg(request, "agent"), team, limit, queued_before,
+                                          unread == "true")
+        counts = await self._wf.agent_unread([i.conversation_id for i in items])
         found = []
         for item in items:
             entry = item.to_wire()
             entry["waiting"] = self._waiting(item)
-            if waiting_min is None or (item.state == "queued" and entry["waiting"] >= waiting_min):
-                found.append(entry)
+            entry["unread"] = counts.get(item.conversation_id, 0)
+            found.append(entry)
         return 200, {"conversations": found}
 
     def _waiting(self, item: Any) -> float:

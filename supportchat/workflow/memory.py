@@ -218,17 +218,34 @@ class MemoryWorkflowStore:
     def get_item(self, conversation_id: str) -> "Deferred[WorkItem | None]":
         return succeed(self.items.get(conversation_id))
 
+    def agent_unread(self, conversation_ids: list[str]) -> "Deferred[dict[str, int]]":
+        return succeed(self._unread(conversation_ids))
+
+    def _unread(self, conversation_ids: list[str]) -> dict[str, int]:
+        reads = getattr(self._conversations, "_reads", {})
+        out = {}
+        for cid in conversation_ids:
+            item = self.items.get(cid)
+            read = reads.get((cid, item.agent_id)) if item is not None and item.agent_id else None
+            if read is not None:
+                out[cid] = read.unread
+        return out
+
     def serves_customer(self, customer_id: str, team_id: str, agent_id: str) -> "Deferred[bool]":
         return succeed(any(i.customer_id == customer_id and (i.team_id == team_id or i.agent_id == agent_id)
                            for i in self.items.values()))
 
     def list_items(
-        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
+        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int,
+        queued_before: float | None = None, unread_only: bool = False,
     ) -> "Deferred[list[WorkItem]]":
+        unread = self._unread(list(self.items)) if unread_only else {}
         found = [
             i for i in sorted(self.items.values(), key=lambda i: (i.queued_at, i.conversation_id))
             if (state is None or i.state == state) and (agent_id is None or i.agent_id == agent_id)
             and (team_id is None or i.team_id == team_id)
+            and (queued_before is None or (i.state == QUEUED and i.queued_at <= queued_before))
+            and (not unread_only or unread.get(i.conversation_id, 0) > 0)
         ]
         return succeed(found[:limit])
 

@@ -93,9 +93,15 @@ class WorkflowStore(Protocol):
         """Has the customer a conversation in ``team_id``'s inbox or assigned
         to ``agent_id``? (Whose profile an agent may read.)"""
     def list_items(
-        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
+        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int,
+        queued_before: float | None = None, unread_only: bool = False,
     ) -> "Deferred[list[WorkItem]]":
-        """Oldest first."""
+        """Oldest first. ``queued_before``: only queued items waiting since
+        before then; ``unread_only``: only items whose assigned agent has
+        unread messages."""
+    def agent_unread(self, conversation_ids: list[str]) -> "Deferred[dict[str, int]]":
+        """Unread messages of each conversation's assigned agent (the
+        conversations with one)."""
     def notes(self, conversation_id: str) -> "Deferred[list[Note]]": ...
     def csat_report(self, since: float) -> "Deferred[dict[str, Any]]": ...
 
@@ -410,18 +416,37 @@ def _rate_txn(cur: Cursor, conversation_id: str, rating: int, comment: str | Non
 
 
 def _list_items_txn(
-    cur: Cursor, state: str | None, agent_id: str | None, team_id: str | None, limit: int
+    cur: Cursor, state: str | None, agent_id: str | None, team_id: str | None, limit: int,
+    queued_before: float | None = None, unread_only: bool = False,
 ) -> list[WorkItem]:
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     for col, value in (("state", state), ("agent_id", agent_id), ("team_id", team_id)):
         if value is not None:
-            where.append(f"{col} = ?")
+            where.append(f"w.{col} = ?")
             args.append(value)
-    sql = f"SELECT {_ITEM_COLS} FROM work_items"
+    if queued_before is not None:
+        where.append("w.state = ? AND w.queued_at <= ?")
+        args.extend((QUEUED, queued_before))
+    if unread_only:
+        where.append("EXISTS (SELECT 1 FROM participants p WHERE p.conversation_id = w.conversation_id"
+                     " AND p.user_id = w.agent_id AND p.unread > 0)")
+    cols = ", ".join("w." + c.strip() for c in _ITEM_COLS.split(","))
+    sql = f"SELECT {cols} FROM work_items w"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    cur.execute(sql + " ORDER BY queued_at, conversation_id LIMIT ?", (*args, limit))
+    cur.execute(sql + " ORDER BY w.queued_at, w.conversation_id LIMIT ?", (*args, limit))
     return [_item(r) for r in cur.fetchall()]
+
+
+def _agent_unread_txn(cur: Cursor, conversation_ids: list[str]) -> dict[str, int]:
+    if not conversation_ids:
+        return {}
+    marks = ", ".join("?" for _ in conversation_ids)
+    cur.execute("SELECT w.conversation_id, p.unread FROM work_items w JOIN participants p"
+                " ON p.conversation_id = w.conversation_id AND p.user_id = w.agent_id"
+                f" WHERE w.conversation_id IN ({marks})", tuple(conversation_ids))
+    return {str(c): int(n) for c, n in cur.fetchall()}
 
 
 def _notes_txn(cur: Cursor, conversation_id: str) -> list[Note]:
@@ -531,9 +556,14 @@ class SqlWorkflowStore:
         return self._db.run_interaction("serves_customer", _serves_customer_txn, customer_id, team_id, agent_id)
 
     def list_items(
-        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int
+        self, state: str | None, agent_id: str | None, team_id: str | None, limit: int,
+        queued_before: float | None = None, unread_only: bool = False,
     ) -> "Deferred[list[WorkItem]]":
-        return self._db.run_interaction("list_items", _list_items_txn, state, agent_id, team_id, limit)
+        return self._db.run_interaction("list_items", _list_items_txn, state, agent_id, team_id, limit,
+                                        queued_before, unread_only)
+
+    def agent_unread(self, conversation_ids: list[str]) -> "Deferred[dict[str, int]]":
+        return self._db.run_interaction("agent_unread", _agent_unread_txn, conversation_ids)
 
     def notes(self, conversation_id: str) -> "Deferred[list[Note]]":
         return self._db.run_interaction("notes", _notes_txn, conversation_id)
