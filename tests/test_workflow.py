@@ -208,8 +208,8 @@ class WorkflowTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_frame_authorization_matrix(self) -> Any:
-        """Every workflow frame for customer, assigned agent, agent of another
-        team, admin; disabled agent and expired token cannot connect."""
+        """Every frame type (workflow and chat) for customer, another customer, assigned
+        agent, agent of another team, admin; disabled agent and expired token cannot connect."""
         cust, ann, conv = yield self.assigned_conversation()
         bob = yield self.ws(self.tokens["bob"])
         admin = yield self.ws(self.admin)
@@ -228,11 +228,26 @@ class WorkflowTests(unittest.TestCase):
             (ann, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
             (ann, {"type": "transfer", "conversation": conv, "to_agent": "nobody"}, "not_found"),
             (admin, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
+            (ann, {"type": "start"}, "forbidden"),
+            (admin, {"type": "message", "conversation": conv, "client_msg_id": "a", "body": "x"}, "not_found"),
         ]
+        for intruder in (other, bob):  # neither a participant nor an admin: the conversation does not exist
+            expect += [
+                (intruder, {"type": "message", "conversation": conv, "client_msg_id": "i", "body": "x"}, "not_found"),
+                (intruder, {"type": "sync", "conversation": conv}, "not_found"),
+                (intruder, {"type": "typing", "conversation": conv}, "not_found"),
+                (intruder, {"type": "read", "conversation": conv, "seq": 1}, "not_found"),
+                (intruder, {"type": "accept", "conversation": conv},
+                 "forbidden" if intruder is other else "not_found"),
+            ]
         for client, frame, code in expect:
             got = yield self.reply(client, frame)
             self.assertEqual((got["type"], got.get("code")), ("error", code), frame)
         for client, frame, kind in [
+            (cust, {"type": "sync", "conversation": conv}, "history"),
+            (ann, {"type": "message", "conversation": conv, "client_msg_id": "m", "body": "hello"}, "ack"),
+            (ann, {"type": "read", "conversation": conv, "seq": 1}, "read"),
+            (admin, {"type": "sync", "conversation": conv}, "history"),  # admins read any conversation
             (bob, {"type": "status", "status": "away"}, "agent_status"),
             (admin, {"type": "take", "conversation": conv}, "conversation"),  # observes, not assigned
             (admin, {"type": "transfer", "conversation": conv, "to_team": "sales"}, "transferred"),
