@@ -255,12 +255,17 @@ class _Sql(ProfileStoreContract):
             cur.execute("SELECT * FROM customer_profiles")
             return cur.fetchall()
 
-        rows = self.successResultOf(self.db.run_interaction("raw", raw))
-        text = repr(rows)
-        self.assertEqual(len(rows), 1)
-        self.assertIn("Ann", text)
-        for secret in (DIGITS, "6789", "987-65", "4321"):
-            self.assertNotIn(secret, text.replace("v1:k1:", ""))
+        [row] = self.successResultOf(self.db.run_interaction("raw", raw))
+        customer, name, email, attributes, sealed, index, _ = row
+        self.assertEqual((customer, name, email, json.loads(attributes)), ("c1", "Ann", "", {}))
+        sealed = json.loads(sealed)
+        self.assertEqual(sorted(sealed), ["phone", "ssn"])
+        for value in sealed.values():  # ciphertexts only (random bytes: the plaintexts are not in them)
+            self.assertTrue(value.startswith("v1:k1:"), value)
+            payload = base64.b64decode(value[len("v1:k1:"):])
+            for secret in (DIGITS, "6789", "987-65", "4321"):
+                self.assertNotIn(secret.encode(), payload)
+        self.assertRegex(index, "^[0-9a-f]{64}$")  # the keyed blind index, not the number
         self.assertEqual(svc.view(self.successResultOf(self.store.get("c1")), reveal=True)["phone"], PHONE)
 
 
