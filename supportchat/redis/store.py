@@ -311,13 +311,9 @@ class RedisChatStore:
                 "HMGET", f"{self.prefix}meta:{s.conversation_id}", "last_seq", "last_msg_id", "last_ts"))
             reads.append(self._redis.execute(
                 "HMGET", f"{self.prefix}sess:{user_id}:{s.conversation_id}", "unread", "last_read_seq"))
-        try:
-            replies = await gatherResults(reads, consumeErrors=True)
-        except FirstError as e:
-            if e.subFailure.check(RedisUnavailable):
-                return base
-            e.subFailure.raiseException()
-            raise  # unreachable: raiseException always raises
+        replies = await self._all_or_none(reads)
+        if replies is None:
+            return base
         out = []
         for i, s in enumerate(base):
             meta, sess = replies[2 * i], replies[2 * i + 1]
@@ -342,14 +338,22 @@ class RedisChatStore:
             return base
         users = sorted(base)
         reads = [self._redis.execute("HGET", f"{self.prefix}sess:{u}:{conv}", "last_read_seq") for u in users]
+        replies = await self._all_or_none(reads)
+        if replies is None:
+            return base
+        return {u: int(r) if r is not None else base[u] for u, r in zip(users, replies)}
+
+    @staticmethod
+    async def _all_or_none(reads: list["Deferred[Any]"]) -> list[Any] | None:
+        """The replies of reads sent at once (one round trip), or None when
+        Redis is unavailable (callers fall back to SQL)."""
         try:
-            replies = await gatherResults(reads, consumeErrors=True)
+            return list(await gatherResults(reads, consumeErrors=True))
         except FirstError as e:
             if e.subFailure.check(RedisUnavailable):
-                return base
+                return None
             e.subFailure.raiseException()
             raise  # unreachable: raiseException always raises
-        return {u: int(r) if r is not None else base[u] for u, r in zip(users, replies)}
 
     def mark_read(self, user_id: str, conversation_id: str, seq: int) -> "Deferred[int]":
         return Deferred.fromCoroutine(self._mark_read(user_id, conversation_id, seq))
