@@ -2,7 +2,8 @@
 agents going on and offline, on the embedded default (one process, SQLite)
 and in Redis mode (two gateway nodes and a persister on a private Redis).
 Capacity is never exceeded, each conversation is assigned exactly once,
-and the queue drains completely."""
+the queue drains completely, and every conversation's log reads created,
+queued, assigned, closed in that order."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from twisted.trial import unittest
 from tests.redis_support import REDIS_SERVER
 from tests.support import start_server
 from tests.test_cluster import Cluster
-from tests.workflow_race import check_race, run_race
+from tests.workflow_race import check_race, lifecycle_logs, run_race
 
 CONVERSATIONS, AGENTS, CAPACITY = 300, 24, 2
 FIGURES: dict[str, Any] = {}
@@ -45,8 +46,9 @@ class EmbeddedRaceTests(unittest.TestCase):
                                     auth={"handshake_rate": 100000.0, "handshake_burst": 100000})
         crew, convs = yield run_race([server.port], CONVERSATIONS, AGENTS, CAPACITY)
         yield server.server.get_background().wait()
-        queued, load = _queued(server.config.database_url()[len("sqlite:///"):])
-        FIGURES["embedded"] = check_race(self, crew, convs, queued)
+        path = server.config.database_url()[len("sqlite:///"):]
+        queued, load = _queued(path)
+        FIGURES["embedded"] = check_race(self, crew, convs, queued, lifecycle_logs(path))
         self.assertEqual(load, 0)
         print("\nrace embedded:", FIGURES["embedded"])
 
@@ -75,6 +77,12 @@ class RedisRaceTests(unittest.TestCase):
             if load == 0:
                 break
             yield task.deferLater(reactor, 0.1, lambda: None)
-        FIGURES["redis"] = check_race(self, crew, convs, queued)
+        path = cluster.data_dir + "/supportchat.db"
+        for _ in range(100):  # the persister flushes the last events
+            logs = lifecycle_logs(path)
+            if all((logs.get(c) or [""])[-1] == "closed" for c in convs) and cluster.backlog() == 0:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        FIGURES["redis"] = check_race(self, crew, convs, queued, logs)
         self.assertEqual(load, 0)
         print("\nrace redis:", FIGURES["redis"])

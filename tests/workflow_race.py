@@ -4,7 +4,9 @@ what they get; records every agent's load as it sees it."""
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -101,7 +103,24 @@ def run_race(ports: list[int], conversations: int, agents: int, capacity: int, s
     return crew, convs
 
 
-def check_race(testcase: Any, crew: list[RaceAgent], convs: list[str], queued_left: int) -> dict[str, Any]:
+LIFECYCLE = ["created", "queued", "assigned", "closed"]
+
+
+def lifecycle_logs(db_path: str) -> dict[str, list[str]]:
+    """Each conversation's lifecycle event names in seq order, from SQL."""
+    db = sqlite3.connect(db_path)
+    try:
+        rows = db.execute("SELECT conversation_id, data FROM messages WHERE kind = 'event' ORDER BY conversation_id, seq")
+        out: dict[str, list[str]] = {}
+        for conv, data in rows:
+            out.setdefault(conv, []).append(json.loads(data).get("name"))
+        return out
+    finally:
+        db.close()
+
+
+def check_race(testcase: Any, crew: list[RaceAgent], convs: list[str], queued_left: int,
+               logs: dict[str, list[str]]) -> dict[str, Any]:
     """The race invariants; returns the figures for the report."""
     by_conv: dict[str, list[str]] = {}
     for a in crew:
@@ -113,6 +132,7 @@ def check_race(testcase: Any, crew: list[RaceAgent], convs: list[str], queued_le
         "max_load": max(a.max_load for a in crew), "capacity": crew[0].capacity,
         "duplicates": len(duplicates), "assigned": len(by_conv),
         "closed": sum(len(a.closed) for a in crew), "queued_left": queued_left,
+        "logs_in_order": sum(1 for c in convs if logs.get(c) == LIFECYCLE),
     }
     testcase.assertEqual(duplicates, {}, "a conversation was assigned more than once")
     testcase.assertEqual(set(by_conv), set(convs), "not every conversation was assigned")
@@ -120,7 +140,9 @@ def check_race(testcase: Any, crew: list[RaceAgent], convs: list[str], queued_le
         testcase.assertLessEqual(a.max_load, a.capacity, f"{a.id} went over capacity")
     testcase.assertEqual(figures["closed"], len(convs))
     testcase.assertEqual(queued_left, 0, "the queue did not drain")
+    disordered = {c: logs.get(c) for c in convs if logs.get(c) != LIFECYCLE}
+    testcase.assertEqual(disordered, {}, f"logs must read {LIFECYCLE}")
     return figures
 
 
-__all__ = ["Deferred", "RaceAgent", "check_race", "run_race"]
+__all__ = ["Deferred", "RaceAgent", "check_race", "lifecycle_logs", "run_race"]
