@@ -229,6 +229,7 @@ class WorkflowTests(unittest.TestCase):
             (ann, {"type": "transfer", "conversation": conv, "to_agent": "nobody"}, "not_found"),
             (admin, {"type": "rate", "conversation": conv, "rating": 5}, "forbidden"),
             (ann, {"type": "start"}, "forbidden"),
+            (other, {"type": "start", "team": "no-such-team"}, "not_found"),  # nobody would ever answer it
             (admin, {"type": "message", "conversation": conv, "client_msg_id": "a", "body": "x"}, "not_found"),
         ]
         for intruder in (other, bob):  # neither a participant nor an admin: the conversation does not exist

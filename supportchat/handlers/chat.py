@@ -236,11 +236,21 @@ class ChatHandler:
     async def _start(self, session: ClientSession, frame: Start) -> None:
         if session.role != "customer":
             raise FrameError("forbidden", "only customers start conversations", frame.ref)
+        if self._workflow is not None:
+            await self._workflow.check_team(frame.team, frame.ref)
         conv, created = await self._store.open_conversation(session.user_id, self._clock.seconds())
         body = conv.to_wire()
-        session.send(reply({"type": "conversation", "conversation": body}, frame.ref))
+
+        def answer() -> None:
+            session.send(reply({"type": "conversation", "conversation": body}, frame.ref))
+
         if self._workflow is not None:
-            await self._workflow.on_started(session, conv, created, frame.team)
+            # The workflow answers once the conversation is in the queue:
+            # nobody learns its id before then, so nobody can take it before
+            # its created and queued events are in the log.
+            await self._workflow.on_started(session, conv, created, frame.team, answer)
+        else:
+            answer()
         if created:
             await self._bus.publish(Delivery(
                 frame={"type": "conversation", "conversation": body},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -167,9 +167,17 @@ class WorkflowHandler:
         while len(self._closed) > CACHE_MAX:
             self._closed.popitem(last=False)
 
-    async def on_started(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
+    async def check_team(self, team: str, ref: Any) -> None:
+        """``start`` names a team that exists (or none): a conversation in an
+        unknown team's queue would wait for agents that do not exist."""
+        if team and team not in {t.id for t in await self._wf.list_teams()}:
+            raise FrameError("not_found", "no such team", ref)
+
+    async def on_started(self, session: ClientSession, conv: Conversation, created: bool, team: str,
+                         answer: Callable[[], None] = lambda: None) -> None:
         """A customer's ``start``: queue a new conversation, tell the position
-        (with the bot first: hold it for the bot, no position yet)."""
+        (with the bot first: hold it for the bot, no position yet).
+        ``answer`` sends the ``conversation`` reply, once it is queued."""
         if created:
             # Told before the item enters the queue, so that no agent can
             # take it first: the log reads created, queued, assigned.
@@ -180,6 +188,7 @@ class WorkflowHandler:
         item = await self._wf.enqueue(conv.id, session.user_id, team, conv.created_at,
                                       BOT if self._bot_first else QUEUED)
         self._remember(conv.id, None)
+        answer()
         if created:
             await self._inbox(conv.id, item)
         if item.state == QUEUED:
