@@ -211,11 +211,14 @@ def connect(
     protocols: list[str] | None = None,
     query: str = "",
     wait_hello: bool = True,
+    tls: Any = None,
 ) -> Any:
-    """Open a chat connection; by default waits for ``hello``."""
+    """Open a chat connection; by default waits for ``hello``. With ``tls``
+    (client TLS options, e.g. ``optionsForClientTLS``): ``wss://``."""
     from twisted.internet import reactor
+    from twisted.internet.endpoints import wrapClientTLS
 
-    url = f"ws://127.0.0.1:{port}{path}{query}"
+    url = f"{'wss' if tls is not None else 'ws'}://127.0.0.1:{port}{path}{query}"
     headers = {}
     if bearer is not None:
         headers["Authorization"] = f"Bearer {bearer}"
@@ -228,7 +231,9 @@ def connect(
         options["perMessageCompressionOffers"] = offers
         options["perMessageCompressionAccept"] = accept
     factory.setProtocolOptions(**options)
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
     client = yield endpoint.connect(factory)
     yield client.opened.addTimeout(TIMEOUT, reactor)
     if wait_hello:

@@ -3,7 +3,9 @@ real SQLite. The handshake guard, the wire protocol, the limits."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import time
 import zlib
 from typing import Any
@@ -127,6 +129,86 @@ class HandshakeTests(unittest.TestCase):
         joined = "\n".join(lines)
         self.assertNotIn(t, joined)
         self.assertNotIn("4111-1111", joined)
+
+
+class UpgradeMemoryTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_http_upgrade_state_is_released(self) -> Any:
+        """Once a WebSocket is open nothing keeps its HTTP channel and request alive (no
+        idle timer, not the transport's producer) and Autobahn's handshake copies are gone:
+        idle connections do not carry them for their whole life."""
+        from twisted.internet import reactor
+        from twisted.web.http import HTTPChannel, Request
+
+        server = yield start_server(self)
+        client = yield connect(server.port, token("idle"))
+        self.addCleanup(close_client, client)
+        [proto] = [p for p in server.server.get_chat_factory().live if p.principal and p.principal.user_id == "idle"]
+        transport = proto.transport
+        self.assertIsNone(transport.producer)
+        gc.collect()
+        channels = [o for o in gc.get_objects()
+                    if isinstance(o, HTTPChannel) and getattr(o, "_networkProducer", None) is transport]
+        self.assertEqual(channels, [])
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, Request) and o.channel is None and
+                          o.uri.startswith(b"/ws")], [])
+        self.assertEqual([c for c in reactor.getDelayedCalls()
+                          if isinstance(getattr(c.func, "__self__", None), HTTPChannel)
+                          and c.func.__self__._networkProducer is transport], [])
+        self.assertEqual((proto.http_headers, proto.http_request_data, proto.http_response_data), (None, None, None))
+        client.send({"type": "ping", "ref": "still-works"})
+        self.assertEqual((yield client.next_frame("pong"))["ref"], "still-works")
+
+
+def self_signed(directory: str) -> tuple[str, str, bytes]:
+    """A key and a self-signed certificate for ``localhost`` (files), and the PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(pem)
+    return key_path, cert_path, pem
+
+
+class TlsTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_wss_listener_serves_chat_and_releases_the_upgrade(self) -> Any:
+        """`--listen ssl:...` (pyOpenSSL, service-identity) serves wss: a verified client
+        chats over it, and the HTTP upgrade state is released as on plain TCP."""
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key, cert, pem = self_signed(directory)
+        server = yield start_server(self, server={"listen": [
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]})
+        tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pem))
+        client = yield connect(server.port, token("secure"), tls=tls)
+        self.addCleanup(close_client, client)
+        client.send({"type": "start", "ref": "s"})
+        conv = (yield client.next_frame("conversation"))["conversation"]["id"]
+        client.send({"type": "message", "ref": "m", "conversation": conv, "client_msg_id": "t1", "body": "over TLS"})
+        self.assertEqual((yield client.next_frame("ack"))["client_msg_id"], "t1")
+        [proto] = [p for p in server.server.get_chat_factory().live if p.principal and p.principal.user_id == "secure"]
+        self.assertIsNone(proto.transport._producer)  # TLS held the HTTP channel in a producer membrane
 
 
 class ProtocolTests(unittest.TestCase):
