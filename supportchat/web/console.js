@@ -35,6 +35,12 @@ const DEFAULT_CANNED = [
 
 let client = null;
 let selected = null;
+
+// Customer profiles (GET /api/v1/customers/{id}/profile), masked by the
+// server for agents; fetched when a conversation is shown (at most every
+// PROFILE_TTL ms) and at once when a `profile` frame says one changed.
+const PROFILE_TTL = 30000;
+const profiles = new Map(); // customer id -> {at, profile: object | null}
 let canned = DEFAULT_CANNED;
 let blink = null;
 let unseenCount = 0;
@@ -177,12 +183,13 @@ function renderSide() {
   const queue = $("queue");
   queue.replaceChildren(...q.map((info) => {
     const wait = formatDuration(Date.now() / 1000 - (info.queued_at || info.created_at || Date.now() / 1000));
-    const accept = el("button", { type: "button", class: "accept", "aria-label": `Accept conversation with ${info.customer_name || info.customer_id}`, text: "Accept", onclick: (ev) => {
+    const who = customerLabel(info.customer_id, info.id);
+    const accept = el("button", { type: "button", class: "accept", "aria-label": `Accept conversation with ${who}`, text: "Accept", onclick: (ev) => {
       ev.stopPropagation();
       acceptConv(info.id);
     } });
     return el("li", { "data-id": info.id, class: "queue-item" },
-      el("div", { class: "grow" }, el("div", { class: "title", text: info.customer_name || info.customer_id || info.id }),
+      el("div", { class: "grow" }, el("div", { class: "title", text: who }),
         el("div", { class: "sub wait", "data-created": info.queued_at || info.created_at, text: `waiting ${wait}` + (info.last_seq ? ` · ${info.last_seq} messages` : "") })),
       accept);
   }));
@@ -204,7 +211,7 @@ function renderSide() {
         }
       },
     }, el("div", { class: "grow" },
-      el("div", { class: "title", text: (c.info.customer_name || c.info.customer_id || c.id) + (["closed", "left", "transferred"].includes(c.info.status) ? " (closed)" : "") }),
+      el("div", { class: "title", text: customerLabel(c.info.customer_id, c.id) + (["closed", "left", "transferred"].includes(c.info.status) ? " (closed)" : "") }),
       el("div", { class: "sub", text: lastText(c) })));
     if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
     return li;
@@ -242,7 +249,7 @@ function renderConv() {
   $("empty").hidden = !!c;
   $("conv").hidden = !c;
   if (!c) return;
-  $("conv-title").textContent = c.info.customer_name || c.info.customer_id || c.id;
+  $("conv-title").textContent = customerLabel(c.info.customer_id, c.id);
   const status = c.info.status || "open";
   $("conv-status").textContent = status;
   $("conv-status").dataset.status = status;
@@ -267,11 +274,6 @@ function renderConv() {
   if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
 }
 
-// Customer profiles (GET /api/v1/customers/{id}/profile), masked by the
-// server for agents; fetched when a conversation is shown (at most every
-// PROFILE_TTL ms) and at once when a `profile` frame says one changed.
-const PROFILE_TTL = 30000;
-const profiles = new Map(); // customer id -> {at, profile: object | null}
 
 async function loadProfile(customerId, force = false) {
   const known = profiles.get(customerId);
@@ -288,7 +290,19 @@ async function loadProfile(customerId, force = false) {
   }
   profiles.set(customerId, { at: Date.now(), profile });
   const c = selected && client.conversations.get(selected);
-  if (c && c.info.customer_id === customerId) renderProfile(c);
+  if (c && c.info.customer_id === customerId) {
+    renderProfile(c);
+    $("conv-title").textContent = customerLabel(customerId, c.id);
+  }
+  const name = profile && profile.name;
+  if (name !== (known && known.profile && known.profile.name)) renderSide();
+}
+
+/** The customer's name from their profile when there is one, else the id. */
+function customerLabel(customerId, fallback) {
+  const known = profiles.get(customerId);
+  if (!known || Date.now() - known.at >= PROFILE_TTL) loadProfile(customerId);
+  return (known && known.profile && known.profile.name) || customerId || fallback;
 }
 
 function renderProfile(c) {

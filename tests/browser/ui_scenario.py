@@ -271,7 +271,9 @@ class Scenario:
         self.put_profile(customer, {"name": "Dana K. Scully", "phone": "+1 202 555 0143"})
         expect(profile_panel.locator("dd[data-field=Name]")).to_have_text("Dana K. Scully")
         expect(profile_panel.locator("dd[data-field=plan]")).to_have_count(0)
-        self.check("the customer panel shows the profile with the phone masked, and a change to it at once")
+        expect(agent.locator("#mine li.mine-item .title")).to_have_text("Dana K. Scully")
+        self.check("the customer panel shows the profile with the phone masked, and a change to it at once; "
+                   "the conversation list names the customer")
 
         # Typing and a reply.
         agent.locator("#composer-input").press_sequentially("Let me check", delay=20)
