@@ -503,6 +503,7 @@ class SupportChatServer:
                 claim_idle_ms=int(self.config.redis.persister_claim_idle * 1000),
                 max_deliveries=self.config.redis.persister_max_deliveries,
                 idempotency_window=float(self.config.chat.idempotency_window),
+                keep_for_others=self.config.redis.stream_keep_for_others,
             )
             persister.setName("persister")
             persister.setServiceParent(top)

@@ -194,6 +194,7 @@ class RedisConfig:
     persister_batch: int = 500
     persister_claim_idle: float = 15.0
     persister_max_deliveries: int = 5
+    stream_keep_for_others: float = 3600.0
 
     def validate(self, check: "_Checker") -> None:
         if self.url:
@@ -207,6 +208,7 @@ class RedisConfig:
         check.that(1 <= self.persister_batch <= 10000, "persister_batch", "must be between 1 and 10000")
         check.that(self.persister_claim_idle > 0, "persister_claim_idle", "must be positive")
         check.that(self.persister_max_deliveries >= 1, "persister_max_deliveries", "must be at least 1")
+        check.that(self.stream_keep_for_others >= 0, "stream_keep_for_others", "must be 0 (wait for ever) or positive")
 
 
 @dataclass

@@ -56,7 +56,8 @@ class Persister(StreamConsumer):
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
                  prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
-                 max_deliveries: int = 5, idempotency_window: float = 86400.0) -> None:
+                 max_deliveries: int = 5, idempotency_window: float = 86400.0,
+                 keep_for_others: float = 3600.0) -> None:
         super().__init__(clock, redis, consumer, f"{prefix}stream", GROUP, batch, block_ms, claim_idle_ms,
                          max_deliveries, claim_every=10)
         self._db = db
@@ -66,12 +67,21 @@ class Persister(StreamConsumer):
         self._window = idempotency_window
         self.flushed = 0
         self.batches = 0
+        # Other consumer groups (bots) are waited for this long at most.
+        self._keep_for_others = keep_for_others
+        self._behind: set[str] = set()
 
     async def handle(self, entries: Entries, retry: bool) -> None:
         await self._flush(entries)
 
     async def after_claim(self) -> None:
-        await trim_stream(self._redis, self.stream)
+        behind = await trim_stream(self._redis, self.stream, self._keep_for_others)
+        for group in sorted(behind - self._behind):
+            log.warn("consumer group {group} is over {seconds:.0f} s behind the stream (are its nodes running?); "
+                     "older entries are trimmed without it", group=group, seconds=self._keep_for_others)
+        for group in sorted(self._behind - behind):
+            log.info("consumer group {group} has caught up with the stream", group=group)
+        self._behind = behind
 
     async def _flush(self, entries: Entries) -> None:
         decoded: list[tuple[str, Message]] = []
@@ -136,21 +146,38 @@ class Persister(StreamConsumer):
         log.warn("{n} stream entries moved to the dead-letter stream: {reason}", n=len(ids), reason=reason)
 
 
-async def trim_stream(redis: RedisClient, stream: str) -> None:
-    """XTRIM MINID below what every consumer group still needs."""
+async def trim_stream(redis: RedisClient, stream: str, keep_for_others: float = 3600.0) -> set[str]:
+    """XTRIM MINID below what every consumer group still needs. The
+    persisters' group is always waited for (it makes messages durable);
+    any other group (the bots) only for ``keep_for_others`` seconds of
+    stream time (0: always): a group whose nodes are all gone must not make
+    the stream, and Redis's memory, grow without end. Returns the groups
+    that were left behind this time."""
     groups = await redis.execute("XINFO", "GROUPS", stream)
     floor: str | None = None
+    bound: str | None = None
+    if keep_for_others > 0:
+        newest = await redis.execute("XREVRANGE", stream, "+", "-", "COUNT", 1)
+        if newest:
+            ms, _ = _id_key(str(newest[0][0]))
+            bound = f"{max(0, ms - int(keep_for_others * 1000))}-0"
+    behind: set[str] = set()
     for info in groups or []:
         fields = {str(info[i]): info[i + 1] for i in range(0, len(info) - 1, 2)}
+        name = str(fields.get("name"))
         need = str(fields.get("last-delivered-id"))
         if int(fields.get("pending") or 0) > 0:
-            summary = await redis.execute("XPENDING", stream, fields["name"])
+            summary = await redis.execute("XPENDING", stream, name)
             if summary and summary[1]:
                 need = str(summary[1])
+        if name != GROUP and bound is not None and _id_key(need) < _id_key(bound):
+            behind.add(name)
+            need = bound
         if floor is None or _id_key(need) < _id_key(floor):
             floor = need
     if floor is not None and floor != "0-0":
         await redis.execute("XTRIM", stream, "MINID", floor)
+    return behind
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
