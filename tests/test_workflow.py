@@ -154,6 +154,24 @@ class WorkflowTests(unittest.TestCase):
         self.assertEqual(bob.frames[0]["queue"], [])
 
     @inlineCallbacks
+    def test_an_admin_change_reaches_the_agent_live(self) -> Any:
+        """PATCH an agent's team and capacity: their console gets agent_status with the new
+        values at once, and from then on the inbox frames of the new team, not the old one."""
+        dan = yield self.ws(self.tokens["dan"])
+        code, _ = yield self.api.call("PATCH", "/agents/dan", self.admin, {"team": "billing", "capacity": 5})
+        self.assertEqual(code, 200)
+        status = yield dan.next_frame("agent_status")
+        self.assertEqual((status["agent"]["team"], status["agent"]["capacity"]), ("billing", 5))
+        for i, team in enumerate(("sales", "billing")):
+            c = yield self.ws(token(f"cust-{team}"))
+            c.send({"type": "start", "team": team, "ref": "s"})
+            yield c.next_frame("conversation")
+        inbox = yield dan.next_frame("inbox")
+        self.assertEqual(inbox["item"]["team"], "billing")
+        yield self.reply(dan, {"type": "ping"})
+        self.assertEqual([f["item"]["team"] for f in dan.of_type("inbox")], ["billing"])
+
+    @inlineCallbacks
     def test_inbox_filters_unread_and_waiting(self) -> Any:
         """GET /inbox: unread=true lists the conversations whose agent has unread messages
         (with the count), and none once read; waiting_min lists only those queued that long;

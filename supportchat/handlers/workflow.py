@@ -156,6 +156,11 @@ class WorkflowHandler:
             elif name == "handoff" and (frame.get("sender") or {}).get("role") == "bot":
                 conv_id = str(frame["conversation"])
                 self._background.run("workflow_handoff", lambda: Deferred.fromCoroutine(self.on_handoff(conv_id)))
+        elif frame.get("type") == "agent_status" and isinstance(frame.get("agent"), dict):
+            team = frame["agent"].get("team")
+            for uid in delivery.user_ids:
+                for s in self._registry.for_user(uid):
+                    s.team = team  # team-scoped deliveries (inbox) follow an admin's change at once
         elif frame.get("type") == "error" and frame.get("code") == "account_disabled":
             for uid in delivery.user_ids:
                 for s in self._registry.for_user(uid):
@@ -452,6 +457,9 @@ class WorkflowHandler:
             await self._bus.publish(Delivery(
                 frame={"type": "error", "code": "account_disabled", "message": "this account was disabled"},
                 user_ids=(agent.id,)))
+        else:  # capacity, team or name changed: the agent's consoles (and every node's view of its team) learn it
+            await self._bus.publish(Delivery(frame={"type": "agent_status", "agent": self._agent_wire(agent)},
+                                             user_ids=(agent.id,)))
         for conversation_id in requeued:
             await self._event(conversation_id, agent.id, agent.role, "queued",
                               {"from": {"id": agent.id}, "reason": "agent_disabled"},
