@@ -271,7 +271,12 @@ class SupportChatServer:
                                                self.get_workflow().profile_changed))
 
     def _drain_tick(self) -> None:
-        self.get_workflow().request_drain()
+        """The workflow's timer: agents connected nowhere are set offline
+        and, gone long enough, lose their conversations to the queue; then
+        the queue is drained."""
+        workflow = self.get_workflow()
+        self.get_background().run("workflow_sweep_agents", lambda: Deferred.fromCoroutine(workflow.sweep_agents()))
+        workflow.request_drain()
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> Any:

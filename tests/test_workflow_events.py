@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from supportchat.auth import Principal
+from supportchat.handlers.connections import ClientSession
+from tests.test_chat_handler import FakeTransport
 from tests.test_workflow_hours import TUESDAY_TEN, HandlerHarness
 
 
@@ -50,3 +53,62 @@ class LifecycleEventTests(HandlerHarness, unittest.TestCase):
         self.assertEqual([m.seq for m in stored], list(range(1, len(stored) + 1)))
         after_reopen = [m.kind for m in stored][4:6]
         self.assertEqual(after_reopen, ["event", "text"])  # queued, then the message that reopened it
+
+
+class OfflineRequeueTests(HandlerHarness, unittest.TestCase):
+    def agent(self, user_id: str) -> tuple[ClientSession, FakeTransport]:
+        t = FakeTransport()
+        s = ClientSession(Principal(user_id, "agent", user_id.title()), t)
+        self.successResultOf(self.handler.on_open(s))
+        return s, t
+
+    def taken(self) -> tuple[FakeTransport, str, ClientSession]:
+        self.make(TUESDAY_TEN)
+        _, cust, conv = self.start()
+        ann, _ = self.agent("ann")
+        self.send(ann, {"type": "status", "status": "online", "ref": "on"})  # assigned to her at once
+        return cust, conv, ann
+
+    def sweep_at(self, seconds: float) -> None:
+        """Advance to ``seconds`` after now and run the workflow timer's sweep."""
+        self.clock.advance(seconds)
+        self.successResultOf(self.workflow.sweep_agents())
+
+    def test_an_agent_gone_too_long_loses_conversations_to_the_queue(self) -> None:
+        """Ann takes a conversation and disconnects: at offline_grace (60 s) she is offline,
+        her conversation still hers; at requeue_offline_after (300 s) it is back in the queue:
+        a queued event (reason agent_offline), the customer's position, Ann no participant."""
+        cust, conv, ann = self.taken()
+        self.handler.on_close(ann)
+        self.sweep_at(0)  # recorded absent now
+        self.sweep_at(60)
+        self.assertEqual(self.successResultOf(self.wf.get_agent("ann")).status, "offline")
+        self.sweep_at(239)  # 299 s gone
+        self.assertEqual(self.events(conv), ["created", "queued", "assigned"])
+        self.sweep_at(1)
+        self.assertEqual(self.events(conv), ["created", "queued", "assigned", "queued"])
+        back = cust.of_type("message")[-1]["event"]
+        self.assertEqual((back["reason"], back["from"]), ("agent_offline", {"id": "ann"}))
+        self.assertEqual(cust.of_type("queue")[-1]["position"], 1)
+        participants = self.successResultOf(self.store.get_participants(conv))
+        self.assertNotIn("ann", [p.user_id for p in participants])
+        self.assertEqual(self.successResultOf(self.wf.get_item(conv)).state, "queued")
+        self.sweep_at(600)
+        self.assertEqual(self.events(conv), ["created", "queued", "assigned", "queued"])  # once
+
+    def test_a_connected_agent_keeps_their_conversations(self) -> None:
+        """Ann sets herself offline but stays connected: nothing is taken from her however
+        long; gone and back within the window, nothing either."""
+        cust, conv, ann = self.taken()
+        self.send(ann, {"type": "status", "status": "offline", "ref": "off"})
+        self.sweep_at(0)
+        self.sweep_at(3600)
+        self.assertEqual(self.events(conv), ["created", "queued", "assigned"])
+        self.handler.on_close(ann)
+        self.sweep_at(0)
+        self.sweep_at(200)
+        again, _ = self.agent("ann")  # back before 300 s
+        self.sweep_at(200)
+        self.sweep_at(600)
+        self.assertEqual(self.events(conv), ["created", "queued", "assigned"])
+        self.assertEqual(self.successResultOf(self.wf.get_item(conv)).agent_id, "ann")

@@ -77,6 +77,31 @@ class WorkflowStoreContract:
         self.assertEqual((agent.disabled, agent.status, agent.load, requeued), (True, "offline", 0, ["c1"]))
         self.assertIsNone(self.ok(self.store.use_refresh("h", 5.0)))
 
+    def test_absent_agents_conversations_go_back_first_in_line(self) -> None:
+        """An agent recorded absent for absent_for seconds loses their conversations to the
+        queue (first queue time kept, load 0); not earlier, not an agent not listed, and the
+        first absence record wins until it is cleared."""
+        self.agent("a", capacity=2)
+        self.agent("b", capacity=1)
+        for i, conv in enumerate(("c1", "c2", "c3")):
+            self.ok(self.store.enqueue(conv, f"u{i}", "", 10.0 + i))
+        self.ok(self.store.enqueue("c4", "u4", "", 50.0))
+        self.ok(self.store.assign_next(20.0, 3))  # c1, c3 -> a; c2 -> b
+        self.ok(self.store.mark_absent("a", 100.0))
+        self.ok(self.store.mark_absent("a", 200.0))  # still absent since 100
+        self.ok(self.store.mark_absent("b", 100.0))
+        watched = {agent.id: since for agent, since in self.ok(self.store.watched_agents())}
+        self.assertEqual(watched, {"a": 100.0, "b": 100.0})
+        self.assertEqual(self.ok(self.store.requeue_absent(399.0, 300.0, ["a", "b"])), [])
+        moved = self.ok(self.store.requeue_absent(400.0, 300.0, ["a"]))
+        self.assertEqual(moved, [("c1", "a"), ("c3", "a")])
+        self.assertEqual(self.ok(self.store.get_agent("a")).load, 0)
+        queued = self.ok(self.store.list_items("queued", None, None, 10))
+        self.assertEqual([(i.conversation_id, i.queued_at) for i in queued], [("c1", 10.0), ("c3", 12.0), ("c4", 50.0)])
+        self.assertEqual(self.ok(self.store.get_item("c2")).agent_id, "b")  # b was not listed
+        self.ok(self.store.mark_absent("b", 0))  # b is back
+        self.assertEqual(self.ok(self.store.requeue_absent(500.0, 300.0, ["b"])), [])
+
     def test_serves_customer_is_the_team_inbox_or_own_assignment(self) -> None:
         """An agent serves a customer with a conversation in the agent's team or assigned
         to the agent (after a transfer across teams too); not another team's customers."""

@@ -266,6 +266,7 @@ class WorkflowConfig:
     enabled: bool = True
     default_capacity: int = 3
     offline_grace: float = 60.0
+    requeue_offline_after: float = 300.0
     reopen_window: float = 600.0
     drain_interval: float = 5.0
     assign_batch: int = 50
@@ -279,6 +280,7 @@ class WorkflowConfig:
     def validate(self, check: "_Checker") -> None:
         check.that(0 <= self.default_capacity <= 1000, "default_capacity", "must be between 0 and 1000")
         check.that(self.offline_grace >= 0, "offline_grace", "must not be negative")
+        check.that(self.requeue_offline_after >= 0, "requeue_offline_after", "must be 0 (never) or positive")
         check.that(self.reopen_window >= 0, "reopen_window", "must not be negative")
         check.that(self.drain_interval > 0, "drain_interval", "must be positive")
         check.that(1 <= self.assign_batch <= 1000, "assign_batch", "must be between 1 and 1000")

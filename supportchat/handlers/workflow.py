@@ -116,6 +116,7 @@ class WorkflowHandler:
         if timer is not None and timer.active():
             timer.cancel()
         agent = await self._ensure(session)
+        await self._wf.mark_absent(agent.id, 0)  # back: nothing of theirs goes to the queue
         session.team = agent.team_id
         team = None if session.role == "admin" else agent.team_id
         queued = await self._wf.list_items(QUEUED, None, team, QUEUE_IN_HELLO)
@@ -142,6 +143,7 @@ class WorkflowHandler:
         agent = await self._wf.get_agent(user_id)
         if agent is not None and agent.status != "offline":
             await self._wf.set_status(user_id, "offline")
+        await self._wf.mark_absent(user_id, self._clock.seconds() - self._config.offline_grace)
 
     def observe(self, delivery: Delivery) -> None:
         """Every delivery this node sees: keep the closed cache fresh, and
@@ -461,12 +463,56 @@ class WorkflowHandler:
             await self._bus.publish(Delivery(frame={"type": "agent_status", "agent": self._agent_wire(agent)},
                                              user_ids=(agent.id,)))
         for conversation_id in requeued:
-            await self._event(conversation_id, agent.id, agent.role, "queued",
-                              {"from": {"id": agent.id}, "reason": "agent_disabled"},
-                              "The conversation is back in the queue", require_participant=False)
-            await self._store.remove_participant(conversation_id, agent.id)
-            await self._inbox(conversation_id)
+            await self._back_in_queue(conversation_id, agent.id, agent.role, "agent_disabled")
         self.request_drain()
+
+    async def sweep_agents(self) -> None:
+        """From the workflow timer, on every node: agents connected nowhere
+        (presence) are recorded absent; absent for ``offline_grace`` they
+        are set offline (also when the node that held their connection
+        died, so its grace timer never ran); absent for
+        ``requeue_offline_after`` their conversations go back to the queue,
+        first in line. An agent who chose "offline" but is still connected
+        keeps what they are working on. The requeue is atomic in the store:
+        one node moves each conversation."""
+        now = self._clock.seconds()
+        requeue: list[str] = []
+        for agent, absent_since in await self._wf.watched_agents():
+            if list(self._registry.for_user(agent.id)) or await self._presence.is_online(agent.id):
+                if absent_since:
+                    await self._wf.mark_absent(agent.id, 0)
+                continue
+            if not absent_since:
+                await self._wf.mark_absent(agent.id, now)
+                continue
+            away = now - absent_since
+            if agent.status != "offline" and away >= self._config.offline_grace:
+                await self._wf.set_status(agent.id, "offline")
+            if agent.load > 0 and self._config.requeue_offline_after and away >= self._config.requeue_offline_after:
+                requeue.append(agent.id)
+        if not requeue:
+            return
+        moved = await self._wf.requeue_absent(now, self._config.requeue_offline_after, requeue)
+        for conversation_id, agent_id in moved:
+            await self._back_in_queue(conversation_id, agent_id, "agent", "agent_offline")
+        if moved:
+            self.request_drain()
+
+    async def _back_in_queue(self, conversation_id: str, agent_id: str, role: str, reason: str) -> None:
+        """An agent's conversation is queued again: the ``queued`` event, the
+        agent leaves the participants, the staff and the customer are told."""
+        await self._event(conversation_id, agent_id, role, "queued", {"from": {"id": agent_id}, "reason": reason},
+                          "The conversation is back in the queue", require_participant=False)
+        await self._store.remove_participant(conversation_id, agent_id)
+        self._remember(conversation_id, None)
+        await self._inbox(conversation_id)
+        item = await self._wf.get_item(conversation_id)
+        if item is not None:
+            position = await self._position(conversation_id, item.team_id)
+            if position:
+                await self._bus.publish(Delivery(
+                    frame={"type": "queue", "conversation": conversation_id, "position": position},
+                    user_ids=(item.customer_id,)))
 
     # -- the queue -------------------------------------------------------
     def request_drain(self) -> None:

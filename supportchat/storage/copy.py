@@ -33,7 +33,7 @@ TABLES: list[tuple[str, list[str], list[str]]] = [
     ("teams", ["id", "name", "created_at"], ["id"]),
     ("agents",
      ["id", "login", "name", "role", "team_id", "capacity", "status", "load_count", "disabled", "password_hash",
-      "tokens_valid_after", "created_at"], ["id"]),
+      "tokens_valid_after", "created_at", "absent_since"], ["id"]),
     ("refresh_tokens", ["token_hash", "agent_id", "expires_at"], ["token_hash"]),
     ("work_items",
      ["conversation_id", "customer_id", "team_id", "state", "agent_id", "queued_at", "assigned_at", "closed_at",

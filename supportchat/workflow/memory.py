@@ -36,6 +36,7 @@ class MemoryWorkflowStore:
         self.rated_at: dict[str, float] = {}
         self._notes: list[Note] = []
         self._refresh: dict[str, tuple[str, float]] = {}
+        self.absent_since: dict[str, float] = {}
 
     def create_team(self, team_id: str, name: str, now: float) -> "Deferred[Team]":
         if team_id in self.teams:
@@ -101,6 +102,30 @@ class MemoryWorkflowStore:
     def use_refresh(self, token_hash: str, now: float) -> "Deferred[str | None]":
         found = self._refresh.pop(token_hash, None)
         return succeed(found[0] if found is not None and found[1] > now else None)
+
+    def watched_agents(self) -> "Deferred[list[tuple[Agent, float]]]":
+        return succeed([(a, self.absent_since.get(a.id, 0.0)) for a in sorted(self.agents.values(), key=lambda a: a.id)
+                        if not a.disabled and (a.status != "offline" or a.load > 0)])
+
+    def mark_absent(self, agent_id: str, since: float) -> "Deferred[None]":
+        if not since:
+            self.absent_since.pop(agent_id, None)
+        else:
+            self.absent_since.setdefault(agent_id, since)
+        return succeed(None)
+
+    def requeue_absent(self, now: float, absent_for: float, agent_ids: list[str]) -> "Deferred[list[tuple[str, str]]]":
+        out: list[tuple[str, str]] = []
+        for agent in sorted(self.agents.values(), key=lambda a: a.id):
+            since = self.absent_since.get(agent.id, 0.0)
+            if agent.id not in agent_ids or agent.load <= 0 or not since or since > now - absent_for:
+                continue
+            for item in sorted(self.items.values(), key=lambda i: i.conversation_id):
+                if item.state == ASSIGNED and item.agent_id == agent.id:
+                    self.items[item.conversation_id] = replace(item, state=QUEUED, agent_id=None, assigned_at=None)
+                    out.append((item.conversation_id, agent.id))
+            self.agents[agent.id] = replace(agent, load=0)
+        return succeed(out)
 
     def set_status(self, agent_id: str, status: str) -> "Deferred[Agent | None]":
         agent = self.agents.get(agent_id)

@@ -60,6 +60,17 @@ class WorkflowStore(Protocol):
 
     # status and queue
     def set_status(self, agent_id: str, status: str) -> "Deferred[Agent | None]": ...
+    def watched_agents(self) -> "Deferred[list[tuple[Agent, float]]]":
+        """Enabled agents who are not offline or still have conversations,
+        each with since when they have been connected nowhere (0: not
+        known to be gone)."""
+    def mark_absent(self, agent_id: str, since: float) -> "Deferred[None]":
+        """Record that the agent is connected nowhere since ``since`` (the
+        first record wins); ``since`` 0 clears it (they are back)."""
+    def requeue_absent(self, now: float, absent_for: float, agent_ids: list[str]) -> "Deferred[list[tuple[str, str]]]":
+        """The conversations of those of ``agent_ids`` recorded absent since
+        ``now - absent_for`` or earlier go back to the queue, keeping their
+        place (their first queue time); returns (conversation, agent)."""
     def enqueue(
         self, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
     ) -> "Deferred[WorkItem]":
@@ -250,6 +261,29 @@ def _set_status_txn(cur: Cursor, agent_id: str, status: str) -> Agent | None:
     _lock_txn(cur)
     cur.execute("UPDATE agents SET status = ? WHERE id = ? AND disabled = 0", (status, agent_id))
     return _get_agent_txn(cur, agent_id)
+
+
+def _watched_agents_txn(cur: Cursor) -> list[tuple[Agent, float]]:
+    cur.execute(f"SELECT {_AGENT_COLS}, absent_since FROM agents"
+                " WHERE disabled = 0 AND (status <> 'offline' OR load_count > 0) ORDER BY id")
+    return [(_agent(r), float(r[-1])) for r in cur.fetchall()]
+
+
+def _mark_absent_txn(cur: Cursor, agent_id: str, since: float) -> None:
+    if since:
+        cur.execute("UPDATE agents SET absent_since = ? WHERE id = ? AND absent_since = 0", (since, agent_id))
+    else:
+        cur.execute("UPDATE agents SET absent_since = 0 WHERE id = ? AND absent_since <> 0", (agent_id,))
+
+
+def _requeue_absent_txn(cur: Cursor, now: float, absent_for: float, agent_ids: list[str]) -> list[tuple[str, str]]:
+    _lock_txn(cur)
+    cur.execute("SELECT id FROM agents WHERE load_count > 0 AND absent_since > 0 AND absent_since <= ? ORDER BY id",
+                (now - absent_for,))
+    out: list[tuple[str, str]] = []
+    for agent_id in [str(r[0]) for r in cur.fetchall() if str(r[0]) in agent_ids]:
+        out.extend((conv, agent_id) for conv in _requeue_agent_txn(cur, agent_id, now))
+    return out
 
 
 def _get_item_txn(cur: Cursor, conversation_id: str) -> WorkItem | None:
@@ -518,6 +552,15 @@ class SqlWorkflowStore:
 
     def set_status(self, agent_id: str, status: str) -> "Deferred[Agent | None]":
         return self._db.run_interaction("set_status", _set_status_txn, agent_id, status)
+
+    def watched_agents(self) -> "Deferred[list[tuple[Agent, float]]]":
+        return self._db.run_interaction("watched_agents", _watched_agents_txn)
+
+    def mark_absent(self, agent_id: str, since: float) -> "Deferred[None]":
+        return self._db.run_interaction("mark_absent", _mark_absent_txn, agent_id, since)
+
+    def requeue_absent(self, now: float, absent_for: float, agent_ids: list[str]) -> "Deferred[list[tuple[str, str]]]":
+        return self._db.run_interaction("requeue_absent", _requeue_absent_txn, now, absent_for, agent_ids)
 
     def enqueue(
         self, conversation_id: str, customer_id: str, team_id: str, now: float, state: str = QUEUED
