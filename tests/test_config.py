@@ -327,6 +327,14 @@ class ValidationTests(_TempDirMixin, SynchronousTestCase):
         self.assertNotEqual(e.reason, "unknown option")
         return e
 
+    def test_presence_must_outlive_the_ping_interval(self):
+        """presence_ttl not above auto_ping_interval is refused (connected idle agents would
+        look gone); with the ping off, any positive TTL is accepted."""
+        e = self.assertFileError("[chat]\npresence_ttl = 30\n[websocket]\nauto_ping_interval = 30.0\n", "chat.presence_ttl")
+        self.assertIn("auto_ping_interval", e.reason)
+        config = self.load_text("[chat]\npresence_ttl = 30\n[websocket]\nauto_ping_interval = 0\n")
+        self.assertEqual(config.chat.presence_ttl, 30)
+
     def test_wildcard_origin_refused(self):
         """allowed_origins refuses a bare '*' wildcard."""
         e = self.assertFileError('[websocket]\nallowed_origins = ["*"]\n', "websocket.allowed_origins[0]")

@@ -478,6 +478,12 @@ def load_config(
         obj = _build_section(cls, raw[section], sources, source, section)
         obj.validate(_Checker(source, section, sources))
         built[section] = obj
+    ws, chat = built["websocket"], built["chat"]
+    if ws.auto_ping_interval > 0:
+        # Idle connections refresh their presence on each pong; presence that
+        # lapsed under a connected agent would hand their work to the queue.
+        _Checker(source, "chat", sources).that(chat.presence_ttl > ws.auto_ping_interval, "presence_ttl",
+                                               "must exceed websocket.auto_ping_interval")
     return Config(source=source, **built)
 
 
