@@ -301,6 +301,43 @@ class ClusterTests(unittest.TestCase):
         yield close_client(agent)
 
     @inlineCallbacks
+    def test_conversations_of_an_agent_on_a_dead_node_go_back_to_the_queue(self) -> Any:
+        """The gateway holding an agent's only connection is killed with -9 (its grace timer
+        dies with it): the other gateway's workflow timer sees the agent connected nowhere,
+        sets them offline and puts their conversation back in the queue (queued, reason
+        agent_offline), where the next online agent gets it."""
+        cluster = Cluster(self)
+        cluster.env.update({
+            "SUPPORTCHAT_WORKFLOW_OFFLINE_GRACE": "1", "SUPPORTCHAT_WORKFLOW_REQUEUE_OFFLINE_AFTER": "2",
+            "SUPPORTCHAT_WORKFLOW_DRAIN_INTERVAL": "0.3", "SUPPORTCHAT_CHAT_PRESENCE_TTL": "3",
+            "SUPPORTCHAT_WEBSOCKET_AUTO_PING_INTERVAL": "1"})
+        gw1 = yield cluster.gateway("gw1")
+        gw2 = yield cluster.gateway("gw2")
+        yield cluster.persister("p1")
+        ann = yield connect(gw2.port, token("ann", "agent", name="Ann"))
+        ann.send({"type": "status", "status": "online", "ref": "on"})
+        yield ann.next_frame("agent_status")
+        cust = yield connect(gw1.port, token("cust"))
+        cust.send({"type": "start", "ref": "s"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        first = yield cust.next_event("assigned")
+        self.assertEqual(first["event"]["user"]["id"], "ann")
+        gw2.signal("KILL")
+        yield ann.closed
+        bob = yield connect(gw1.port, token("bob", "agent", name="Bob"))
+        self.addCleanup(close_client, bob)
+        bob.send({"type": "status", "status": "online", "ref": "on"})
+        yield bob.next_frame("agent_status")
+        back = yield cust.next_event("queued")
+        self.assertEqual((back["event"]["reason"], back["event"]["from"]), ("agent_offline", {"id": "ann"}))
+        again = yield cust.next_event("assigned")
+        self.assertEqual(again["event"]["user"]["id"], "bob")
+        self.assertEqual(cluster.sql("SELECT status, load_count FROM agents WHERE id = 'ann'"), [("offline", 0)])
+        self.assertEqual(cluster.sql("SELECT state, agent_id FROM work_items WHERE conversation_id = ?", conv),
+                         [("assigned", "bob")])
+        yield close_client(cust)
+
+    @inlineCallbacks
     def test_workers_share_one_port(self) -> Any:
         """--workers 3 serves one port from three processes (SO_REUSEPORT);
         clients landing on different workers still chat through Redis, and
