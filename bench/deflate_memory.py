@@ -52,7 +52,8 @@ def main() -> None:
         return
     print(f"command: .venv/bin/python bench/deflate_memory.py --pairs {args.pairs}")
     print(f"{'server window/memLevel':>24} {'client window':>14} {'KiB per connection':>20}")
-    for wb, ml, cwb in [(15, 8, 15), (15, 8, 11), (12, 5, 12), (11, 4, 15), (11, 4, 11), (10, 3, 10), (9, 2, 9)]:
+    for wb, ml, cwb in [(15, 8, 15), (15, 8, 11), (12, 5, 12), (11, 4, 15), (11, 4, 11), (11, 3, 11), (11, 2, 11),
+                        (10, 3, 10), (9, 2, 9)]:
         # A fresh process per setting: freed memory from one would be reused by the next.
         out = subprocess.run(
             [sys.executable, __file__, "--one", f"{args.pairs},{wb},{ml},{cwb}"],
@@ -67,7 +68,7 @@ def main() -> None:
                  "1Z999AA10123456784; delivery is expected within two business days. ") * 6,
         "ts": 1795777834.123,
     }).encode()
-    for wb, ml in [(15, 8), (11, 4)]:
+    for wb, ml in [(15, 8), (11, 4), (11, 3)]:
         c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wb, ml)
         out = c.compress(msg) + c.flush(zlib.Z_SYNC_FLUSH)
         print(f"{len(msg)} B JSON message -> {len(out) - 4} B deflated payload at {wb}/{ml} (+2..14 B frame header)")

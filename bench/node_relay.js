@@ -9,7 +9,7 @@
 // yardstick, not a chat server.
 //
 // permessage-deflate is configured like supportchat's defaults
-// (conf/supportchat.toml [websocket]): server window 11 bits, memLevel 4,
+// (conf/supportchat.toml [websocket]): server window 11 bits, memLevel 3,
 // the client asked for an 11-bit window, context takeover on in both
 // directions, and only messages of 1024 bytes or more compressed. `ws`
 // applies its own `threshold` only when context takeover is off, so the
@@ -33,7 +33,7 @@ const PORT = Number(option('--port', '0'));
 const DEFLATE = !process.argv.includes('--no-deflate');
 const THRESHOLD = Number(option('--threshold', '1024'));
 const WINDOW_BITS = Number(option('--window-bits', '11'));
-const MEM_LEVEL = Number(option('--mem-level', '4'));
+const MEM_LEVEL = Number(option('--mem-level', '3'));
 const SECRET = process.env.RELAY_JWT_SECRET || '';
 const PATH = '/ws';
 const SUBPROTOCOL = 'supportchat.v1';

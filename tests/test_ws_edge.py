@@ -179,7 +179,7 @@ class EdgeTests(unittest.SynchronousTestCase):
         self.assertEqual(options["allowedOrigins"], ["http://127.0.0.1:8080"])
         self.assertEqual(options["autoPingInterval"], 30.0)
         accept = options["perMessageCompressionAccept"]([PerMessageDeflateOffer(accept_max_window_bits=True)])
-        self.assertEqual((accept.window_bits, accept.mem_level, accept.max_message_size), (11, 4, 65536))
+        self.assertEqual((accept.window_bits, accept.mem_level, accept.max_message_size), (11, 3, 65536))
         self.assertEqual(accept.request_max_window_bits, 11)
         self.assertNotIn("perMessageCompressionAccept", websocket_options(WebSocketConfig(deflate=False), []))
         self.assertEqual(websocket_options(config, [], max_message_bytes=1 << 24)["maxMessagePayloadSize"], 1 << 24)

@@ -131,7 +131,7 @@ class WebSocketConfig:
     deflate: bool = True
     deflate_threshold: int = 1024
     deflate_window_bits: int = 11
-    deflate_mem_level: int = 4
+    deflate_mem_level: int = 3
     deflate_no_context_takeover: bool = False
     auto_ping_interval: float = 30.0
     auto_ping_timeout: float = 10.0
