@@ -136,7 +136,7 @@ class UpgradeMemoryTests(unittest.TestCase):
     def test_http_upgrade_state_is_released(self) -> Any:
         """Once a WebSocket is open nothing keeps its HTTP channel and request alive (no
         idle timer, not the transport's producer) and Autobahn's handshake copies are gone:
-        idle connections do not carry them for their whole life."""
+        idle connections do not carry them for their whole life; nor a copy of every option."""
         from twisted.internet import reactor
         from twisted.web.http import HTTPChannel, Request
 
@@ -156,6 +156,9 @@ class UpgradeMemoryTests(unittest.TestCase):
                           if isinstance(getattr(c.func, "__self__", None), HTTPChannel)
                           and c.func.__self__._networkProducer is transport], [])
         self.assertEqual((proto.http_headers, proto.http_request_data, proto.http_response_data), (None, None, None))
+        # The factory's options are shared through the protocol class, not copied per connection.
+        self.assertNotIn("maxMessagePayloadSize", vars(proto))
+        self.assertEqual(proto.maxMessagePayloadSize, 65536)
         client.send({"type": "ping", "ref": "still-works"})
         self.assertEqual((yield client.next_frame("pong"))["ref"], "still-works")
 
