@@ -241,6 +241,15 @@ def connect(
     return client
 
 
+@defer.inlineCallbacks
+def online_agent(port: int, user_id: str, name: str | None = None) -> Any:
+    """An agent connected with a token and set ``online`` (status acknowledged)."""
+    agent = yield connect(port, token(user_id, "agent", name=name or user_id.title()))
+    agent.send({"type": "status", "status": "online", "ref": "online"})
+    yield agent.next_frame("agent_status")
+    return agent
+
+
 def close_client(client: ChatClient) -> "defer.Deferred[Any]":
     """Close cleanly and wait until the connection is gone."""
     from twisted.internet import reactor

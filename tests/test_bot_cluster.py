@@ -12,7 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.redis_support import REDIS_SERVER
-from tests.support import ServerProcess, close_client, connect, is_chat, token
+from tests.support import ServerProcess, close_client, connect, is_chat, online_agent, token
 from tests.test_cluster import Cluster
 
 
@@ -95,9 +95,7 @@ class BotClusterTests(unittest.TestCase):
         gw2 = yield cluster.gateway("gw2")
         yield cluster.persister("p1")
         yield self.bot(cluster, "b1")
-        agent = yield connect(gw2.port, token("ag", "agent", name="Ag"))
-        agent.send({"type": "status", "status": "online", "ref": "on"})
-        yield agent.next_frame("agent_status")
+        agent = yield online_agent(gw2.port, "ag")
         cust = yield connect(gw1.port, token("cust"))
         cust.send({"type": "start", "ref": "s"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]

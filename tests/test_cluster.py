@@ -15,7 +15,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from tests.redis_support import REDIS_SERVER, PrivateRedis
-from tests.support import ConnectionRefused, ServerProcess, close_client, connect, free_port, http_client, token
+from tests.support import (
+    ConnectionRefused, ServerProcess, close_client, connect, free_port, http_client, online_agent, token,
+)
 
 
 class Cluster:
@@ -314,9 +316,7 @@ class ClusterTests(unittest.TestCase):
         gw1 = yield cluster.gateway("gw1")
         gw2 = yield cluster.gateway("gw2")
         yield cluster.persister("p1")
-        ann = yield connect(gw2.port, token("ann", "agent", name="Ann"))
-        ann.send({"type": "status", "status": "online", "ref": "on"})
-        yield ann.next_frame("agent_status")
+        ann = yield online_agent(gw2.port, "ann")
         cust = yield connect(gw1.port, token("cust"))
         cust.send({"type": "start", "ref": "s"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
@@ -324,10 +324,8 @@ class ClusterTests(unittest.TestCase):
         self.assertEqual(first["event"]["user"]["id"], "ann")
         gw2.signal("KILL")
         yield ann.closed
-        bob = yield connect(gw1.port, token("bob", "agent", name="Bob"))
+        bob = yield online_agent(gw1.port, "bob")
         self.addCleanup(close_client, bob)
-        bob.send({"type": "status", "status": "online", "ref": "on"})
-        yield bob.next_frame("agent_status")
         back = yield cust.next_event("queued")
         self.assertEqual((back["event"]["reason"], back["event"]["from"]), ("agent_offline", {"id": "ann"}))
         again = yield cust.next_event("assigned")
