@@ -358,7 +358,10 @@ class NodeTests(unittest.TestCase):
         self.successResultOf(self.handler.on_frame(session, parse_frame(json.dumps(frame), 4000, 500)))
 
     def start(self) -> tuple[ClientSession, FakeTransport, str]:
-        s, t = self.connect("cust")
+        return self.start_as("cust")
+
+    def start_as(self, user: str) -> tuple[ClientSession, FakeTransport, str]:
+        s, t = self.connect(user)
         self.send(s, {"type": "start", "ref": "s"})
         return s, t, str(t.of_type("conversation")[-1]["conversation"]["id"])
 
@@ -381,6 +384,29 @@ class NodeTests(unittest.TestCase):
         [state] = self.successResultOf(self.store.get_states("cust"))
         self.assertEqual(state.unread, 1)  # the answer after the customer's own message
         self.assertGreater(self.metrics.bot_reply_latency.collect()[0].samples[-1].value, 0)
+
+    def test_created_event_from_the_stream_greets_once(self) -> None:
+        """The workflow's created event, as a bot node reads it from the stream (where
+        nothing is lost, unlike the pub/sub conversation frame), greets; seen again, or
+        too old, nothing more."""
+        self.feed.stop()  # no conversation frame reaches the bot
+        s, t, conv = self.start()
+        self.assertEqual(self.bot_messages(t), [])
+        created = self.successResultOf(self.store.append(AppendRequest(
+            conversation_id=conv, sender_id="workflow", sender_role="system", kind=EVENT, body="created",
+            ts=self.clock.seconds(), data={"name": "created"}, require_participant=False,
+            client_msg_id=f"workflow:created:{conv}")))
+        for _ in range(2):
+            self.successResultOf(self.node.handle(created.message))
+        greetings = [m for m in self.successResultOf(self.store.get_messages(conv, 0, 10)) if m.sender_role == "bot"]
+        self.assertEqual([m.client_msg_id for m in greetings], [f"bot:greet:{conv}"])
+        _, _, other = self.start_as("cust2")
+        old = self.successResultOf(self.store.append(AppendRequest(
+            conversation_id=other, sender_id="workflow", sender_role="system", kind=EVENT, body="created",
+            ts=self.clock.seconds() - 3600, data={"name": "created"}, require_participant=False)))
+        self.successResultOf(self.node.handle(old.message))
+        self.assertEqual([m for m in self.successResultOf(self.store.get_messages(other, 0, 10))
+                          if m.sender_role == "bot"], [])
 
     def test_redelivery_produces_no_second_answer(self) -> None:
         """The same committed message handled again (stream redelivery) adds nothing."""

@@ -121,7 +121,15 @@ class BotNode:
         return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
     def handle(self, msg: Message) -> "Deferred[None]":
-        """Answer one committed message (ignores all but customers' texts)."""
+        """Answer one committed message (ignores all but customers' texts);
+        the workflow's ``created`` event greets. In Redis mode it comes from
+        the stream, at least once, so a greeting no longer depends on the
+        lossy pub/sub ``conversation`` frame (both paths greet once: the
+        greeting is idempotent and recorded in the bot's state)."""
+        if msg.kind == EVENT and msg.sender_role == "system" and (msg.data or {}).get("name") == "created":
+            if self._clock.seconds() - msg.ts > self._config.max_age:
+                return succeed(None)
+            return self.greet(msg.conversation_id)
         if msg.sender_role != "customer" or msg.kind != TEXT:
             return succeed(None)
         return self._serial(msg.conversation_id, lambda: self._handle(msg))
