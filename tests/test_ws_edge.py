@@ -159,6 +159,19 @@ class EdgeTests(unittest.SynchronousTestCase):
         self.assertEqual(self.server_factory.live, set())
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_frames_to_a_closing_or_closed_connection_are_dropped(self) -> None:
+        """A frame for a session whose socket is closing (e.g. a disabled agent closed with
+        1008) or already gone is dropped quietly: no exception reaches the caller."""
+        client, server, pump = self.connect()
+        session = self.handler.sessions[0]
+        server.close(1008, "account disabled")  # closing: our close frame is out
+        session.send({"type": "late", "body": "x"})
+        pump.flush()
+        session.send({"type": "later", "body": "y"})  # closed
+        pump.flush()
+        self.assertEqual(client.close_code, 1008)
+        self.assertNotIn("late", [f.get("type") for f in client.received if isinstance(f, dict)])
+
     def test_close_all_sends_1001_and_waits(self) -> None:
         """Shutdown closes open connections with 1001 and fires once they are gone."""
         client, server, pump = self.connect()

@@ -141,6 +141,10 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     # -- the Transport the handler sees ---------------------------------
     def send_text(self, payload: str) -> None:
+        if self.state != self.STATE_OPEN:
+            # Closing or closed (the handler learns it at onClose): the frame
+            # would be lost anyway; the client catches up with sync.
+            return
         data = payload.encode("utf-8")
         self.sendMessage(data, isBinary=False, doNotCompress=len(data) < self.factory.deflate_threshold)
 
