@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from twisted.python import usage
 
@@ -241,12 +242,27 @@ def _read_password(sub: Any) -> str | None:
     return password
 
 
-def _create_admin(sub: Any, config: Config) -> int:
-    """Insert an admin account (scrypt hash) through the workflow store."""
-    from supportchat.storage.copy import _now
+@contextmanager
+def _database(config: Config) -> Iterator[Any]:
+    """The configured database, migrated, run inline (threadless) for one
+    command; closed afterwards."""
     from supportchat.storage.database import Database
     from supportchat.storage.engines import engine_from_url
     from supportchat.tap import prepare_database
+
+    prepare_database(config)
+    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
+                  threadless=True)
+    db.start()
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _create_admin(sub: Any, config: Config) -> int:
+    """Insert an admin account (scrypt hash) through the workflow store."""
+    from supportchat.storage.copy import _now
     from supportchat.workflow.models import Agent, WorkflowError
     from supportchat.workflow.passwords import hash_password
     from supportchat.workflow.store import SqlWorkflowStore
@@ -254,11 +270,7 @@ def _create_admin(sub: Any, config: Config) -> int:
     password = _read_password(sub)
     if password is None:
         return 2
-    prepare_database(config)
-    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
-                  threadless=True)
-    db.start()
-    try:
+    with _database(config) as db:
         store = SqlWorkflowStore(db)
         login = sub["login"] or sub["user-id"]
         agent = Agent(sub["user-id"], login, sub["name"], "admin", team_id=sub["team"],
@@ -271,8 +283,6 @@ def _create_admin(sub: Any, config: Config) -> int:
             return 1
         sys.stdout.write(f"created admin {agent.id} (login {login})\n")
         return 0
-    finally:
-        db.close()
 
 
 def _rotate_profile_keys(sub: Any, config: Config) -> int:
@@ -280,28 +290,19 @@ def _rotate_profile_keys(sub: Any, config: Config) -> int:
     from twisted.internet.defer import Deferred
 
     from supportchat.storage.copy import _now
-    from supportchat.storage.database import Database
-    from supportchat.storage.engines import engine_from_url
-    from supportchat.tap import prepare_database
     from supportchat.workflow.profiles import Keyring, ProfileKeyError, ProfileService, SqlProfileStore
 
     cfg = config.profile
     keyring = Keyring.load(cfg.keyring, cfg.keyring_file)
     if keyring is None:
         raise ProfileKeyError("no profile keyring is configured ([profile] keyring_file or SUPPORTCHAT_PROFILE_KEYRING)")
-    prepare_database(config)
-    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
-                  threadless=True)
-    db.start()
-    try:
+    with _database(config) as db:
         service = ProfileService(SqlProfileStore(db), keyring, cfg.sensitive_fields)
         counts = _now(Deferred.fromCoroutine(service.rotate(sub["batch"])))
         sys.stdout.write(f"profiles {counts['profiles']}: {counts['reencrypted']} fields re-encrypted under "
                          f"{keyring.active}, {counts['reindexed']} phone indexes recomputed, "
                          f"{counts['current']} already current\n")
         return 0
-    finally:
-        db.close()
 
 
 def _data_command(command: str, sub: Any, config: Config) -> int:
@@ -309,7 +310,6 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
     import os
 
     from supportchat.storage.copy import CopyError, _now, copy_database
-    from supportchat.storage.database import Database
     from supportchat.storage.engines import engine_from_url
     from supportchat.storage.history import SqlHistoryStore, export_json, repeat_batches
 
@@ -334,24 +334,16 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
         summary = ", ".join(f"{t} {n}" for t, n in counts.items())
         sys.stdout.write(f"copied {src.describe()} -> {dst.describe()}: {summary}\n")
         return 0
-    from supportchat.tap import prepare_database
-
-    prepare_database(config)
-    db = Database(engine_from_url(config.database_url(), config.database.sqlite_synchronous), reactor=None,
-                  threadless=True)
-    db.start()
-    try:
+    with _database(config) as db:
         history = SqlHistoryStore(db)
         customer = sub["customer"]
         if command == "export":
             from twisted.internet.defer import Deferred
 
             from supportchat.http.admin_api import customer_export
-            from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
+            from supportchat.workflow.profiles import ProfileService
 
-            cfg = config.profile
-            profiles = ProfileService(SqlProfileStore(db), Keyring.load(cfg.keyring, cfg.keyring_file),
-                                      cfg.sensitive_fields)
+            profiles = ProfileService.from_config(db, config.profile)
             data = _now(Deferred.fromCoroutine(customer_export(history, profiles, customer)))
             data["exported_at"] = time.time()
             text = export_json(data) + "\n"
@@ -365,8 +357,6 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
         deleted = _now(repeat_batches(lambda: history.erase_customer_batch(customer, batch)))
         sys.stdout.write(f"erased customer {customer}: {deleted} rows deleted\n")
         return 0
-    finally:
-        db.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

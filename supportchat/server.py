@@ -229,12 +229,9 @@ class SupportChatServer:
 
     def get_profiles(self) -> Any:
         """Customer profiles with the [profile] keyring (docs/profiles.md)."""
-        from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
+        from supportchat.workflow.profiles import ProfileService
 
-        cfg = self.config.profile
-        return self._once("profiles", lambda: ProfileService(
-            SqlProfileStore(self.get_database()), Keyring.load(cfg.keyring, cfg.keyring_file), cfg.sensitive_fields,
-            cfg.show_sensitive_to_agents))
+        return self._once("profiles", lambda: ProfileService.from_config(self.get_database(), self.config.profile))
 
     def get_workflow(self) -> Any:
         from supportchat.handlers.workflow import WorkflowHandler

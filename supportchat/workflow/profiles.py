@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.internet.defer import Deferred, succeed
 
+from supportchat.config.model import ProfileConfig
 from supportchat.storage.database import Cursor, Database
 
 STANDARD = ("name", "email", "phone")
@@ -353,6 +354,13 @@ class MemoryProfileStore:
 class ProfileService:
     """Encrypts sensitive fields on the way in, decrypts (and masks) on the
     way out."""
+
+    @classmethod
+    def from_config(cls, db: Database, cfg: ProfileConfig) -> "ProfileService":
+        """Profiles in ``db`` with the configured keyring and fields (the
+        server and supportchat-admin build it the same way)."""
+        return cls(SqlProfileStore(db), Keyring.load(cfg.keyring, cfg.keyring_file), cfg.sensitive_fields,
+                   cfg.show_sensitive_to_agents)
 
     def __init__(self, store: ProfileStore, keyring: Keyring | None, sensitive_fields: Iterable[str],
                  show_sensitive_to_agents: bool = False) -> None:
