@@ -242,6 +242,17 @@ def connect(
 
 
 @defer.inlineCallbacks
+def ask_bot(cust: ChatClient, conv: str, key: str, body: str) -> Any:
+    """Send ``body`` as the customer and return the bot's next message after its ack."""
+    cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
+    ack = yield cust.next_frame("ack")
+    while True:
+        frame = yield cust.next_frame("message")
+        if frame["sender"]["role"] == "bot" and frame["seq"] > ack["seq"]:
+            return frame
+
+
+@defer.inlineCallbacks
 def online_agent(port: int, user_id: str, name: str | None = None) -> Any:
     """An agent connected with a token and set ``online`` (status acknowledged)."""
     agent = yield connect(port, token(user_id, "agent", name=name or user_id.title()))

@@ -38,7 +38,7 @@ from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceSt
 from supportchat.storage.models import EVENT, TEXT, AppendRequest
 from supportchat.ws.frames import parse_frame
 from tests.dbs import threadless_db
-from tests.support import close_client, connect, is_chat, start_server, token
+from tests.support import ask_bot, close_client, connect, is_chat, start_server, token
 from tests.test_chat_handler import FakeTransport
 
 KNOWLEDGE = load_knowledge("conf/bot.toml")
@@ -697,14 +697,8 @@ class EmbeddedServerTests(unittest.TestCase):
         before = [m["event"]["name"] for m in cust.of_type("message") if m["seq"] < greeting["seq"]]
         self.assertEqual(before, ["created"])  # the greeting is the first thing said
 
-        @inlineCallbacks
         def ask(key: str, body: str) -> Any:
-            cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
-            ack = yield cust.next_frame("ack")
-            while True:
-                frame = yield cust.next_frame("message")
-                if frame["sender"]["role"] == "bot" and frame["seq"] > ack["seq"]:
-                    return frame
+            return ask_bot(cust, conv, key, body)
 
         self.assertIn("Monday to Friday", (yield ask("q1", "when r u open"))["body"])
         self.assertIn("免运费", (yield ask("q2", "运费多少钱"))["body"])

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.support import ConnectionRefused, close_client, connect, http_client, is_chat, start_server, token
+from tests.support import ConnectionRefused, ask_bot, close_client, connect, http_client, is_chat, start_server, token
 
 PASSWORD = "correct horse battery"
 
@@ -349,14 +349,8 @@ class BotFirstTests(unittest.TestCase):
         greeting = yield cust.next_frame("message", is_chat)
         self.assertEqual(greeting["sender"]["role"], "bot")
 
-        @inlineCallbacks
         def ask(key: str, body: str) -> Any:
-            cust.send({"type": "message", "ref": key, "conversation": conv, "client_msg_id": key, "body": body})
-            ack = yield cust.next_frame("ack")
-            while True:
-                frame = yield cust.next_frame("message")
-                if frame["sender"]["role"] == "bot" and frame["seq"] > ack["seq"]:
-                    return frame
+            return ask_bot(cust, conv, key, body)
 
         self.assertIn("Monday to Friday", (yield ask("q1", "when are you open"))["body"])
         code, item = yield api.call("GET", f"/inbox/{conv}", admin)
