@@ -199,7 +199,7 @@ class WorkflowHandler:
         if created:
             await self._inbox(conv.id, item)
         if item.state == QUEUED:
-            await self._send_position(session, conv.id, item.team_id)
+            await self._tell_position(item)
         if created and item.state == QUEUED:
             await self._after_hours(conv.id, item.queued_at)
             self.request_drain()
@@ -229,11 +229,7 @@ class WorkflowHandler:
                 return
         self._remember(conversation_id, None)
         await self._inbox(conversation_id, item)
-        position = await self._position(conversation_id, item.team_id)
-        if position:
-            await self._bus.publish(Delivery(
-                frame={"type": "queue", "conversation": conversation_id, "position": position},
-                user_ids=(item.customer_id,)))
+        await self._tell_position(item)
         await self._after_hours(conversation_id, item.queued_at)
         self.request_drain()
 
@@ -256,28 +252,27 @@ class WorkflowHandler:
         await self._system_event(conversation_id, "queued", {"team": team_id, "reason": reason},
                                  "The conversation is waiting for an agent", key)
 
-    async def _send_position(self, session: ClientSession, conversation_id: str, team_id: str) -> None:
-        """A ``queue`` frame with the place in the queue (none once taken)."""
-        position = await self._position(conversation_id, team_id)
+    async def _tell_position(self, item: WorkItem) -> None:
+        """The customer's connections get a ``queue`` frame with the place in
+        the queue (none once it has been taken)."""
+        position = await self._position(item.conversation_id, item.team_id)
         if position:
-            session.send({"type": "queue", "conversation": conversation_id, "position": position})
+            await self._bus.publish(Delivery(
+                frame={"type": "queue", "conversation": item.conversation_id, "position": position},
+                user_ids=(item.customer_id,)))
 
     async def _system_event(self, conversation_id: str, name: str, data: dict[str, Any], body: str,
                             key: str) -> None:
-        """Append an event from the workflow itself (sender ``workflow``,
-        role ``system``), idempotent by ``key`` so that nodes observing the
-        same change, or a retry, record it once; fanned out when new."""
-        result = await self._store.append(AppendRequest(
-            conversation_id=conversation_id, sender_id="workflow", sender_role="system", kind=EVENT, body=body,
-            ts=self._clock.seconds(), data=dict(data, name=name), require_participant=False, client_msg_id=key,
-        ))
-        if not result.duplicate:
-            await self._bus.publish(Delivery(frame=result.message.to_wire(),
-                                             user_ids=tuple(p.user_id for p in result.participants)))
+        """An event from the workflow itself (sender ``workflow``, role
+        ``system``), idempotent by ``key`` so that nodes observing the same
+        change, or a retry, record it once."""
+        await self._event(conversation_id, "workflow", "system", name, data, body, require_participant=False,
+                          key=key)
 
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writing to a closed conversation reopens it within
         ``reopen_window``; later it is refused (start a new one)."""
+        item = None
         if conversation_id not in self._closed:
             item = await self._wf.get_item(conversation_id)
             if item is None or item.customer_id != session.user_id:
@@ -292,7 +287,7 @@ class WorkflowHandler:
                              "the conversation is closed; send start for a new conversation", ref)
         # Told before the item is queued again (so that no agent takes it
         # first), once per close: two racing messages record it once.
-        closed = await self._wf.get_item(conversation_id)
+        closed = item or await self._wf.get_item(conversation_id)  # the cache may be stale: check the store
         if closed is not None and closed.state == CLOSED:
             entry = f"{conversation_id}:{closed_at!r}"
             await self._event(conversation_id, session.user_id, session.role, "reopened",
@@ -303,7 +298,7 @@ class WorkflowHandler:
         self._remember(conversation_id, None)
         if reopened is not None:
             await self._inbox(conversation_id, reopened)
-            await self._send_position(session, conversation_id, reopened.team_id)
+            await self._tell_position(reopened)
             await self._after_hours(conversation_id, reopened.queued_at)
             self.request_drain()
 
@@ -505,14 +500,10 @@ class WorkflowHandler:
                           "The conversation is back in the queue", require_participant=False)
         await self._store.remove_participant(conversation_id, agent_id)
         self._remember(conversation_id, None)
-        await self._inbox(conversation_id)
         item = await self._wf.get_item(conversation_id)
         if item is not None:
-            position = await self._position(conversation_id, item.team_id)
-            if position:
-                await self._bus.publish(Delivery(
-                    frame={"type": "queue", "conversation": conversation_id, "position": position},
-                    user_ids=(item.customer_id,)))
+            await self._inbox(conversation_id, item)
+            await self._tell_position(item)
 
     # -- the queue -------------------------------------------------------
     def request_drain(self) -> None:
