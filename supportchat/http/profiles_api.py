@@ -56,13 +56,15 @@ class CustomersApi(WorkflowResource):
         log.error("customer profile unavailable for {customer}: {reason}", customer=customer, reason=str(e))
         return HttpError(500, "unavailable", str(e))
 
-    async def _serves(self, principal: Principal, customer: str) -> bool:
-        """May this principal read this customer's profile? (Agents: the
-        customers of their team's inbox and of their own conversations.)"""
+    async def _served(self, principal: Principal, customers: list[str]) -> set[str]:
+        """Those of ``customers`` whose profile this principal may read
+        (agents: the customers of their team's inbox and of their own
+        conversations; the agent's account is read once)."""
         if principal.role != "agent":
-            return True
+            return set(customers)
         me = await self._wf.get_agent(principal.user_id)
-        return await self._wf.serves_customer(customer, me.team_id if me is not None else "", principal.user_id)
+        team = me.team_id if me is not None else ""
+        return {c for c in customers if await self._wf.serves_customer(c, team, principal.user_id)}
 
     def _reveal(self, principal: Principal) -> bool:
         return principal.role != "agent" or self._profiles.show_sensitive_to_agents
@@ -75,7 +77,7 @@ class CustomersApi(WorkflowResource):
         if principal.role == "customer" and principal.user_id != customer:
             raise HttpError(404, "not_found", "no such profile")
         profile = await self._profiles.store.get(customer)
-        if profile is None or not await self._serves(principal, customer):
+        if profile is None or not await self._served(principal, [customer]):
             raise HttpError(404, "not_found", "no such profile")
         try:
             return 200, self._profiles.view(profile, self._reveal(principal))
@@ -92,8 +94,9 @@ class CustomersApi(WorkflowResource):
         except ProfileInvalid as e:
             raise HttpError(400, "bad_request", str(e)) from None
         try:
-            found = [p for p in await self._profiles.find_by_phone(phone)
-                     if await self._serves(principal, p.customer_id)]
+            matches = await self._profiles.find_by_phone(phone)
+            served = await self._served(principal, [p.customer_id for p in matches])
+            found = [p for p in matches if p.customer_id in served]
             return 200, {"customers": [self._profiles.view(p, self._reveal(principal)) for p in found]}
         except ProfileKeyError as e:
             raise self._unavailable(e, "(phone search)") from None
