@@ -23,6 +23,11 @@ class Metrics:
         self.messages_duplicate = Counter(
             "messages_duplicate_total", "Chat messages recognised as repeats of an earlier client_msg_id.", registry=r
         )
+        self.messages_written = Counter(
+            "messages_written_total",
+            "Appends through the message writer by every producer (chat, workflow, bot), by kind (text, event) "
+            "and result (new, or duplicate of an earlier idempotency key).", ["kind", "result"], registry=r
+        )
         self.messages_delivered = Counter(
             "messages_delivered_total", "Message frames pushed to recipient connections.", registry=r
         )

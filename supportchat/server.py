@@ -18,7 +18,9 @@ from supportchat.auth import TokenIssuer, TokenVerifier, ensure_secret
 from supportchat.background import BackgroundTasks
 from supportchat.bus.memory import LocalBus
 from supportchat.config import Config
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.assemble import build_router
+from supportchat.handlers.router import FrameRouter
+from supportchat.handlers.writer import MessageWriter
 from supportchat.handlers.connections import ConnectionRegistry
 from supportchat.http.common import normalize_origin, redacting_log_formatter
 from supportchat.http.guard import GuardedWebSocketResource
@@ -199,10 +201,15 @@ class SupportChatServer:
             "registry", lambda: ConnectionRegistry(on_change=self.get_metrics().connections.set)
         )
 
-    def get_handler(self) -> ChatHandler:
+    def get_writer(self) -> MessageWriter:
+        """The one path for a message: append, then publish (chat, workflow, bot)."""
+        return self._once("writer", lambda: MessageWriter(
+            self.reactor, self.get_chat_store(), self.get_bus(), self.get_metrics()))
+
+    def get_handler(self) -> FrameRouter:
         return self._once(
             "handler",
-            lambda: ChatHandler(
+            lambda: build_router(
                 clock=self.reactor,
                 store=self.get_chat_store(),
                 bus=self.get_bus(),
@@ -212,7 +219,8 @@ class SupportChatServer:
                 background=self.get_background(),
                 config=self.config.chat,
                 heartbeat=self.config.websocket.heartbeat,
-                workflow=self.get_workflow() if self.config.workflow.enabled else None,
+                writer=self.get_writer(),
+                queue=self.get_workflow() if self.config.workflow.enabled else None,
             ),
         )
 
@@ -234,17 +242,23 @@ class SupportChatServer:
         return self._once("profiles", lambda: ProfileService.from_config(self.get_database(), self.config.profile))
 
     def get_workflow(self) -> Any:
-        from supportchat.handlers.workflow import WorkflowHandler
+        """The workflow's queue: assignment, positions, live inboxes, sweeps."""
+        from supportchat.handlers.queue import WorkQueue
 
-        return self._once("workflow", lambda: WorkflowHandler(
-            self.reactor, self.get_chat_store(), self.get_workflow_store(), self.get_bus(), self.get_registry(),
-            self.get_presence(), self.get_background(), self.config.workflow, bot_first=self.config.bot.enabled,
-            hours=self._business_hours(),
+        return self._once("workflow", lambda: WorkQueue(
+            self.reactor, self.get_chat_store(), self.get_workflow_store(), self.get_writer(), self.get_bus(),
+            self.get_registry(), self.get_presence(), self.get_background(), self.config.workflow,
+            bot_first=self.config.bot.enabled, hours=self._business_hours(),
         ))
+
+    def get_staff_notices(self) -> Any:
+        from supportchat.handlers.notices import StaffNotices
+
+        return self._once("staff_notices", lambda: StaffNotices(self.get_workflow()))
 
     def _business_hours(self) -> Any:
         """The one definition of business hours: ``[bot] business_hours`` in ``[bot] timezone``."""
-        from supportchat.bot.hours import BusinessHours
+        from supportchat.workflow.hours import BusinessHours
 
         return BusinessHours(self.config.bot.business_hours, self.config.bot.timezone)
 
@@ -255,7 +269,7 @@ class SupportChatServer:
         cfg = self.config.workflow
         v1.putChild(b"login", LoginApi(self.reactor, verifier, store, self.get_issuer(), cfg))
         v1.putChild(b"refresh", LoginApi(self.reactor, verifier, store, self.get_issuer(), cfg, refresh=True))
-        v1.putChild(b"agents", AgentsApi(self.reactor, verifier, store, cfg, self.get_workflow().after_agent_change))
+        v1.putChild(b"agents", AgentsApi(self.reactor, verifier, store, cfg, self.get_staff_notices().after_agent_change))
         v1.putChild(b"teams", TeamsApi(self.reactor, verifier, store))
         v1.putChild(b"inbox", InboxApi(self.reactor, verifier, store))
         v1.putChild(b"csat", CsatApi(self.reactor, verifier, store))
@@ -265,15 +279,13 @@ class SupportChatServer:
         from supportchat.http.profiles_api import CustomersApi
 
         v1.putChild(b"customers", CustomersApi(self.reactor, verifier, store, self.get_profiles(),
-                                               self.get_workflow().profile_changed))
+                                               self.get_staff_notices().profile_changed))
 
     def _drain_tick(self) -> None:
         """The workflow's timer: agents connected nowhere are set offline
         and, gone long enough, lose their conversations to the queue; then
         the queue is drained."""
-        workflow = self.get_workflow()
-        self.get_background().run("workflow_sweep_agents", lambda: Deferred.fromCoroutine(workflow.sweep_agents()))
-        workflow.request_drain()
+        self.get_workflow().tick()
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> Any:
@@ -315,7 +327,7 @@ class SupportChatServer:
 
             cfg = self.config.bot
             return BotNode(
-                self.reactor, self.get_chat_store(), self.get_bus(), self.get_bot_states(),
+                self.reactor, self.get_chat_store(), self.get_writer(), self.get_bot_states(),
                 Dialogue(load_knowledge(cfg.knowledge), cfg.threshold, cfg.max_misses),
                 self._business_hours(), self.get_metrics(), cfg, self.get_bot_external(),
                 float(self.config.chat.idempotency_window),

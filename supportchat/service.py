@@ -10,7 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.router import FrameRouter
 from supportchat.storage.database import Database
 from supportchat.storage.sql import SqlConversationStore
 
@@ -83,7 +83,7 @@ class ChatService(Service):
         self,
         clock: IReactorTime,
         close_all: Callable[[int, str, float], "Deferred[None]"],
-        handler: ChatHandler,
+        handler: FrameRouter,
         background: BackgroundTasks,
         timeout: float,
     ) -> None:

@@ -23,7 +23,7 @@ from supportchat.background import BackgroundTasks
 from supportchat.bot.engine import (
     AFTER_HOURS, CUSTOMER_REQUEST, FLOW, FLOW_INVALID, NO_ANSWER, Dialogue, ExternalAnswer,
 )
-from supportchat.bot.hours import BusinessHours
+from supportchat.workflow.hours import BusinessHours
 from supportchat.bot.http import SIGNATURE_HEADER, TIMESTAMP_HEADER, HttpExternalBot, sign
 from supportchat.bot.knowledge import KnowledgeError, load_knowledge, parse_knowledge
 from supportchat.bot.node import BotNode, LocalBotFeed, message_from_wire
@@ -31,12 +31,13 @@ from supportchat.bot.state import BotState, MemoryBotStateStore, Reply, SqlBotSt
 from supportchat.bus.memory import LocalBus
 from supportchat.config import ChatConfig
 from supportchat.config.model import BotConfig
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.assemble import build_router
+from supportchat.handlers.writer import MessageWriter
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
 from supportchat.storage.models import EVENT, TEXT, AppendRequest
-from supportchat.ws.frames import parse_frame
+from supportchat.wire.frames import parse_frame
 from tests.dbs import threadless_db
 from tests.support import ask_bot, close_client, connect, is_chat, start_server, token
 from tests.test_chat_handler import FakeTransport
@@ -329,7 +330,7 @@ class NodeTests(unittest.TestCase):
         self.metrics = Metrics()
         self.background = BackgroundTasks()
         self.registry = ConnectionRegistry()
-        self.handler = ChatHandler(
+        self.handler = build_router(
             clock=self.clock, store=self.store, bus=self.bus, presence=MemoryPresenceStore(self.clock, 35),
             registry=self.registry, metrics=self.metrics, background=self.background,
             config=ChatConfig(), heartbeat=30,
@@ -340,7 +341,8 @@ class NodeTests(unittest.TestCase):
         self.feed.start()
 
     def make_node(self, states: Any, external: Any = None, business_hours: list[str] | None = None) -> BotNode:
-        return BotNode(self.clock, self.store, self.bus, states, dialogue(), BusinessHours(business_hours or []),
+        writer = MessageWriter(self.clock, self.store, self.bus, self.metrics)
+        return BotNode(self.clock, self.store, writer, states, dialogue(), BusinessHours(business_hours or []),
                        self.metrics, BotConfig(), external)
 
     def tearDown(self) -> None:
@@ -478,7 +480,8 @@ class NodeTests(unittest.TestCase):
         async def hook(conversation_id: str) -> None:
             calls.append(conversation_id)
 
-        node = BotNode(self.clock, self.store, self.bus, self.states, dialogue(), BusinessHours([]), self.metrics,
+        writer = MessageWriter(self.clock, self.store, self.bus, self.metrics)
+        node = BotNode(self.clock, self.store, writer, self.states, dialogue(), BusinessHours([]), self.metrics,
                        BotConfig(), on_handoff=hook)
         self.feed.stop()
         self.feed = LocalBotFeed(node, self.bus, self.background, messages=True)
@@ -550,8 +553,9 @@ class RecoveryTests(unittest.TestCase):
         conv1, _ = yield store.open_conversation("c1", clock.seconds())
         conv2, _ = yield store.open_conversation("c2", clock.seconds())
         yield store.append(AppendRequest(conv1.id, "c1", "customer", TEXT, "opening hours", clock.seconds(), "k1"))
-        node = BotNode(clock, store, LocalBus(), SqlBotStateStore(db), dialogue(), BusinessHours([]), Metrics(),
-                       BotConfig())
+        metrics = Metrics()
+        node = BotNode(clock, store, MessageWriter(clock, store, LocalBus(), metrics), SqlBotStateStore(db), dialogue(),
+                       BusinessHours([]), metrics, BotConfig())
         self.assertEqual((yield node.recover(db)), 2)
         self.assertEqual((yield node.recover(db)), 0)
         m1 = yield store.get_messages(conv1.id, 0, 10)

@@ -14,11 +14,11 @@ from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
 from supportchat.bus.memory import LocalBus
 from supportchat.config import ChatConfig
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.assemble import build_router
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
-from supportchat.ws.frames import FrameError, parse_frame
+from supportchat.wire.frames import FrameError, parse_frame
 
 
 class FakeTransport:
@@ -55,7 +55,7 @@ class HandlerTestCase(unittest.SynchronousTestCase):
         self.metrics = Metrics()
         self.registry = ConnectionRegistry(on_change=self.metrics.connections.set)
         self.background = BackgroundTasks()
-        self.handler = ChatHandler(
+        self.handler = build_router(
             clock=self.clock, store=self.store, bus=self.bus, presence=self.presence,
             registry=self.registry, metrics=self.metrics, background=self.background,
             config=ChatConfig(frame_rate=5, frame_burst=10), heartbeat=30,

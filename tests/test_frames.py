@@ -1,4 +1,4 @@
-"""Tests for supportchat.ws.frames: parsing and validating client frames."""
+"""Tests for supportchat.wire.frames: parsing and validating client frames."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from supportchat.ws.frames import (
+from supportchat.wire.frames import (
     MAX_ID_LENGTH,
     Accept,
     FrameError,

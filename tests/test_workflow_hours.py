@@ -14,17 +14,18 @@ from twisted.trial import unittest
 
 from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
-from supportchat.bot.hours import BusinessHours
+from supportchat.workflow.hours import BusinessHours
 from supportchat.bus.memory import LocalBus
 from supportchat.config import ChatConfig
 from supportchat.config.model import WorkflowConfig
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.assemble import build_router
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
-from supportchat.handlers.workflow import WorkflowHandler
+from supportchat.handlers.queue import WorkQueue
+from supportchat.handlers.writer import MessageWriter
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
 from supportchat.workflow.memory import MemoryWorkflowStore
-from supportchat.ws.frames import parse_frame
+from supportchat.wire.frames import parse_frame
 from tests.test_chat_handler import FakeTransport
 
 SATURDAY_NOON = datetime(2025, 1, 4, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -58,13 +59,15 @@ class HandlerHarness:
         self.background = BackgroundTasks()
         registry = ConnectionRegistry()
         presence = MemoryPresenceStore(self.clock, 35)
-        self.workflow = WorkflowHandler(self.clock, self.store, self.wf, self.bus, registry, presence,
-                                        self.background, WorkflowConfig(after_hours_reply=reply),
-                                        bot_first=bot_first, hours=BusinessHours(HOURS))
-        self.handler = ChatHandler(
+        metrics = Metrics()
+        writer = MessageWriter(self.clock, self.store, self.bus, metrics)
+        self.workflow = WorkQueue(self.clock, self.store, self.wf, writer, self.bus, registry, presence,
+                                  self.background, WorkflowConfig(after_hours_reply=reply),
+                                  bot_first=bot_first, hours=BusinessHours(HOURS))
+        self.handler = build_router(
             clock=self.clock, store=self.store, bus=self.bus, presence=presence, registry=registry,
-            metrics=Metrics(), background=self.background, config=ChatConfig(), heartbeat=30,
-            workflow=self.workflow,
+            metrics=metrics, background=self.background, config=ChatConfig(), heartbeat=30,
+            writer=writer, queue=self.workflow,
         )
         self.addCleanup(self.workflow.stop)
 

@@ -17,13 +17,13 @@ from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
 from supportchat.config import ChatConfig, WebSocketConfig
 from supportchat.handlers.connections import ClientSession
-from supportchat.ws.frames import ClientFrame, FrameError, SendMessage
+from supportchat.wire.frames import ClientFrame, FrameError, SendMessage
 from supportchat.ws.options import websocket_options
 from supportchat.ws.protocol import ChatServerFactory, ReactorTimer
 
 
 class RecordingHandler:
-    """Stands in for ChatHandler: records what the edge hands over."""
+    """Stands in for the FrameRouter: records what the edge hands over."""
 
     def __init__(self) -> None:
         self.frames: list[ClientFrame] = []

@@ -34,8 +34,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from supportchat.background import BackgroundTasks
+from supportchat.handlers.writer import MessageWriter
 from supportchat.bot.engine import Dialogue, ExternalAnswer
-from supportchat.bot.hours import BusinessHours
+from supportchat.workflow.hours import BusinessHours
 from supportchat.bot.http import ExternalBot
 from supportchat.bot.matcher import language
 from supportchat.bot.state import BotState, BotStateStore, Reply
@@ -44,7 +45,8 @@ from supportchat.config.model import BotConfig
 from supportchat.metrics import Metrics
 from supportchat.redis.consumer import Entries, StreamConsumer
 from supportchat.storage.database import Cursor, Database
-from supportchat.storage.models import EVENT, TEXT, AppendRequest, Message
+from supportchat.storage.interfaces import ConversationStore
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, AppendResult, Message
 from supportchat.storage.sql import _msg
 
 log = Logger()
@@ -65,13 +67,14 @@ def message_from_wire(frame: dict[str, Any]) -> Message:
 
 
 class BotNode:
-    def __init__(self, clock: IReactorTime, store: Any, bus: MessageBus, states: BotStateStore, dialogue: Dialogue,
+    def __init__(self, clock: IReactorTime, store: ConversationStore, writer: MessageWriter, states: BotStateStore,
+                 dialogue: Dialogue,
                  hours: BusinessHours, metrics: Metrics, config: BotConfig, external: ExternalBot | None = None,
                  idempotency_window: float = 86400.0,
                  on_handoff: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._clock = clock
         self._store = store
-        self._bus = bus
+        self._writer = writer
         self._states = states
         self.dialogue = dialogue
         self._hours = hours
@@ -228,23 +231,24 @@ class BotNode:
         for i, r in enumerate(replies):
             key = f"bot:{trigger}" if i == 0 else f"bot:{trigger}:{i}"
             now = self._clock.seconds()
-            result = await self._store.append(AppendRequest(
+            on_stored = self._observe_latency(msg) if i == 0 and msg is not None else None
+            # A redelivery finishes a decision a crashed node may have stored
+            # but not delivered: its replies are published even if stored.
+            result = await self._writer.write(AppendRequest(
                 conversation_id=conversation_id, sender_id=self._config.user_id, sender_role=BOT_ROLE,
                 kind=r.kind, body=r.body, ts=now, client_msg_id=key, data=r.data, require_participant=False,
                 idempotency_window=self._window,
-            ))
-            handoff = r.kind == EVENT and (r.data or {}).get("name") == "handoff"
-            if result.duplicate and not redelivery:
-                if handoff:
-                    await self._handed_off(conversation_id)
-                continue
-            if i == 0 and msg is not None and not result.duplicate:
-                self._metrics.bot_reply_latency.observe(max(0.0, self._clock.seconds() - msg.ts))
-            await self._bus.publish(Delivery(
-                frame=result.message.to_wire(), user_ids=tuple(p.user_id for p in result.participants),
-            ))
-            if handoff:
+            ), republish=redelivery, on_stored=on_stored)
+            assert result is not None  # no join: never skipped
+            if r.kind == EVENT and (r.data or {}).get("name") == "handoff":
                 await self._handed_off(conversation_id)
+
+    def _observe_latency(self, msg: Message) -> Callable[[AppendResult], None]:
+        """The first reply's latency from the customer's message, once stored (not for a duplicate)."""
+        def observe(result: AppendResult) -> None:
+            if not result.duplicate:
+                self._metrics.bot_reply_latency.observe(max(0.0, self._clock.seconds() - msg.ts))
+        return observe
 
     async def _handed_off(self, conversation_id: str) -> None:
         if self._on_handoff is not None:

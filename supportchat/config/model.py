@@ -231,7 +231,7 @@ class BotConfig:
     http_retries: int = 1
 
     def validate(self, check: "_Checker") -> None:
-        from supportchat.bot.hours import parse_rule
+        from supportchat.workflow.hours import parse_rule
 
         check.that(bool(self.knowledge), "knowledge", "a knowledge file is required")
         check.that(bool(self.user_id) and len(self.user_id) <= 128, "user_id", "must be 1-128 characters")

@@ -31,9 +31,8 @@ from twisted.web.http import Request
 
 from supportchat.auth import Principal, TokenIssuer, TokenVerifier
 from supportchat.config.model import WorkflowConfig
-from supportchat.handlers.workflow import account_allows
 from supportchat.http.history import AsyncJsonResource, HttpError, authenticate, int_arg, str_arg
-from supportchat.workflow.models import STATUSES, Agent, WorkflowError
+from supportchat.workflow.models import STATUSES, Agent, WorkflowError, account_allows
 from supportchat.workflow.passwords import hash_password, verify_password
 from supportchat.workflow.store import WorkflowStore
 

@@ -111,3 +111,8 @@ class HistoryStore(Protocol):
 
     def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":
         """Every conversation of the customer with participants and messages."""
+
+
+class ChatStore(ConversationStore, SessionStateStore, Protocol):
+    """The conversation store that also keeps session state: what the chat
+    handlers write to (SQL in the embedded mode, Redis first otherwise)."""

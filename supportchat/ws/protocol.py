@@ -15,9 +15,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
 from supportchat.config import ChatConfig, WebSocketConfig
-from supportchat.handlers.chat import ChatHandler
+from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.connections import ClientSession
-from supportchat.ws.frames import FrameError, parse_frame
+from supportchat.wire.frames import FrameError, parse_frame
 
 SUBPROTOCOL = "supportchat.v1"
 
@@ -164,7 +164,7 @@ class ChatServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         reactor: Any,
-        handler: ChatHandler,
+        handler: FrameRouter,
         background: BackgroundTasks,
         ws_config: WebSocketConfig,
         chat_config: ChatConfig,

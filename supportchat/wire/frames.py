@@ -121,7 +121,6 @@ class Rate:
     ref: Any = None
 
 
-WORKFLOW_FRAMES = (SetStatus, Take, Transfer, Close, Rate)
 MAX_NOTE_CHARS = 4000
 ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate]
 
@@ -237,6 +236,13 @@ def _parse_workflow(kind: str, data: dict[str, Any], ref: Any) -> ClientFrame:
     if rating > 5:
         raise FrameError("bad_request", "'rating' must be between 1 and 5", ref)
     return Rate(conversation, rating, _optional_str(data, "comment", ref, MAX_NOTE_CHARS), ref)
+
+
+def reply(frame: dict[str, Any], ref: Any) -> dict[str, Any]:
+    """A direct reply carries the client's ``ref`` when it sent one."""
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
 
 
 def error_frame(code: str, message: str, ref: Any = None) -> dict[str, Any]:
