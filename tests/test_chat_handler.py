@@ -298,6 +298,26 @@ class FrameErrorTests(HandlerTestCase):
         self.send(s, {"type": "ping", "ref": 9})
         self.assertEqual(t.last(), {"type": "pong", "ref": 9})
 
+    def test_workflow_frames_are_refused_when_the_workflow_is_off(self) -> None:
+        """Without the workflow its frames (status, take, transfer, close, rate)
+        are not served: a clear bad_request naming the frame, nothing changes,
+        and ``accept`` still joins."""
+        cust, ct, agent, at, conv = self.chat()
+        frames = [
+            {"type": "status", "status": "online"},
+            {"type": "take", "conversation": conv},
+            {"type": "transfer", "conversation": conv, "to_team": "x"},
+            {"type": "close", "conversation": conv},
+            {"type": "rate", "conversation": conv, "rating": 5},
+        ]
+        for i, frame in enumerate(frames):
+            self.send(agent if frame["type"] != "rate" else cust, dict(frame, ref=f"w{i}"))
+        errors = at.of_type("error") + ct.of_type("error")
+        self.assertEqual(sorted(e["ref"] for e in errors), [f"w{i}" for i in range(5)])
+        self.assertEqual({e["code"] for e in errors}, {"bad_request"})
+        self.assertIn("not enabled", errors[0]["message"])
+        self.assertEqual(len(self.successResultOf(self.store.get_messages(conv, 0, 100))), 1)  # the join only
+
     def test_plain_ping_gets_plain_pong(self) -> None:
         """A text frame 'ping' is answered 'pong'."""
         s, t = self.connect("cust")
