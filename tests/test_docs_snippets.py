@@ -23,6 +23,7 @@ diagrams), so a command cannot hide in an untagged block.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -348,3 +349,111 @@ class DocumentSnippetTests(unittest.TestCase):
         """docs/*.md: each document's runnable blocks run against a real server."""
         for doc in documents()[1:]:
             yield self.run_document(doc)
+
+
+_FRAME_LINE = re.compile(r"^(?P<who>[CA]) (?P<dir>[<>]) (?P<frame>\{.*\})$")
+_VISITORS_LINE = re.compile(r"^POST /api/v1/visitors\s+->\s+(?P<status>\d{3}) (?P<body>\{.*\})$")
+_SYMBOL = re.compile(r"^[cmv]\d+$")  # a shortened conversation, message or visitor id
+_TIMES = frozenset({"ts", "created_at", "last_ts", "expires_at"})
+
+
+class _Transcript:
+    """Compares documented frames with real ones: shortened ids stand for
+    the real ids they first meet, times are any number, ``eyJ...`` any JWT."""
+
+    def __init__(self) -> None:
+        self.bound: dict[str, str] = {}
+
+    def real(self, value: Any) -> Any:
+        """``value`` with its bound shortened ids replaced by the real ones."""
+        if isinstance(value, dict):
+            return {k: self.real(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.real(v) for v in value]
+        return self.bound.get(value, value) if isinstance(value, str) else value
+
+    def differences(self, expected: Any, actual: Any, where: str = "") -> list[str]:
+        if isinstance(expected, dict) and isinstance(actual, dict):
+            found = []
+            if set(expected) != set(actual):
+                found.append(f"{where or 'frame'}: keys {sorted(expected)} documented, {sorted(actual)} sent")
+            for key in expected.keys() & actual.keys():
+                if key in _TIMES and expected[key] is not None:
+                    if not isinstance(actual[key], (int, float)):
+                        found.append(f"{where}.{key}: a number documented, {actual[key]!r} sent")
+                else:
+                    found += self.differences(expected[key], actual[key], f"{where}.{key}")
+            return found
+        if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+            return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in self.differences(e, a, f"{where}[{i}]")]
+        if isinstance(expected, str) and isinstance(actual, str):
+            if expected.endswith("...") and actual.startswith(expected[:-3]):
+                return []
+            if _SYMBOL.match(expected) and expected not in self.bound and actual not in self.bound.values():
+                self.bound[expected] = actual
+            if self.bound.get(expected, expected) == actual:
+                return []
+        elif expected == actual and type(expected) is type(actual):
+            return []
+        return [f"{where or 'frame'}: {expected!r} documented, {actual!r} sent"]
+
+
+class WorkedExampleTests(unittest.TestCase):
+    """docs/protocol.md's worked example is a log a real server reproduces."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_protocol_worked_example_replays(self) -> Any:
+        """Every frame the example's visitor (C) and agent Ann (A) send is sent
+        to a server with the workflow and the bot disabled (as the example
+        says), and every frame it shows them receiving is the next one their
+        connection receives, field for field; the visitor's "connection drops"
+        is a dropped connection, and its second hello a reconnect."""
+        from tests.support import close_client, connect, http_client, start_server, token
+
+        doc = REPO.child("docs").child("protocol.md")
+        text = doc.getContent().decode("utf-8")
+        heading = text[:text.index("## 10. Worked example")].count("\n") + 1
+        block = next(b for b in extract(text, "docs/protocol.md") if b.line > heading)
+        self.assertEqual(block.lang, "text")
+        running = yield start_server(self, workflow={"enabled": False})
+        transcript = _Transcript()
+        clients: dict[str, Any] = {}
+        credentials = {"A": token("ann", "agent", name="Ann")}
+        try:
+            for offset, line in enumerate(block.text.splitlines(), start=1):
+                where = f"{block.path}:{block.line + offset}"
+                if not line.strip() or line.startswith("#"):
+                    continue
+                visitors = _VISITORS_LINE.match(line)
+                if visitors:
+                    response = yield http_client().post(f"http://127.0.0.1:{running.port}/api/v1/visitors")
+                    body = yield response.json()
+                    found = transcript.differences(json.loads(visitors.group("body")), body)
+                    if response.code != int(visitors.group("status")):
+                        found.insert(0, f"status {response.code}")
+                    self.assertEqual(found, [], f"{where}: {line}")
+                    credentials["C"] = body["token"]
+                    continue
+                match = _FRAME_LINE.match(line)
+                self.assertIsNotNone(match, f"{where}: neither a comment nor a frame: {line}")
+                assert match is not None
+                who, frame = match.group("who"), json.loads(match.group("frame"))
+                if match.group("dir") == "<" and frame.get("type") == "hello":
+                    if who in clients:  # the connection dropped: reconnect
+                        clients[who].transport.abortConnection()
+                        yield clients[who].closed
+                    # The visitor authenticates in the URL, Ann with a header, as the example says.
+                    clients[who] = yield (
+                        connect(running.port, query="?access_token=" + credentials[who], wait_hello=False)
+                        if who == "C" else connect(running.port, credentials[who], wait_hello=False))
+                if match.group("dir") == ">":
+                    clients[who].send(transcript.real(frame))
+                    continue
+                actual = yield clients[who].next_frame()
+                found = transcript.differences(frame, actual)
+                self.assertEqual(found, [], f"{where}: {who} received\n{json.dumps(actual)}\ninstead of\n{line[4:]}")
+        finally:
+            for client in clients.values():
+                yield close_client(client)
