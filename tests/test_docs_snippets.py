@@ -195,6 +195,7 @@ class _Snippet(protocol.ProcessProtocol):
         self.output += data
         if re.search(rb"password: $", self.output[self._answered:], re.I):
             self._answered = len(self.output)
+            assert self.transport is not None
             self.transport.write(PASSWORD.encode() + b"\n")
 
     def processEnded(self, reason: Any) -> None:
@@ -323,6 +324,7 @@ class DocumentSnippetTests(unittest.TestCase):
 
         def kill() -> None:
             killed.append(True)
+            assert proto.transport is not None
             proto.transport.signalProcess("KILL")
 
         timer = reactor.callLater(SNIPPET_TIMEOUT, kill)
