@@ -19,6 +19,9 @@ A block that cannot run here says why in an HTML comment right before it:
 
 Every fenced block must name its language (``text`` for listings and
 diagrams), so a command cannot hide in an untagged block.
+
+docs/protocol.md's worked example (a ``text`` log of frames) is replayed
+against a server, frame for frame.
 """
 
 from __future__ import annotations
