@@ -21,7 +21,7 @@ from supportchat.config import ChatConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import TokenBucket
-from supportchat.storage.interfaces import ConversationStore, PresenceStore, SessionStateStore
+from supportchat.storage.interfaces import ChatStore, PresenceStore
 from supportchat.storage.models import (
     EVENT,
     TEXT,
@@ -51,10 +51,6 @@ from supportchat.ws.frames import (
 log = Logger()
 
 QUEUE_LIMIT = 50
-
-
-class ChatStore(ConversationStore, SessionStateStore, Protocol):
-    """The conversation store that also keeps session state."""
 
 
 def reply(frame: dict[str, Any], ref: Any) -> dict[str, Any]:
