@@ -207,6 +207,7 @@ def prepare_database(config: Config, migrate: bool | None = None) -> int:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    from supportchat.app.services import build_service
     from supportchat.server import SupportChatServer
 
     sub = options.subOptions
@@ -223,7 +224,7 @@ def makeService(options: Options) -> IService:
     server.get_secret()
     for desc in config.server.listen:
         log.info("Listening on {endpoint}", endpoint=desc)
-    service = server.make_service()
+    service = build_service(server)
     if sub["worker-of"]:
         die_with_parent(int(sub["worker-of"]))
     if sub["workers"] > 1:

@@ -14,6 +14,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.filepath import FilePath
 
+from supportchat.app.services import build_service
 from supportchat.auth import TokenIssuer
 from supportchat.config import load_config
 from supportchat.server import SupportChatServer
@@ -60,7 +61,7 @@ class RunningServer:
         self.reactor = reactor
         self.config = config
         self.server = SupportChatServer(reactor, config)
-        self.service = self.server.make_service()
+        self.service = build_service(self.server)
         self.port = 0
 
     @defer.inlineCallbacks

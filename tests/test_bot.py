@@ -23,7 +23,7 @@ from supportchat.background import BackgroundTasks
 from supportchat.bot.engine import (
     AFTER_HOURS, CUSTOMER_REQUEST, FLOW, FLOW_INVALID, NO_ANSWER, Dialogue, ExternalAnswer,
 )
-from supportchat.workflow.hours import BusinessHours
+from supportchat.hours import BusinessHours
 from supportchat.bot.http import SIGNATURE_HEADER, TIMESTAMP_HEADER, HttpExternalBot, sign
 from supportchat.bot.knowledge import KnowledgeError, load_knowledge, parse_knowledge
 from supportchat.bot.node import BotNode, LocalBotFeed, message_from_wire

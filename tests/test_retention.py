@@ -63,13 +63,14 @@ class RetentionTests(unittest.SynchronousTestCase):
         """retention_days = 0 keeps everything: no timer service, and tick does nothing."""
         from twisted.internet import reactor
 
+        from supportchat.app.services import build_service
         from supportchat.server import SupportChatServer
 
         config = make_config(self.mktemp())
         self.assertEqual(config.database.retention_days, 0)
         server = SupportChatServer(reactor, config)
-        names = [s.name for s in server.make_service()]
+        names = [s.name for s in build_service(server)]
         self.assertNotIn("retention", names)
         self.assertIsNone(server.get_retention().tick())
         on = SupportChatServer(reactor, make_config(self.mktemp(), database={"retention_days": 30}))
-        self.assertIn("retention", [s.name for s in on.make_service()])
+        self.assertIn("retention", [s.name for s in build_service(on)])

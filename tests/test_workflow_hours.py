@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
-from supportchat.workflow.hours import BusinessHours
+from supportchat.hours import BusinessHours
 from supportchat.bus.memory import LocalBus
 from supportchat.config import ChatConfig
 from supportchat.config.model import WorkflowConfig

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from supportchat.background import BackgroundTasks
 from supportchat.handlers.writer import MessageWriter
 from supportchat.bot.engine import Dialogue, ExternalAnswer
-from supportchat.workflow.hours import BusinessHours
+from supportchat.hours import BusinessHours
 from supportchat.bot.http import ExternalBot
 from supportchat.bot.matcher import language
 from supportchat.bot.state import BotState, BotStateStore, Reply

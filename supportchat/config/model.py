@@ -231,7 +231,7 @@ class BotConfig:
     http_retries: int = 1
 
     def validate(self, check: "_Checker") -> None:
-        from supportchat.workflow.hours import parse_rule
+        from supportchat.hours import parse_rule
 
         check.that(bool(self.knowledge), "knowledge", "a knowledge file is required")
         check.that(bool(self.user_id) and len(self.user_id) <= 128, "user_id", "must be 1-128 characters")
@@ -306,7 +306,7 @@ class ProfileConfig:
         check.that(not (self.keyring and self.keyring_file), "keyring",
                    "set either keyring (SUPPORTCHAT_PROFILE_KEYRING) or keyring_file, not both")
         if self.keyring or self.keyring_file:
-            from supportchat.workflow.profiles import Keyring, ProfileKeyError
+            from supportchat.keyring import Keyring, ProfileKeyError
 
             try:
                 Keyring.load(self.keyring, self.keyring_file)

@@ -9,7 +9,7 @@ told as events through the message writer and as frames on the bus."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,8 +19,8 @@ from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.config.model import WorkflowConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.handlers.writer import MessageWriter
-from supportchat.storage.interfaces import ConversationStore, PresenceStore
-from supportchat.workflow.hours import BusinessHours
+from supportchat.storage.interfaces import ChatStore, PresenceStore
+from supportchat.hours import BusinessHours
 from supportchat.workflow.models import BOT, QUEUED, Agent, Assignment, WorkItem
 from supportchat.workflow.store import WorkflowStore
 
@@ -28,10 +28,6 @@ from supportchat.workflow.store import WorkflowStore
 CACHE_MAX = 100_000
 # Queued conversations listed in an agent's ``hello`` (oldest first).
 QUEUE_IN_HELLO = 200
-
-
-class WorkflowChatStore(ConversationStore, Protocol):
-    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]": ...
 
 
 def agent_wire(agent: Agent) -> dict[str, Any]:
@@ -55,7 +51,7 @@ class WorkQueue:
     """Queue entry, assignment, live inbox and the agents' absence timers."""
 
     def __init__(
-        self, clock: IReactorTime, store: WorkflowChatStore, workflow: WorkflowStore, writer: MessageWriter,
+        self, clock: IReactorTime, store: ChatStore, workflow: WorkflowStore, writer: MessageWriter,
         bus: MessageBus, registry: ConnectionRegistry, presence: PresenceStore, background: BackgroundTasks,
         config: WorkflowConfig, bot_first: bool = False, hours: BusinessHours | None = None,
     ) -> None:

@@ -11,7 +11,6 @@ from supportchat.storage.models import (
     AppendRequest,
     AppendResult,
     Conversation,
-    IdempotencyRecord,
     Message,
     Participant,
     SessionState,
@@ -44,18 +43,6 @@ class ConversationStore(Protocol):
         """Messages with seq > after_seq, ascending, at most ``limit``."""
 
 
-class IdempotencyStore(Protocol):
-    """Remembers the outcome of each (sender, client_msg_id) for a window."""
-
-    def lookup(self, sender_id: str, client_msg_id: str, now: float) -> "Deferred[IdempotencyRecord | None]": ...
-
-    def record(self, sender_id: str, client_msg_id: str, outcome: IdempotencyRecord, expires_at: float) -> "Deferred[bool]":
-        """Store the outcome unless a live one exists; True if stored."""
-
-    def purge(self, now: float) -> "Deferred[int]":
-        """Forget expired keys; returns how many."""
-
-
 class SessionStateStore(Protocol):
     """Per-user session state: unread, last message id and time."""
 
@@ -66,6 +53,15 @@ class SessionStateStore(Protocol):
 
     def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
         """Every participant's read position (user id -> seq)."""
+
+
+class ChatStore(ConversationStore, SessionStateStore, Protocol):
+    """What the chat and workflow handlers write to: conversations, their
+    log and session state (``SqlConversationStore``, or ``RedisChatStore``
+    in Redis mode)."""
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> "Deferred[bool]":
+        """Take the user out of the conversation; False if they were not in it."""
 
 
 class PresenceStore(Protocol):
@@ -112,7 +108,3 @@ class HistoryStore(Protocol):
     def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":
         """Every conversation of the customer with participants and messages."""
 
-
-class ChatStore(ConversationStore, SessionStateStore, Protocol):
-    """The conversation store that also keeps session state: what the chat
-    handlers write to (SQL in the embedded mode, Redis first otherwise)."""

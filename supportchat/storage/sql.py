@@ -141,14 +141,6 @@ def _idempotency_many_txn(
     return out
 
 
-def append_one_txn(cur: Cursor, req: AppendRequest) -> AppendResult:
-    """One append in the caller's transaction (see :func:`append_batch_txn`)."""
-    [result] = append_batch_txn(cur, [req])
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 def append_batch_txn(cur: Cursor, requests: list[AppendRequest]) -> list[AppendResult | Exception]:
     """Append a batch in one transaction. A refused request (StoreError)
     refuses alone: it is checked before it writes anything.

@@ -1,5 +1,7 @@
 """Business hours: ``["mon-fri 09:00-18:00", "sat 10:00-14:00"]`` in a
-time zone; an empty list means agents are always available."""
+time zone; an empty list means agents are always available. Shared by the
+bot and the workflow (``[bot] business_hours`` in ``[bot] timezone``); the
+config checks the rules with :func:`parse_rule`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,171 @@
+"""The URL tree, built from the container's getters:
+
+``/ws`` (gateway role), the web widget and console, ``/healthz``,
+``/readyz``, ``/metrics`` and ``/api/v1/...``; the Autobahn testee when
+``[websocket] testee_path`` is set."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.resource import IResource, Resource
+
+from supportchat.config import Config
+from supportchat.http.admin_api import AdminApi
+from supportchat.http.common import normalize_origin
+from supportchat.http.guard import GuardedWebSocketResource
+from supportchat.http.history import ConversationsApi, SearchApi
+from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz, Visitors
+from supportchat.http.web import mount_web
+from supportchat.ratelimit import KeyedRateLimiter
+from supportchat.ws.options import websocket_options
+from supportchat.ws.protocol import EchoTesteeFactory
+
+if TYPE_CHECKING:
+    from supportchat.server import SupportChatServer
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "")
+
+
+def own_origins(config: Config) -> list[str]:
+    """Origins allowed by default: the public URL's, or each TCP listener's
+    (with localhost aliases for loopback and wildcard interfaces)."""
+    if config.server.public_url:
+        origin = normalize_origin(config.server.public_url)
+        return [origin] if origin else []
+    out: list[str] = []
+    for desc in config.server.listen:
+        parts = desc.split(":")
+        kind = parts[0]
+        if kind not in ("tcp", "ssl") or len(parts) < 2 or not parts[1].isdigit():
+            continue
+        port = parts[1]
+        iface = ""
+        for p in parts[2:]:
+            if p.startswith("interface="):
+                iface = p[len("interface="):]
+        scheme = "https" if kind == "ssl" else "http"
+        hosts = [iface] if iface not in LOCAL_HOSTS else ["127.0.0.1", "localhost"]
+        for host in hosts:
+            origin = normalize_origin(f"{scheme}://{host}:{port}")
+            if origin and origin not in out:
+                out.append(origin)
+    return out
+
+
+def serving_chat(server: SupportChatServer) -> bool:
+    """In Redis mode a node serves chat once it has reached Redis at
+    least once (so presence and routing are right from the first
+    connection); afterwards an outage means degraded mode, not refusal."""
+    return not server.redis_mode or server.get_redis().connected_once.called
+
+
+async def _readiness(server: SupportChatServer) -> dict[str, Any]:
+    db = server.get_database()
+    version = await db.schema_version()
+    latest = db.latest_version
+    details: dict[str, Any] = {
+        "ready": version == latest,
+        "database": "ok" if version == latest else "not migrated",
+        "schema_version": version,
+        "expected_schema_version": latest,
+        "roles": list(server.roles),
+    }
+    if server.redis_mode:
+        # Degraded (Redis down) and backpressure are reported, not fatal:
+        # every gateway shares them, and taking all out helps nobody.
+        details.update(server.get_monitor().readiness())
+        details["ready"] = details["ready"] and serving_chat(server)
+    return details
+
+
+def readiness(server: SupportChatServer) -> "Deferred[dict[str, Any]]":
+    """What ``/readyz`` reports: the schema, the roles, and in Redis mode
+    the cluster monitor's view."""
+    return Deferred.fromCoroutine(_readiness(server))
+
+
+def build_root(server: SupportChatServer) -> Resource:
+    """The whole URL tree of one node."""
+    config = server.config
+    root = ApiRoot()
+    if "gateway" in server.roles:
+        _put_path(root, _segments(config.websocket.path), GuardedWebSocketResource(
+            server.get_chat_factory(), server.get_verifier(), server.get_handshake_limiter(),
+            server.get_allowed_origins(), server.get_metrics(), serving=lambda: serving_chat(server),
+        ))
+    mount_web(root)
+    root.putChild(b"healthz", Healthz())
+    root.putChild(b"readyz", Readyz(lambda: readiness(server)))
+    root.putChild(b"metrics", MetricsResource(server.get_metrics()))
+    api = ApiRoot()
+    v1 = ApiRoot()
+    api.putChild(b"v1", v1)
+    root.putChild(b"api", api)
+    _mount_api(server, v1)
+    if config.websocket.testee_path:
+        from autobahn.twisted.resource import WebSocketResource
+
+        testee = EchoTesteeFactory(server.reactor)
+        testee.setProtocolOptions(**websocket_options(
+            config.websocket, server.get_allowed_origins(),
+            max_message_bytes=config.websocket.testee_max_message_bytes,
+        ))
+        _put_path(root, _segments(config.websocket.testee_path), WebSocketResource(testee))
+    return root
+
+
+def _mount_api(server: SupportChatServer, v1: Resource) -> None:
+    """``/api/v1/...``."""
+    config, reactor = server.config, server.reactor
+    v1.putChild(b"visitors", Visitors(
+        reactor, server.get_issuer(), config.auth.visitor_token_ttl,
+        KeyedRateLimiter(reactor, config.auth.handshake_rate, config.auth.handshake_burst),
+        config.auth.visitors_enabled, server.get_allowed_origins(),
+    ))
+    v1.putChild(b"conversations", ConversationsApi(
+        server.get_verifier(), server.get_history_store(), config.chat.sync_limit_max))
+    v1.putChild(b"search", SearchApi(server.get_verifier(), server.get_history_store()))
+    if config.workflow.enabled:
+        _mount_workflow_api(server, v1)
+    from supportchat.http.openapi import OpenApiResource
+
+    v1.putChild(b"openapi.json", OpenApiResource())
+    v1.putChild(b"admin", AdminApi(
+        reactor, server.get_verifier(), server.get_history_store(), config.database.retention_batch,
+        server.get_profiles()))
+
+
+def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:
+    """Login, agents, teams, inbox, CSAT, canned replies and customer profiles."""
+    from supportchat.http.canned_api import CannedApi
+    from supportchat.http.profiles_api import CustomersApi
+    from supportchat.http.workflow_api import AgentsApi, CsatApi, InboxApi, LoginApi, TeamsApi
+
+    reactor, cfg = server.reactor, server.config.workflow
+    store, verifier, issuer = server.get_workflow_store(), server.get_verifier(), server.get_issuer()
+    v1.putChild(b"login", LoginApi(reactor, verifier, store, issuer, cfg))
+    v1.putChild(b"refresh", LoginApi(reactor, verifier, store, issuer, cfg, refresh=True))
+    v1.putChild(b"agents", AgentsApi(reactor, verifier, store, cfg, server.get_staff_notices().after_agent_change))
+    v1.putChild(b"teams", TeamsApi(reactor, verifier, store))
+    v1.putChild(b"inbox", InboxApi(reactor, verifier, store))
+    v1.putChild(b"csat", CsatApi(reactor, verifier, store))
+    v1.putChild(b"canned", CannedApi(reactor, verifier, store, server.get_canned_store()))
+    v1.putChild(b"customers", CustomersApi(reactor, verifier, store, server.get_profiles(),
+                                           server.get_staff_notices().profile_changed))
+
+
+def _segments(path: str) -> list[bytes]:
+    return [p.encode() for p in path.strip("/").split("/")]
+
+
+def _put_path(root: Resource, path: list[bytes], leaf: IResource) -> None:
+    node = root
+    for segment in path[:-1]:
+        child = node.children.get(segment)
+        if not isinstance(child, Resource):
+            child = Resource()
+            node.putChild(segment, child)
+        node = child
+    node.putChild(path[-1], leaf)

@@ -1,0 +1,125 @@
+"""The service tree of one node, built from the container's getters:
+
+database -> redis -> timers -> persister -> chat -> bot -> listeners,
+started in that order and stopped one at a time in reverse (listeners
+first, database last) by :class:`~supportchat.service.OrderedMultiService`.
+Which parts exist depends on the node's roles and on Redis mode."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService
+from twisted.application.strports import service as strports_service
+from twisted.internet.defer import Deferred
+
+from supportchat.service import ChatService, DatabaseService, OrderedMultiService
+
+if TYPE_CHECKING:
+    from supportchat.server import SupportChatServer
+
+PURGE_INTERVAL = 3600.0
+
+
+def build_service(server: SupportChatServer) -> IService:
+    """The node's top service (named ``supportchat``); children are named
+    after what they run."""
+    config, reactor, roles = server.config, server.reactor, server.roles
+    gateway = "gateway" in roles
+    top = OrderedMultiService()
+    top.setName("supportchat")
+    db_service = DatabaseService(server.get_database(), server.get_store())
+    db_service.setName("database")
+    db_service.setServiceParent(top)
+    if server.redis_mode:
+        server.get_redis().service.setServiceParent(top)
+        if gateway or server.bot_enabled:
+            server.get_redis_subscriber().service.setServiceParent(top)
+        _timer(top, "cluster-monitor", config.redis.monitor_interval, lambda: _monitor_tick(server), reactor)
+    if gateway:
+        _timer(top, "idempotency-purge", PURGE_INTERVAL, lambda: _purge_tick(server), reactor)
+        if config.database.retention_days > 0:
+            _timer(top, "retention", PURGE_INTERVAL, lambda: _retention_tick(server), reactor)
+    if "persister" in roles and server.redis_mode:
+        _add_persister(server, top)
+    if gateway:
+        chat = ChatService(
+            reactor, server.get_chat_factory().close_all, server.get_handler(), server.get_background(),
+            config.server.shutdown_timeout,
+        )
+        chat.setName("chat")
+        chat.setServiceParent(top)
+        if config.workflow.enabled:
+            _timer(top, "workflow-drain", config.workflow.drain_interval, lambda: server.get_workflow().tick(), reactor)
+    if server.bot_enabled:
+        _bot_service(server).setServiceParent(top)
+    for i, desc in enumerate(config.server.listen):
+        listener = strports_service(desc, server.get_site(), reactor=reactor)
+        listener.setName(f"listen-{i}")
+        listener.setServiceParent(top)
+    return top
+
+
+def _timer(parent: MultiService, name: str, interval: float, tick: Callable[[], None], clock: Any) -> None:
+    """Run ``tick`` now and every ``interval`` seconds on ``clock``, as the
+    child ``name`` of ``parent``."""
+    timer = TimerService(interval, tick)
+    timer.clock = clock
+    timer.setName(name)
+    timer.setServiceParent(parent)
+
+
+def _monitor_tick(server: SupportChatServer) -> None:
+    monitor = server.get_monitor()
+    server.get_background().run("cluster_monitor", lambda: Deferred.fromCoroutine(monitor.tick()))
+
+
+def _purge_tick(server: SupportChatServer) -> None:
+    server.get_background().run(
+        "idempotency_purge", server.get_idempotency_store().purge, server.reactor.seconds()
+    )
+
+
+def _retention_tick(server: SupportChatServer) -> None:
+    server.get_background().run("retention", server.get_retention().tick)
+
+
+def _add_persister(server: SupportChatServer, top: MultiService) -> None:
+    """Redis streams -> SQL, on its own Redis connection (started before it)."""
+    from supportchat.redis.connection import RedisClient
+    from supportchat.redis.persister import Persister
+
+    config = server.config
+    client = RedisClient(server.reactor, config.redis.url, name="redis-persister", reply_timeout=30.0)
+    client.service.setServiceParent(top)
+    persister = Persister(
+        server.reactor, client, server.get_database(), server.get_metrics(), server.get_node_id(),
+        prefix=config.redis.prefix, batch=config.redis.persister_batch,
+        claim_idle_ms=int(config.redis.persister_claim_idle * 1000),
+        max_deliveries=config.redis.persister_max_deliveries,
+        idempotency_window=float(config.chat.idempotency_window),
+        keep_for_others=config.redis.stream_keep_for_others,
+    )
+    persister.setName("persister")
+    persister.setServiceParent(top)
+
+
+def _bot_service(server: SupportChatServer) -> IService:
+    from supportchat.bot.node import BotService, LocalBotFeed, StreamBotConsumer
+
+    node = server.get_bot()
+    feed = LocalBotFeed(node, server.get_bus(), server.get_background(), messages=not server.redis_mode)
+    service = BotService(server.reactor, node, feed, server.get_background(),
+                         None if server.redis_mode else server.get_database(), server.config.server.shutdown_timeout)
+    if server.redis_mode:
+        from supportchat.redis.connection import RedisClient
+
+        client = RedisClient(server.reactor, server.config.redis.url, name="redis-bot", reply_timeout=30.0)
+        client.service.setServiceParent(service)
+        StreamBotConsumer(
+            server.reactor, client, node, server.get_node_id(), prefix=server.config.redis.prefix,
+            claim_idle_ms=int(server.config.bot.claim_idle * 1000), max_deliveries=server.config.bot.max_deliveries,
+        ).setServiceParent(service)
+    service.setName("bot")
+    return service
