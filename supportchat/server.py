@@ -431,6 +431,8 @@ class SupportChatServer:
             v1.putChild(b"conversations", ConversationsApi(
                 self.get_verifier(), self.get_history_store(), self.config.chat.sync_limit_max))
             v1.putChild(b"search", SearchApi(self.get_verifier(), self.get_history_store()))
+            from supportchat.http.me_api import MeApi
+            v1.putChild(b"me", MeApi(self.get_verifier(), self.get_workflow_store() if self.config.workflow.enabled else None, self.get_allowed_origins()))
             if self.config.workflow.enabled:
                 self._mount_workflow_api(v1)
             from supportchat.http.openapi import OpenApiResource
