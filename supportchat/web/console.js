@@ -144,6 +144,7 @@ function startApp(token) {
   client.addEventListener("status", (e) => {
     const s = e.detail.state;
     $("conn").dataset.state = s;
+    $("conn").removeAttribute("lang");
     if (s === "unauthorized") setText($("conn"), "auth.state");
     else $("conn").textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
     renderSide();

@@ -278,6 +278,7 @@ export function mount(opts) {
   client.addEventListener("status", (e) => {
     const s = e.detail.state;
     conn.dataset.state = s;
+    conn.removeAttribute("lang");
     if (s === "unauthorized") setText(conn, "widget.auth.state");
     else conn.textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
     render();
