@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sc-console:token";
 const SOUND_KEY = "sc-console:sound";
 const REFRESH_KEY = "sc-console:refresh";
+const VIA_KEY = "sc-console:via"; // how I signed in last: "password" or "token"
 
 /** A new access token from POST /api/v1/refresh (password sign-in), or
  * null when there is no refresh token or the server refuses it; throws when
@@ -38,14 +39,13 @@ async function currentToken(token) {
 /** The server refused the token and no refresh token could renew it: stop,
  * and show the sign-in form with the reason. */
 function signInAgain(reason) {
-  const byToken = !localStorage.getItem(REFRESH_KEY);
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(REFRESH_KEY);
   if (client) client.close();
   client = null;
   selected = null;
   showLogin("", reason === "expired" ? "auth.expired" : reason === "account_disabled" ? "auth.disabled" : "auth.refused");
-  $("token-login").open = byToken;
+  $("token-login").open = localStorage.getItem(VIA_KEY) !== "password";
 }
 const DEFAULT_CANNED = [
   { shortcut: "hi", text: "Hello! Thanks for reaching out, I'm looking into it now." },
@@ -120,6 +120,7 @@ function useToken(token, fromPassword = false) {
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
+  localStorage.setItem(VIA_KEY, fromPassword ? "password" : "token");
   if (!fromPassword) localStorage.removeItem(REFRESH_KEY);
   $("login-password").value = "";
   $("login-token").value = "";

@@ -1,8 +1,8 @@
 // Message catalogs of the web UI: English and Simplified Chinese. A page
 // shows the first of the browser's languages it has (navigator.languages;
 // ?lang=en or ?lang=zh-Hans overrides), English otherwise. Every string a
-// page shows through t() must be in both catalogs (tests/test_web.py checks
-// that the keys match).
+// page shows through t() must be in both catalogs (tests/test_i18n.py checks
+// that the keys match and that every key the pages use is there).
 
 export const CATALOGS = {
   en: {

@@ -236,6 +236,7 @@ class Scenario:
         assert code == 200, (code, body)
         expect(page.locator("#login-notice")).to_have_text(EN["disabled"])
         expect(page.locator("#login-user")).to_be_visible()
+        expect(page.locator("#token-login")).not_to_have_attribute("open", "")  # signed in with a password
         self.assert_stopped(page, "account_disabled")
         assert page.evaluate("() => localStorage.getItem('sc-console:refresh')") is None
         self.shot(page, "console-account-disabled.png", readme=False)
