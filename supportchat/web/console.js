@@ -246,7 +246,8 @@ function renderSide() {
     if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
     return li;
   }));
-  if (!items.length) mine.append(el("li", { class: "sub", text: "No conversations yet." }));
+  // in a listbox every item is an option (axe aria-required-children), the placeholder a disabled one
+  if (!items.length) mine.append(el("li", { class: "sub", role: "option", "aria-disabled": "true", "aria-selected": "false", text: "No conversations yet." }));
 }
 
 async function acceptConv(id) {

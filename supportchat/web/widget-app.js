@@ -23,7 +23,7 @@ const CSS = `
 .panel[hidden] { display: none; }
 header { background: #1f6feb; color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 8px; }
 header h2 { font-size: 16px; margin: 0; flex: 1; }
-.conn { font-size: 12px; opacity: .9; }
+.conn { font-size: 12px; }
 .conn::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: #ffb000; margin-right: 5px; }
 .conn[data-state=open]::before { background: #3fb950; }
 .conn[data-state=offline]::before { background: #f85149; }
@@ -122,8 +122,10 @@ export function mount(opts) {
   launcher.append(badge);
   const conn = el("span", { class: "conn", "data-state": "connecting", role: "status", text: "Connecting…" });
   const closeBtn = el("button", { type: "button", class: "x", "aria-label": "Close chat", text: "×" });
-  const list = el("ol", { class: "messages", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
-  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }), list);
+  // a list may not take role=log (axe aria-allowed-role): the log is its wrapper
+  const list = el("ol", { class: "messages" });
+  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }),
+    el("div", { role: "log", "aria-live": "polite", "aria-label": "Conversation" }, list));
   const typing = el("div", { class: "typing", "aria-live": "polite" });
   const queue = el("div", { class: "queue", role: "status" });
   const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": "Rate this conversation" });

@@ -31,6 +31,9 @@ from tests.browser.ui_scenario import CHROMIUM, CHROMIUM_ARGS, WAIT, Server, wor
 from tests.support import free_port, token  # noqa: E402
 
 PASSWORD = "correct horse battery"
+# axe-core is not a dependency: point SUPPORTCHAT_AXE_JS at an axe.min.js
+# (npm install axe-core) and the new messages are checked with it too.
+AXE_JS = os.environ.get("SUPPORTCHAT_AXE_JS")
 EN = {
     "expired": "Your session has expired. Please sign in again.",
     "refused": "The server no longer accepts your sign-in. Please sign in again.",
@@ -135,7 +138,7 @@ class Scenario:
     # -- helpers ---------------------------------------------------------
     def page(self, browser: Any, locale: str = "en-US") -> tuple[Any, Any, list[str]]:
         """A fresh browser context and page; the list collects its WebSocket URLs."""
-        ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale=locale)
+        ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale=locale, bypass_csp=bool(AXE_JS))
         page = ctx.new_page()
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         sockets: list[str] = []
@@ -153,6 +156,16 @@ class Scenario:
         page.screenshot(path=os.path.join(self.artifacts, name))
         if self.shots and readme:
             page.screenshot(path=os.path.join(self.shots, name))
+
+    def axe(self, page: Any, what: str) -> None:
+        """No axe-core violations on the page as it is (when SUPPORTCHAT_AXE_JS is set)."""
+        if not AXE_JS:
+            return
+        page.add_script_tag(path=AXE_JS)
+        found = page.evaluate("async () => (await axe.run(document)).violations"
+                              ".map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)")
+        assert not found, (what, found)
+        self.check(f"axe-core finds no violations: {what}")
 
     def assert_stopped(self, page: Any, reason: str) -> None:
         """The client gave up: stopped, no reconnect timer pending, the reason kept."""
@@ -178,6 +191,7 @@ class Scenario:
             assert sockets == [], sockets  # an expired token is never offered to the server
             assert page.evaluate("() => localStorage.getItem('sc-console:token')") is None
             self.shot(page, shot, readme=locale == "en-US")
+            self.axe(page, f"console sign-in notice ({locale})")
             ctx.close()
         self.check("console with an expired token: the sign-in form says the session expired "
                    "(English and Chinese), no WebSocket attempt, no reconnecting")
@@ -204,6 +218,7 @@ class Scenario:
         expect(page.locator("#conn")).to_have_text("Online")
         expect(page.locator("#login-notice")).to_be_hidden()
         self.check("signing in again with a good token connects")
+        self.axe(page, "console, signed in again")
         ctx.close()
 
     def console_refresh_and_disable(self, browser: Any) -> None:
@@ -275,9 +290,11 @@ class Scenario:
         expect(page.locator("#supportchat-widget .conn")).to_have_text("Not connected")
         assert len(sockets) == 1, sockets
         self.shot(page, "widget-auth-refused.png", readme=False)
+        self.axe(page, "widget refused-token message")
         page.evaluate("(t) => window.SupportChat.setToken(t)", token("integrated", "customer"))
         expect(page.locator("#supportchat-widget .conn")).to_have_text("Online")
         expect(box).to_be_hidden()
+        self.axe(page, "widget, connected")
         self.check("widget with an integrator's refused token: a clear message, no reconnecting; "
                    "SupportChat.setToken with a good token connects")
         ctx.close()
