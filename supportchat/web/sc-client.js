@@ -116,6 +116,7 @@ export class SupportChatClient extends EventTarget {
     this._ref = 0;
     this._pending = new Map(); // ref -> {resolve, reject, frame}
     this._attempt = 0;
+    this._gen = 0;
     this._timers = {};
     this._stopped = true;
     this._outbox = []; // [{conversation, client_msg_id, body, created, extra, state, error}]
@@ -244,6 +245,7 @@ export class SupportChatClient extends EventTarget {
 
   async _open() {
     if (this._stopped) return;
+    const gen = ++this._gen; // a later _open (connect(), online) supersedes this one's awaits
     clearTimeout(this._timers.reconnect);
     this._setState("connecting");
     let token;
@@ -253,7 +255,7 @@ export class SupportChatClient extends EventTarget {
       this._emit("autherror", { error: e });
       return this._scheduleReconnect();
     }
-    if (this._stopped) return;
+    if (this._stopped || gen !== this._gen) return;
     if (!token) return this._authFailed("no_token", "no token", token);
     if (this._outboxFor !== this.identity) this._adoptOutbox();
     const claims = jwtClaims(token);
@@ -308,6 +310,7 @@ export class SupportChatClient extends EventTarget {
   /** A connect failed before hello: was the token refused (GET /api/v1/me
    * answers 401), or is the server away (anything else: retry)? */
   async _checkToken(token) {
+    const gen = this._gen;
     let verdict = null;
     if (this.authCheck && token && globalThis.fetch) {
       try {
@@ -321,7 +324,7 @@ export class SupportChatClient extends EventTarget {
         /* unreachable: transient */
       }
     }
-    if (this._stopped || this.state === "open") return;
+    if (this._stopped || gen !== this._gen) return;
     if (verdict) return this._authFailed(verdict.reason, verdict.message, token);
     this._scheduleReconnect();
   }
@@ -331,13 +334,14 @@ export class SupportChatClient extends EventTarget {
     if (this._stopped) return;
     clearTimeout(this._timers.reconnect);
     if (this._renewToken && !this._renewed) {
+      const gen = this._gen;
       let fresh;
       try {
         fresh = await this._renewToken(token, reason);
       } catch (e) {
         return this._scheduleReconnect(); // the renewal itself could not be tried (offline): later
       }
-      if (this._stopped) return;
+      if (this._stopped || gen !== this._gen) return;
       if (fresh && fresh !== token) {
         this._renewed = true;
         this._token = fresh;
