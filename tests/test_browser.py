@@ -22,6 +22,7 @@ from tests.support import REPO, python_env
 
 CHROMIUM = "/usr/bin/chromium"
 SCRIPT = os.path.join(REPO.path, "tests", "browser", "ui_scenario.py")
+AUTH_SCRIPT = os.path.join(REPO.path, "tests", "browser", "auth_scenario.py")
 ARTIFACTS = os.path.join(REPO.path, "test-artifacts", "browser")
 SCREENSHOTS = os.path.join(REPO.path, "docs", "screenshots")
 
@@ -56,7 +57,30 @@ class BrowserTests(unittest.TestCase):
         server's history (nothing lost, nothing doubled); an offline message
         survives two page reloads; the widget fills a 390 px mobile screen;
         screenshots of both pages are saved."""
-        args = [SCRIPT, ARTIFACTS]
+        result = yield self.scenario(SCRIPT)
+        for name in ("widget.png", "console.png", "widget-mobile.png"):
+            self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, name)) > 1000, name)
+        self.assertIn("both screens show exactly the server's", " ".join(result["checks"]))
+
+    @inlineCallbacks
+    def test_authentication_failures_ask_to_sign_in_again(self) -> Any:
+        """A refused token is shown as such, with a way to sign in again, and
+        never as an endless reconnect: the console with an expired token
+        (English and Chinese) and with one signed by a wrong secret shows the
+        sign-in form with the reason after at most one connect attempt; a
+        refresh token renews an expired access token silently; an agent
+        disabled while connected is told at once; a refused anonymous visitor
+        becomes a new visitor silently; an integrator's refused token (widget
+        on another origin) gets a clear message until SupportChat.setToken; a
+        server killed and restarted is still reconnected to."""
+        result = yield self.scenario(AUTH_SCRIPT)
+        self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, "console-signin-again.png")) > 1000)
+        self.assertIn("server killed and restarted: the console reconnects", " ".join(result["checks"]))
+
+    @inlineCallbacks
+    def scenario(self, script: str) -> Any:
+        """Run a scenario script; its JSON result, or fail with its checks so far."""
+        args = [script, ARTIFACTS]
         if os.environ.get("SUPPORTCHAT_TEST_UPDATE_SCREENSHOTS") == "1":
             args.append(SCREENSHOTS)
         out, err, code = yield utils.getProcessOutputAndValue(
@@ -67,6 +91,4 @@ class BrowserTests(unittest.TestCase):
         if not result["ok"]:
             self.fail("browser scenario failed after: " + "; ".join(result["checks"]) + "\n" + result.get("error", "")
                       + "\n" + result.get("traceback", "")[-3000:] + "\nartifacts: " + ARTIFACTS)
-        for name in ("widget.png", "console.png", "widget-mobile.png"):
-            self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, name)) > 1000, name)
-        self.assertIn("both screens show exactly the server's", " ".join(result["checks"]))
+        return result

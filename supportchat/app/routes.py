@@ -16,6 +16,7 @@ from supportchat.http.admin_api import AdminApi
 from supportchat.http.common import normalize_origin
 from supportchat.http.guard import GuardedWebSocketResource
 from supportchat.http.history import ConversationsApi, SearchApi
+from supportchat.http.me_api import MeApi
 from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz, Visitors
 from supportchat.http.web import mount_web
 from supportchat.ratelimit import KeyedRateLimiter
@@ -127,6 +128,9 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
     v1.putChild(b"conversations", ConversationsApi(
         server.get_verifier(), server.get_history_store(), config.chat.sync_limit_max))
     v1.putChild(b"search", SearchApi(server.get_verifier(), server.get_history_store()))
+    v1.putChild(b"me", MeApi(server.get_verifier(),
+                             server.get_workflow_store() if server.config.workflow.enabled else None,
+                             server.get_allowed_origins()))
     if config.workflow.enabled:
         _mount_workflow_api(server, v1)
     from supportchat.http.openapi import OpenApiResource

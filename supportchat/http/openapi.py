@@ -92,6 +92,11 @@ def openapi_document() -> dict[str, Any]:
             "A fresh anonymous customer identity and token (CORS for allowed origins)", 201,
             _obj({"user_id": _S, "role": _S, "token": _S, "expires_at": _I}), public=True, errors=(404, 429),
             tag="customers")},
+        "/api/v1/me": {"get": _op(
+            "Whose is this token, and is it still good? 401 carries error.reason (expired, signature, audience, "
+            "account_disabled...): the web clients ask after a refused WebSocket connect (CORS for allowed origins)",
+            ok_schema=_obj({"user": _obj({"id": _S, "role": _S, "name": _S}),
+                            "expires_at": {"type": "integer", "nullable": True}}), errors=(401,), tag="auth")},
         "/api/v1/login": {"post": _op(
             "Agent/admin login: short-lived access token and a one-use refresh token", 200, TOKENS,
             _obj({"login": _S, "password": {"type": "string", "format": "password"}}, ("login", "password")),

@@ -2,28 +2,50 @@
 // sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
 import { SupportChatClient, formatDuration, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
+import { setText, t } from "./sc-i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sc-console:token";
 const SOUND_KEY = "sc-console:sound";
 const REFRESH_KEY = "sc-console:refresh";
+const VIA_KEY = "sc-console:via"; // how I signed in last: "password" or "token"
 
-/** A token for the next connect: the current one, or a fresh one from
- * POST /api/v1/refresh when it expires within a minute (password sign-in). */
-async function currentToken(token) {
-  const c = jwtClaims(token);
+/** A new access token from POST /api/v1/refresh (password sign-in), or
+ * null when there is no refresh token or the server refuses it; throws when
+ * the server cannot be asked (unreachable, 5xx): try again later. */
+async function refreshAccess() {
   const refresh = localStorage.getItem(REFRESH_KEY);
-  if (c && c.exp * 1000 > Date.now() + 60000) return token;
-  if (!refresh) return token;
+  if (!refresh) return null;
   const r = await fetch("/api/v1/refresh", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ refresh_token: refresh }) });
+  if (r.status >= 500) throw new Error(`refresh: HTTP ${r.status}`);
   const body = await r.json().catch(() => ({}));
   if (!r.ok || !body.access_token) {
     localStorage.removeItem(REFRESH_KEY);
-    return token;
+    return null;
   }
   if (body.refresh_token) localStorage.setItem(REFRESH_KEY, body.refresh_token);
   localStorage.setItem(TOKEN_KEY, body.access_token);
   return body.access_token;
+}
+
+/** A token for the next connect: the current one, or a fresh one when it
+ * expires within a minute and there is a refresh token. */
+async function currentToken(token) {
+  const c = jwtClaims(token);
+  if (c && c.exp * 1000 > Date.now() + 60000) return token;
+  return (await refreshAccess()) || token;
+}
+
+/** The server refused the token and no refresh token could renew it: stop,
+ * and show the sign-in form with the reason. */
+function signInAgain(reason) {
+  localStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(REFRESH_KEY);
+  if (client) client.close();
+  client = null;
+  selected = null;
+  showLogin("", reason === "expired" ? "auth.expired" : reason === "account_disabled" ? "auth.disabled" : "auth.refused");
+  $("token-login").open = localStorage.getItem(VIA_KEY) !== "password";
 }
 const DEFAULT_CANNED = [
   { shortcut: "hi", text: "Hello! Thanks for reaching out, I'm looking into it now." },
@@ -51,10 +73,14 @@ function validToken(t) {
   return c && (c.role === "agent" || c.role === "admin") && c.exp * 1000 > Date.now() ? c : null;
 }
 
-function showLogin(message) {
+function showLogin(message, notice) {
   $("app").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message || "";
+  const box = $("login-notice");
+  box.hidden = !notice;
+  if (notice) setText(box, notice);
+  else box.textContent = "";
   $("login-user").focus();
 }
 
@@ -94,33 +120,37 @@ function useToken(token, fromPassword = false) {
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
+  localStorage.setItem(VIA_KEY, fromPassword ? "password" : "token");
   if (!fromPassword) localStorage.removeItem(REFRESH_KEY);
   $("login-password").value = "";
   $("login-token").value = "";
   startApp(token);
 }
 
+/** The claims of an agent or admin token, expired or not. */
+function agentClaims(t) {
+  const c = t && jwtClaims(t);
+  return c && (c.role === "agent" || c.role === "admin") ? c : null;
+}
+
 function startApp(token) {
-  const claims = validToken(token);
+  const claims = agentClaims(token);
+  $("login-notice").hidden = true;
   $("login").hidden = true;
   $("app").hidden = false;
   $("me").textContent = claims.name || claims.sub;
   $("sound").checked = localStorage.getItem(SOUND_KEY) === "1";
-  client = new SupportChatClient({ token, getToken: currentToken, storageKey: "sc-console" });
+  client = new SupportChatClient({ token, getToken: currentToken, renewToken: refreshAccess, storageKey: "sc-console" });
   window.scConsole = client; // for debugging and tests
   client.addEventListener("status", (e) => {
     const s = e.detail.state;
     $("conn").dataset.state = s;
-    $("conn").textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    $("conn").removeAttribute("lang");
+    if (s === "unauthorized") setText($("conn"), "auth.state");
+    else $("conn").textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
     renderSide();
   });
-  client.addEventListener("autherror", (e) => {
-    if (e.detail.expired && !localStorage.getItem(REFRESH_KEY)) {
-      localStorage.removeItem(TOKEN_KEY);
-      client.close();
-      showLogin("Your session has expired; please sign in again.");
-    }
-  });
+  client.addEventListener("authfailed", (e) => signInAgain(e.detail.reason));
   client.addEventListener("hello", (e) => {
     const h = e.detail.hello;
     if (Array.isArray(h.canned_responses)) canned = h.canned_responses;
@@ -216,7 +246,8 @@ function renderSide() {
     if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
     return li;
   }));
-  if (!items.length) mine.append(el("li", { class: "sub", text: "No conversations yet." }));
+  // in a listbox every item is an option (axe aria-required-children), the placeholder a disabled one
+  if (!items.length) mine.append(el("li", { class: "sub", role: "option", "aria-disabled": "true", "aria-selected": "false", text: "No conversations yet." }));
 }
 
 async function acceptConv(id) {
@@ -495,6 +526,8 @@ function wire() {
 }
 
 wire();
+// A saved token, even expired: the client renews it with the refresh token,
+// or asks to sign in again saying why.
 const saved = localStorage.getItem(TOKEN_KEY);
-if (validToken(saved)) startApp(saved);
+if (agentClaims(saved)) startApp(saved);
 else showLogin();

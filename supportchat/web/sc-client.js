@@ -14,6 +14,15 @@
 // copy arrives (by ack, live delivery or sync), so a message can never show
 // twice. A live message whose seq skips ahead triggers a sync from the last
 // contiguous seq; every reconnect syncs each conversation from there too.
+//
+// Authentication failures end the reconnecting: a token that is expired (by
+// its exp), refused at the handshake (a browser only sees close 1006, so the
+// client then asks GET /api/v1/me, which answers 401 for a bad token), or an
+// account disabled while connected (error frame account_disabled, close
+// 1008). The client first asks opts.renewToken for a new token, once; without
+// one it goes to state "unauthorized" and emits "authfailed" {reason,
+// message}: the page asks the user to sign in again, then calls setToken()
+// and connect(). A server that is away keeps being retried with backoff.
 
 export const PROTOCOL = "supportchat.v1";
 
@@ -78,6 +87,9 @@ export class SupportChatClient extends EventTarget {
    *   wsPath: "/ws"; storage: a Storage (localStorage); storageKey: outbox key prefix
    *   initialWindow: how many recent messages to load per conversation (50)
    *   backoff: {base, max} in ms; ackTimeout: ms before an unacked message is resent on the same connection
+   *   renewToken: async (refusedToken, reason) => a new JWT, or null when there is none (then
+   *     "authfailed"); throw when the renewal could not be tried (offline): the client retries later
+   *   authCheck: the path asked whether a token is good after a failed connect ("/api/v1/me"; false: never)
    */
   constructor(opts = {}) {
     super();
@@ -85,6 +97,10 @@ export class SupportChatClient extends EventTarget {
     this.wsPath = opts.wsPath || "/ws";
     this._token = opts.token || null;
     this._getToken = opts.getToken || null;
+    this._renewToken = opts.renewToken || null;
+    this.authCheck = opts.authCheck === undefined ? "/api/v1/me" : opts.authCheck;
+    this.authFailure = null; // {reason, message} once the server refused the token
+    this._renewed = false; // a renewed token was tried since the last hello
     this.storage = opts.storage === undefined ? safeStorage() : opts.storage;
     this.storageKey = opts.storageKey || "sc";
     this.initialWindow = opts.initialWindow || 50;
@@ -95,11 +111,12 @@ export class SupportChatClient extends EventTarget {
     this.heartbeat = 30;
     this.conversations = new Map();
     this.queue = new Map(); // agents: conversations nobody has joined
-    this.state = "idle"; // idle | connecting | open | offline | closed
+    this.state = "idle"; // idle | connecting | open | offline | unauthorized | closed
     this.ws = null;
     this._ref = 0;
     this._pending = new Map(); // ref -> {resolve, reject, frame}
     this._attempt = 0;
+    this._gen = 0;
     this._timers = {};
     this._stopped = true;
     this._outbox = []; // [{conversation, client_msg_id, body, created, extra, state, error}]
@@ -177,6 +194,8 @@ export class SupportChatClient extends EventTarget {
   // ------------------------------------------------------------ connection
   connect() {
     this._stopped = false;
+    this.authFailure = null;
+    this._authPending = null;
     if (this._outboxFor === undefined) {
       this._outboxFor = this.identity;
       this._loadOutbox();
@@ -226,6 +245,7 @@ export class SupportChatClient extends EventTarget {
 
   async _open() {
     if (this._stopped) return;
+    const gen = ++this._gen; // a later _open (connect(), online) supersedes this one's awaits
     clearTimeout(this._timers.reconnect);
     this._setState("connecting");
     let token;
@@ -235,17 +255,12 @@ export class SupportChatClient extends EventTarget {
       this._emit("autherror", { error: e });
       return this._scheduleReconnect();
     }
-    if (!token) {
-      this._emit("autherror", { error: new Error("no token") });
-      return this._setState("offline", { reason: "no token" });
-    }
+    if (this._stopped || gen !== this._gen) return;
+    if (!token) return this._authFailed("no_token", "no token", token);
     if (this._outboxFor !== this.identity) this._adoptOutbox();
     const claims = jwtClaims(token);
-    if (claims && claims.exp && claims.exp * 1000 < now()) {
-      this._emit("autherror", { error: new Error("token expired"), expired: true });
-      if (this._getToken) return this._scheduleReconnect();
-      return this._setState("offline", { reason: "token expired" });
-    }
+    if (claims && claims.exp && claims.exp * 1000 < now()) return this._authFailed("expired", "token has expired", token);
+    this._usedToken = token;
     const url = this.server.replace(/^http/, "ws") + this.wsPath;
     let ws;
     try {
@@ -280,9 +295,70 @@ export class SupportChatClient extends EventTarget {
     for (const c of this.conversations.values()) (c.syncing = false), (c._readSent = null);
     if (this._stopped) return;
     this._setState("offline", { code, reason });
+    const refused = this._authPending || (code === 1008 && /unauthori[sz]ed|account/i.test(reason || "")
+      ? { reason: /account/i.test(reason) ? "account_disabled" : "unauthorized", message: reason } : null);
+    this._authPending = null;
+    if (refused) return this._authFailed(refused.reason, refused.message, this._usedToken);
     if ([1007, 1008, 1009].includes(code)) this._emit("protocolerror", { code, reason });
-    if (!hadHello && code === 1006) this._emit("connectfailed", { attempt: this._attempt });
+    if (!hadHello && code === 1006) {
+      this._emit("connectfailed", { attempt: this._attempt });
+      return this._checkToken(this._usedToken);
+    }
     this._scheduleReconnect();
+  }
+
+  /** A connect failed before hello: was the token refused (GET /api/v1/me
+   * answers 401), or is the server away (anything else: retry)? */
+  async _checkToken(token) {
+    const gen = this._gen;
+    let verdict = null;
+    if (this.authCheck && token && globalThis.fetch) {
+      try {
+        const r = await fetch(this.server + this.authCheck, { headers: { authorization: "Bearer " + token }, cache: "no-store" });
+        if (r.status === 401) {
+          const body = await r.json().catch(() => ({}));
+          const err = body.error || {};
+          verdict = { reason: err.reason || "unauthorized", message: err.message || "the server refused the token" };
+        }
+      } catch (e) {
+        /* unreachable: transient */
+      }
+    }
+    if (this._stopped || gen !== this._gen) return;
+    if (verdict) return this._authFailed(verdict.reason, verdict.message, token);
+    this._scheduleReconnect();
+  }
+
+  /** The token was refused: try one renewed token, else stop and tell the page. */
+  async _authFailed(reason, message, token) {
+    if (this._stopped) return;
+    clearTimeout(this._timers.reconnect);
+    if (this._renewToken && !this._renewed) {
+      const gen = this._gen;
+      let fresh;
+      try {
+        fresh = await this._renewToken(token, reason);
+      } catch (e) {
+        return this._scheduleReconnect(); // the renewal itself could not be tried (offline): later
+      }
+      if (this._stopped || gen !== this._gen) return;
+      if (fresh && fresh !== token) {
+        this._renewed = true;
+        this._token = fresh;
+        return this._open();
+      }
+    }
+    this._renewed = false;
+    this.authFailure = { reason, message };
+    this._stopped = true;
+    this._clearTimers();
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      try { ws.close(1000); } catch (e) {}
+    }
+    this._setState("unauthorized", { reason, message });
+    this._emit("authfailed", { reason, message });
   }
 
   _scheduleReconnect() {
@@ -397,6 +473,7 @@ export class SupportChatClient extends EventTarget {
     this.hello = f;
     this._helloSeen = true;
     this._attempt = 0;
+    this._renewed = false;
     for (const k of Object.keys(f)) this.serverFeatures.add("hello." + k);
     clearInterval(this._timers.heartbeat);
     this._timers.heartbeat = setInterval(() => this._ping(), this.heartbeat * 1000);
@@ -636,6 +713,8 @@ export class SupportChatClient extends EventTarget {
   }
 
   _on_error(f) {
+    // the server closes with 1008 next: that close is an authentication failure
+    if (f.code === "account_disabled" && f.ref === undefined) this._authPending = { reason: "account_disabled", message: f.message };
     this._emit("servererror", f);
   }
 

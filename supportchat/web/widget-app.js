@@ -2,6 +2,7 @@
 // root so the host page's CSS cannot break it, and vice versa.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
+import { setText } from "./sc-i18n.js";
 
 const CSS = `
 :host { all: initial; }
@@ -22,7 +23,7 @@ const CSS = `
 .panel[hidden] { display: none; }
 header { background: #1f6feb; color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 8px; }
 header h2 { font-size: 16px; margin: 0; flex: 1; }
-.conn { font-size: 12px; opacity: .9; }
+.conn { font-size: 12px; }
 .conn::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: #ffb000; margin-right: 5px; }
 .conn[data-state=open]::before { background: #3fb950; }
 .conn[data-state=offline]::before { background: #f85149; }
@@ -55,6 +56,10 @@ form { display: flex; gap: 6px; padding: 10px; border-top: 1px solid #d0d7de; ba
 textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px; font-size: 14px; height: 40px; max-height: 120px; }
 .send { background: #1f6feb; color: #fff; border: 0; border-radius: 8px; padding: 0 14px; cursor: pointer; font-weight: 600; }
 .restart { margin: 8px auto; display: block; }
+.auth { margin: 10px; padding: 10px 12px; border: 1px solid #d4a72c; border-left-width: 4px; border-radius: 8px; background: #fff8c5; color: #1f2328; }
+.auth[hidden] { display: none; }
+.auth p { margin: 0 0 8px; }
+.conn[data-state=unauthorized]::before { background: #f85149; }
 .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 @media (max-width: 480px) {
   .panel, .panel.left { inset: 0; width: 100vw; height: 100%; border-radius: 0; }
@@ -64,24 +69,44 @@ textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px;
 
 const ICON = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
 
+const visitorKey = (server) => `sc:visitor:${server}`;
+
 async function visitorToken(server, current) {
-  const key = `sc:visitor:${server}`;
   const fresh = (t) => {
     const c = t && jwtClaims(t);
     return c && c.exp * 1000 > Date.now() + 60000;
   };
   if (fresh(current)) return current;
   try {
-    const saved = JSON.parse(localStorage.getItem(key) || "null");
+    const saved = JSON.parse(localStorage.getItem(visitorKey(server)) || "null");
     if (saved && fresh(saved.token)) return saved.token;
   } catch (e) {}
+  const token = await newVisitor(server);
+  if (!token) throw new Error("visitor token refused");
+  return token;
+}
+
+/** A new anonymous visitor token (POST /api/v1/visitors), saved; null when
+ * the server refuses one (visitors disabled); throws when it cannot be asked
+ * now (unreachable, rate-limited, 5xx). */
+async function newVisitor(server) {
   const r = await fetch(server + "/api/v1/visitors", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
-  if (!r.ok) throw new Error(`visitor token: HTTP ${r.status}`);
+  if (r.status === 429 || r.status >= 500) throw new Error(`visitor token: HTTP ${r.status}`);
+  if (!r.ok) return null;
   const body = await r.json();
   try {
-    localStorage.setItem(key, JSON.stringify({ token: body.token, expires_at: body.expires_at }));
+    localStorage.setItem(visitorKey(server), JSON.stringify({ token: body.token, expires_at: body.expires_at }));
   } catch (e) {}
   return body.token;
+}
+
+/** The server refused the saved visitor token (its secret changed, say):
+ * forget it and start as a new visitor. */
+function renewVisitor(server) {
+  try {
+    localStorage.removeItem(visitorKey(server));
+  } catch (e) {}
+  return newVisitor(server);
 }
 
 export function mount(opts) {
@@ -97,8 +122,10 @@ export function mount(opts) {
   launcher.append(badge);
   const conn = el("span", { class: "conn", "data-state": "connecting", role: "status", text: "Connecting…" });
   const closeBtn = el("button", { type: "button", class: "x", "aria-label": "Close chat", text: "×" });
-  const list = el("ol", { class: "messages", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
-  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }), list);
+  // a list may not take role=log (axe aria-allowed-role): the log is its wrapper
+  const list = el("ol", { class: "messages" });
+  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }),
+    el("div", { role: "log", "aria-live": "polite", "aria-label": "Conversation" }, list));
   const typing = el("div", { class: "typing", "aria-live": "polite" });
   const queue = el("div", { class: "queue", role: "status" });
   const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": "Rate this conversation" });
@@ -108,14 +135,21 @@ export function mount(opts) {
   const sendBtn = el("button", { type: "submit", class: "send", text: "Send" });
   const form = el("form", { "aria-label": "Send a message" }, input, sendBtn);
   const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: "Start a new conversation" });
+  // The server refused the token and no new one could be had: say so, offer to start again.
+  const authText = el("p", {});
+  const authBtn = el("button", { type: "button", class: "sc-chip" });
+  const authBox = el("div", { class: "auth", role: "alert", hidden: true }, authText, authBtn);
   const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": opts.title + " chat", hidden: true },
-    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, form);
+    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, form);
   root.append(launcher, panel);
 
   const client = new SupportChatClient({
     server: opts.server,
     storageKey: "sc-widget",
     getToken: (t) => (opts.token ? Promise.resolve(opts.token) : visitorToken(opts.server, t)),
+    // an anonymous visitor whose token is refused becomes a new visitor at once;
+    // an integrator's token (data-token) is theirs to renew (SupportChat.setToken)
+    renewToken: () => (opts.token ? null : renewVisitor(opts.server)),
   });
   let convId = null;
   let isOpen = false;
@@ -151,8 +185,10 @@ export function mount(opts) {
     const closed = isClosed(c);
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
     stars.hidden = !!c?.rating;
-    restart.hidden = !closed;
-    form.hidden = closed;
+    const refused = client.state === "unauthorized";
+    authBox.hidden = !refused;
+    restart.hidden = !closed || refused;
+    form.hidden = closed || refused;
     if (isOpen && c && document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
   }
 
@@ -244,8 +280,27 @@ export function mount(opts) {
   client.addEventListener("status", (e) => {
     const s = e.detail.state;
     conn.dataset.state = s;
-    conn.textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    conn.removeAttribute("lang");
+    if (s === "unauthorized") setText(conn, "widget.auth.state");
+    else conn.textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
     render();
+  });
+  client.addEventListener("authfailed", (e) => {
+    setText(authText, opts.token ? "widget.auth.refused" : "widget.auth.visitor");
+    setText(authBtn, opts.token ? "widget.auth.retryToken" : "widget.auth.retry");
+    // the embedding page may answer with SupportChat.setToken(newJwt)
+    window.dispatchEvent(new CustomEvent("supportchat:authfailed", { detail: { reason: e.detail.reason } }));
+    render();
+  });
+  authBtn.addEventListener("click", () => {
+    if (!opts.token) {
+      try {
+        localStorage.removeItem(visitorKey(opts.server));
+      } catch (e) {}
+      client.setToken(null);
+    }
+    client.connect();
+    input.focus();
   });
   window.addEventListener("focus", render);
   document.addEventListener("visibilitychange", render);
@@ -265,6 +320,7 @@ export function mount(opts) {
     setToken: (t) => {
       opts.token = t;
       client.setToken(t);
+      if (client.state === "unauthorized") client.connect();
     },
   };
 }

@@ -71,7 +71,8 @@ def workflow_enabled() -> bool:
 class Server:
     """``twistd -n supportchat run`` on a fixed port, restartable."""
 
-    def __init__(self, data_dir: str, port: int, log_path: str) -> None:
+    def __init__(self, data_dir: str, port: int, log_path: str, env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
         self.data_dir = data_dir
         self.port = port
         self.log = open(log_path, "a", encoding="utf-8")
@@ -80,7 +81,7 @@ class Server:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUPPORTCHAT_")}
         env.update(SUPPORTCHAT_AUTH_JWT_SECRET=SECRET, SUPPORTCHAT_PROFILE_KEYRING=KEYRING, PYTHONPATH=REPO,
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "supportchat", "run", "--data-dir", self.data_dir, "--listen", f"tcp:{self.port}:interface=127.0.0.1"],

@@ -1,0 +1,87 @@
+"""``GET /api/v1/me``: is this bearer token still good, and whose is it?
+
+The web clients ask after a WebSocket connect fails before ``hello``: a
+browser cannot see the HTTP status of a refused upgrade (it only gets close
+1006), so this answer tells an authentication failure (the token is
+expired, badly signed, for another audience, or the agent's account is
+disabled or its tokens revoked) from a transient one (the server is down).
+
+    200 {"user": {"id", "role", "name"?}, "expires_at": <exp or null>}
+    401 {"error": {"code": "unauthorized", "reason": <word>, "message"}}
+
+``reason`` is the verifier's word (``expired``, ``signature``,
+``audience``, ``issuer``, ``claims``, ``algorithm``, ``malformed``,
+``invalid``), ``no_token`` without a token, or ``account_disabled``.
+Cross-origin pages (the embedded widget) may call it from the origins that
+may open the WebSocket.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jwt
+from twisted.web.http import Request
+
+from supportchat.auth import AuthError, TokenVerifier
+from supportchat.handlers.workflow import account_allows
+from supportchat.http.common import json_error, normalize_origin
+from supportchat.http.history import AsyncJsonResource
+from supportchat.workflow.store import WorkflowStore
+
+
+def _unauthorized(request: Request, reason: str, message: str) -> tuple[int, Any]:
+    request.setHeader(b"www-authenticate", b"Bearer")
+    return 401, {"error": {"code": "unauthorized", "reason": reason, "message": message}}
+
+
+class MeApi(AsyncJsonResource):
+    """``GET /api/v1/me`` (and its CORS preflight)."""
+
+    routes = {b"GET": "get"}
+
+    def __init__(self, verifier: TokenVerifier, workflow: WorkflowStore | None = None,
+                 allowed_origins: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._verifier = verifier
+        self._wf = workflow
+        self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
+
+    def render(self, request: Request) -> Any:
+        origin = request.getHeader(b"origin")
+        allowed = False
+        if origin is not None:
+            request.setHeader(b"vary", b"Origin")
+            allowed = normalize_origin(origin.decode("ascii", "replace")) in self._origins
+            if allowed:
+                request.setHeader(b"access-control-allow-origin", origin)
+        if request.method == b"OPTIONS":
+            if not allowed:
+                return json_error(request, 403, "forbidden", "this Origin may not use this endpoint")
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-methods", b"GET")
+            request.setHeader(b"access-control-allow-headers", b"authorization")
+            request.setHeader(b"access-control-max-age", b"600")
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        return super().render(request)
+
+    async def get(self, request: Request) -> tuple[int, Any]:
+        if any(getattr(request, "postpath", None) or []):
+            return 404, {"error": {"code": "not_found", "message": "no such resource"}}
+        auth = request.getHeader(b"authorization") or b""
+        scheme, _, value = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not value.strip():
+            return _unauthorized(request, "no_token", "an Authorization: Bearer token is required")
+        token = value.strip().decode("ascii", "replace")
+        try:
+            principal = self._verifier.verify(token)
+        except AuthError as e:
+            return _unauthorized(request, e.reason, str(e))
+        if self._wf is not None and principal.role != "customer":
+            agent = await self._wf.get_agent(principal.user_id)
+            if not account_allows(agent, principal.issued_at):
+                return _unauthorized(request, "account_disabled", "this account is disabled or the token was revoked")
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")  # verified above
+        return 200, {"user": principal.to_wire(),
+                     "expires_at": int(exp) if isinstance(exp, (int, float)) else None}
