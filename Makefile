@@ -29,7 +29,7 @@ $(VENV)/.test-deps: $(BIN)/python requirements/test.txt
 
 run: $(VENV)/.runtime-deps
 	$(PIP) install $(PIP_FLAGS) --no-deps --no-build-isolation --force-reinstall .
-	cd $(CURDIR) && $(BIN)/twistd -n --pidfile= supportchat run $(ARGS)
+	cd $(CURDIR) && exec $(BIN)/twistd -n --pidfile= supportchat run $(ARGS)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m mypy
