@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from supportchat.bot.knowledge import load_knowledge, packaged_knowledge_text
+from supportchat.bot.knowledge import KnowledgeError, load_knowledge, packaged_knowledge_text
 from tests.support import free_port, http_client
 from tests.test_plugin import COPY_IGNORE, TWISTD, _Collect, base_env, text
 
@@ -31,6 +31,21 @@ class PackagedDefaultsTests(TestCase):
             self.assertEqual(f.read(), packaged_knowledge_text(),
                              "edit supportchat/bot/knowledge.toml, then copy it to conf/bot.toml")
         self.assertTrue(load_knowledge().faq)
+
+    def test_relative_knowledge_path_is_the_working_directorys(self):
+        """A relative [bot] knowledge path is read from the working directory (not from some
+        checkout); when missing, the error gives the absolute path looked at and the default."""
+        cwd = tempfile.mkdtemp(prefix="supportchat-knowledge-")
+        self.addCleanup(shutil.rmtree, cwd, True)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(cwd)
+        e = self.assertRaises(KnowledgeError, load_knowledge, "conf/bot.toml")
+        self.assertIn(os.path.join(cwd, "conf", "bot.toml"), str(e))
+        self.assertIn("empty", str(e))
+        os.mkdir("conf")
+        with open(os.path.join("conf", "bot.toml"), "wb") as f:
+            f.write(packaged_knowledge_text().replace(b"Order status", b"Where is my parcel"))
+        self.assertEqual(load_knowledge("conf/bot.toml").quick_replies[0].label, "Where is my parcel")
 
 
 class FreshVirtualenvTests(TestCase):

@@ -7,6 +7,7 @@ the reason, like configuration errors."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -115,7 +116,9 @@ def load_knowledge(path: str = "") -> Knowledge:
             data = packaged_knowledge_text()
         raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
-        raise KnowledgeError(f"{source}: file not found") from None
+        where = "" if os.path.isabs(source) or not path else f" (looked at {os.path.abspath(path)})"
+        raise KnowledgeError(f"{source}: file not found{where}; leave [bot] knowledge empty for the packaged"
+                             " default") from None
     except OSError as e:
         raise KnowledgeError(f"{source}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
