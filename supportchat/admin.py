@@ -7,6 +7,12 @@
     supportchat-admin copy-db --to postgresql://... [--from sqlite:///data/supportchat.db]
     supportchat-admin create-admin --user-id boss --name "The Boss" [--password-file FILE]
     supportchat-admin rotate-profile-keys [--batch N]
+
+Every command takes the server's --config FILE and --data-dir DIR and reads
+the same SUPPORTCHAT_* variables and defaults, through the server's own
+loader, so it finds the server's database and JWT secret. ``token`` never
+generates a secret: the server makes one in its data directory at its first
+start, and a token signed with any other would be refused.
 """
 
 from __future__ import annotations
@@ -18,21 +24,18 @@ from typing import Any, Iterator
 
 from twisted.python import usage
 
-from supportchat.config import Config, ConfigError, load_config
+from supportchat.config import Config, ConfigError, load_command_config
 from supportchat.storage.models import ROLES
+from supportchat.tap import CONFIG_OPTIONS
 
 
 class _Common(usage.Options):
-    optParameters = [
-        ["config", "c", None, "TOML configuration file."],
-        ["data-dir", "d", None, "Data directory (holds the generated secret)."],
-    ]
+    # The server's --config and --data-dir, loaded by the server's code:
+    # the same file, SUPPORTCHAT_* variables and defaults as the server.
+    optParameters = list(CONFIG_OPTIONS)
 
     def load(self) -> Config:
-        overrides: dict[str, dict[str, Any]] = {}
-        if self["data-dir"]:
-            overrides["server"] = {"data_dir": self["data-dir"]}
-        return load_config(self["config"], overrides=overrides)
+        return load_command_config(self["config"], self["data-dir"])
 
 
 class TokenOptions(_Common):
@@ -118,16 +121,6 @@ class CreateAdminOptions(_Common):
         if not self["name"]:
             raise usage.UsageError("--name is required")
 
-    def load(self) -> Config:
-        # The password variable is this command's, not a config option.
-        import os
-
-        overrides: dict[str, dict[str, Any]] = {}
-        if self["data-dir"]:
-            overrides["server"] = {"data_dir": self["data-dir"]}
-        environ = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
-        return load_config(self["config"], environ=environ, overrides=overrides)
-
     def opt_password(self, _: str) -> None:
         """Refused: pass the password with --password-file, SUPPORTCHAT_ADMIN_PASSWORD or the prompt."""
         raise usage.UsageError(
@@ -174,9 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sub = options.subOptions
     if options.subCommand == "token":
-        from supportchat.auth import TokenIssuer, ensure_secret
+        from supportchat.auth import SecretNotFound, TokenIssuer, find_secret
 
-        secret, _ = ensure_secret(config.auth, config.server.data_dir)
+        try:
+            secret, _ = find_secret(config.auth, config.server.data_dir)
+        except SecretNotFound as e:
+            # Never generate one here: the server would not know it.
+            sys.stderr.write(
+                f"supportchat-admin: no JWT secret: [auth] jwt_secret (SUPPORTCHAT_AUTH_JWT_SECRET) is not set"
+                f" and {e.path}: {e.reason}.\n"
+                "The server generates that file in its data directory when it first starts. Point this command"
+                " at the server's: --data-dir DIR (or SUPPORTCHAT_SERVER_DATA_DIR), --config FILE (the server's"
+                " configuration), or set SUPPORTCHAT_AUTH_JWT_SECRET to the secret the server uses.\n")
+            return 1
         token = TokenIssuer(config.auth, secret).mint(sub["user-id"], sub["role"], sub["ttl"], time.time(), sub["name"])
         sys.stdout.write(token + "\n")
         return 0

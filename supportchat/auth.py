@@ -48,19 +48,49 @@ class AuthError(Exception):
         self.reason = reason
 
 
-def ensure_secret(config: AuthConfig, data_dir: str) -> tuple[str, str | None]:
-    """The HS256 secret: configured, or read from (or generated into) the
-    data directory with mode 0600. Returns it and the file used, if any."""
+class SecretNotFound(Exception):
+    """No HS256 secret is configured and none is stored at ``path``."""
+
+    def __init__(self, path: str, reason: str, replaceable: bool = True) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        # Missing or too short (the server generates a new one); an
+        # unreadable file is never replaced.
+        self.replaceable = replaceable
+
+
+def find_secret(config: AuthConfig, data_dir: str) -> tuple[str, str | None]:
+    """The HS256 secret the server uses, without ever creating one: the
+    configured ``[auth] jwt_secret`` (SUPPORTCHAT_AUTH_JWT_SECRET), else the
+    one stored in the data directory. Returns it and the file used, if any;
+    raises :class:`SecretNotFound` (with the absolute path looked at)."""
     if config.jwt_secret:
         return config.jwt_secret, None
-    path = os.path.join(data_dir, SECRET_FILE)
+    path = os.path.abspath(os.path.join(data_dir, SECRET_FILE))
     try:
         with open(path, encoding="ascii") as f:
             secret = f.read().strip()
-        if len(secret) >= 32:
-            return secret, path
     except FileNotFoundError:
-        pass
+        raise SecretNotFound(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SecretNotFound(path, f"unreadable: {getattr(e, 'strerror', None) or e}", replaceable=False) from None
+    if len(secret) < 32:
+        raise SecretNotFound(path, "too short to be a generated secret")
+    return secret, path
+
+
+def ensure_secret(config: AuthConfig, data_dir: str) -> tuple[str, str | None]:
+    """The HS256 secret: configured, or read from (or, the first time,
+    generated into) the data directory with mode 0600. Only the server calls
+    this; the admin tool uses :func:`find_secret`. Returns it and the file
+    used, if any."""
+    try:
+        return find_secret(config, data_dir)
+    except SecretNotFound as e:
+        if not e.replaceable:
+            raise
+    path = os.path.join(data_dir, SECRET_FILE)
     os.makedirs(data_dir, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -16,19 +16,26 @@ from twisted.application.service import IService, ServiceMaker
 from twisted.logger import Logger
 from twisted.python import usage
 
-from supportchat.config import Config, ConfigError, load_config
+from supportchat.config import Config, ConfigError, load_command_config
 from supportchat.workers import as_reuseport, die_with_parent, reuseport_parser, worker_monitor
 
 log = Logger()
+
+# How every command line (the server's and supportchat-admin's) names its
+# configuration file and data directory; both load them with
+# load_command_config, so they find the same directory and secret.
+CONFIG_OPTIONS = [
+    ["config", "c", None, "TOML configuration file (default: the built-in defaults, as in conf/supportchat.toml)."],
+    ["data-dir", "d", None, "Directory of the SQLite database and the generated JWT secret "
+     "(default: [server] data_dir, SUPPORTCHAT_SERVER_DATA_DIR, else ./data)."],
+]
 
 
 class RunOptions(usage.Options):
     """Options of ``supportchat run``."""
 
     synopsis = "[--config FILE] [--listen ENDPOINT]... [--data-dir DIR]"
-    optParameters = [
-        ["config", "c", None, "TOML configuration file (defaults as in conf/supportchat.toml)."],
-        ["data-dir", "d", None, "Directory for the SQLite database and generated secret."],
+    optParameters = CONFIG_OPTIONS + [
         ["workers", "w", "1", "Processes serving the same ports (SO_REUSEPORT; needs Redis)."],
         ["worker-of", None, None, "(internal) this is a worker of that parent process id."],
     ]
@@ -47,11 +54,6 @@ class RunOptions(usage.Options):
     opt_l = opt_listen
 
     def postOptions(self) -> None:
-        overrides: dict[str, dict[str, Any]] = {"server": {}}
-        if self["listen"]:
-            overrides["server"]["listen"] = list(self["listen"])
-        if self["data-dir"]:
-            overrides["server"]["data_dir"] = self["data-dir"]
         try:
             workers = int(self["workers"])
         except ValueError:
@@ -60,7 +62,7 @@ class RunOptions(usage.Options):
             raise usage.UsageError("--workers must be between 1 and 64")
         self["workers"] = workers
         try:
-            self.config = load_config(self["config"], overrides=overrides)
+            self.config = load_command_config(self["config"], self["data-dir"], self["listen"])
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
         if "bot" in self.roles and self.config.bot.enabled:

@@ -18,7 +18,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from supportchat import admin
-from supportchat.auth import AuthError, Principal, TokenVerifier
+from supportchat.auth import AuthError, Principal, TokenVerifier, ensure_secret
 from supportchat.config import AuthConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +58,11 @@ class _AdminCase(TestCase):
 
 
 class TokenCommandTests(_AdminCase):
+    def setUp(self):
+        super().setUp()
+        # The secret the server generates in its data directory at its first start.
+        self.secret, _ = ensure_secret(AuthConfig(), self.data_dir)
+
     def test_token_verifies(self):
         """`token --user-id alice --role agent` prints a token the server accepts as alice/agent."""
         code, out, _ = self.run_main("token", "--user-id", "alice", "--role", "agent", "--data-dir", self.data_dir)
@@ -118,7 +123,7 @@ class TokenCommandTests(_AdminCase):
         self.assertEqual(code, 2)
         self.assertEqual(out, "")
         self.assertIn("--role", err)
-        self.assertFalse(os.path.exists(os.path.join(self.data_dir, "jwt_secret")))
+        self.assertEqual(stored_secret(self.data_dir), self.secret)
 
     def test_missing_user_id(self):
         """Without --user-id the command exits 2."""
@@ -146,6 +151,96 @@ class TokenCommandTests(_AdminCase):
         self.assertEqual((code, out), (2, ""))
         self.assertIn(conf, err)
         self.assertIn("websocket.max_body_chars", err)
+
+
+class SecretLookupTests(_AdminCase):
+    """`token` finds the server's secret exactly as the server does, and never makes one."""
+
+    timeout = 120
+
+    def test_no_secret_in_data_dir(self):
+        """With no secret in --data-dir: exit 1, the message names the file and the fixes,
+        no token is printed and nothing is created."""
+        code, out, err = self.run_main("token", "--user-id", "a", "--data-dir", self.data_dir)
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(os.path.join(os.path.abspath(self.data_dir), "jwt_secret"), err)
+        for fix in ("--data-dir", "--config", "SUPPORTCHAT_AUTH_JWT_SECRET"):
+            self.assertIn(fix, err)
+        self.assertEqual(os.listdir(self.data_dir), [])
+
+    def test_outside_the_checkout_without_a_secret(self):
+        """`python -m supportchat token` in an empty directory (no --data-dir, no config) exits
+        non-zero naming ./data/jwt_secret as an absolute path, and creates no file there."""
+        cwd = os.path.realpath(self.tempdir())
+        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1",
+               "HOME": cwd}
+        d = getProcessOutputAndValue(sys.executable, ["-m", "supportchat", "token", "--user-id", "alice"],
+                                     env=env, path=cwd, reactor=reactor)
+
+        def check(result):
+            out, err, code = result
+            message = err.decode("utf-8", "replace")
+            self.assertEqual((code, out), (1, b""), message)
+            self.assertIn(os.path.join(cwd, "data", "jwt_secret"), message)
+            self.assertIn("--data-dir", message)
+            self.assertEqual(os.listdir(cwd), [])
+
+        return d.addCallback(check)
+
+    def test_data_dir_from_the_environment(self):
+        """SUPPORTCHAT_SERVER_DATA_DIR (the server's variable) points the tool at the server's secret."""
+        secret, _ = ensure_secret(AuthConfig(), self.data_dir)
+        self.patch(os, "environ", dict(os.environ, SUPPORTCHAT_SERVER_DATA_DIR=self.data_dir))
+        code, out, err = self.run_main("token", "--user-id", "e", "--ttl", "60")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(TokenVerifier(AuthConfig(), secret).verify(out.strip()).user_id, "e")
+
+    def test_data_dir_from_the_config_file(self):
+        """[server] data_dir of the server's --config file is where the tool looks."""
+        secret, _ = ensure_secret(AuthConfig(), self.data_dir)
+        conf = os.path.join(self.tempdir(), "chat.toml")
+        with open(conf, "w") as f:
+            f.write(f'[server]\ndata_dir = "{self.data_dir}"\n')
+        code, out, err = self.run_main("token", "--config", conf, "--user-id", "f", "--ttl", "60")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(TokenVerifier(AuthConfig(), secret).verify(out.strip()).user_id, "f")
+
+    def test_secret_from_the_environment(self):
+        """SUPPORTCHAT_AUTH_JWT_SECRET signs the token; no file is read or written."""
+        self.patch(os, "environ", dict(os.environ, SUPPORTCHAT_AUTH_JWT_SECRET="s" * 40))
+        code, out, err = self.run_main("token", "--user-id", "g", "--ttl", "60", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(TokenVerifier(AuthConfig(), "s" * 40).verify(out.strip()).user_id, "g")
+        self.assertEqual(os.listdir(self.data_dir), [])
+
+    @inlineCallbacks
+    def test_token_accepted_by_a_running_server(self):
+        """A server started with --data-dir generates its secret; `supportchat-admin token
+        --data-dir` (run from another directory) prints a token that server's REST API accepts."""
+        from tests.support import ServerProcess, free_port, http_client
+
+        server = ServerProcess(self.data_dir, free_port())
+        del server.env["SUPPORTCHAT_AUTH_JWT_SECRET"]  # the server makes its own, as in production
+        self.addCleanup(server.kill)
+        yield server.start()
+        self.assertTrue(os.path.exists(os.path.join(self.data_dir, "jwt_secret")))
+        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1",
+               "HOME": self.data_dir}
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "supportchat", "token", "--user-id", "alice", "--role", "agent", "--ttl", "300",
+                             "--data-dir", self.data_dir],
+            env=env, path=self.tempdir(), reactor=reactor)
+        self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+        url = f"http://127.0.0.1:{server.port}/api/v1/inbox"
+        r = yield http_client().get(url, headers={b"authorization": [b"Bearer " + out.strip()]})
+        body = yield r.text()
+        self.assertEqual(r.code, 200, body)
+        forged = jwt.encode({"sub": "alice", "role": "agent", "exp": 2**40}, "x" * 48, algorithm="HS256")
+        r = yield http_client().get(url, headers={b"authorization": [b"Bearer " + forged.encode()]})
+        yield r.text()
+        self.assertEqual(r.code, 401)
+        server.signal("TERM")
+        self.assertEqual((yield server.ended()), 0)
 
 
 class MigrateCommandTests(_AdminCase):
@@ -203,6 +298,7 @@ class ModuleEntryTests(_AdminCase):
 
     def test_python_m_supportchat(self):
         """`python -m supportchat token ...` prints a token the server accepts."""
+        ensure_secret(AuthConfig(), self.data_dir)
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
             "PYTHONPATH": ROOT,

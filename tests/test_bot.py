@@ -42,7 +42,7 @@ from tests.dbs import threadless_db
 from tests.support import ask_bot, close_client, connect, is_chat, start_server, token
 from tests.test_chat_handler import FakeTransport
 
-KNOWLEDGE = load_knowledge("conf/bot.toml")
+KNOWLEDGE = load_knowledge()
 THRESHOLD = 72.0
 
 # (question, expected entry): unseen paraphrases, typos and word-order changes.

@@ -29,11 +29,12 @@ SCREENSHOTS = os.path.join(REPO.path, "docs", "screenshots")
 
 def _missing() -> str | None:
     if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is missing (apt-get install chromium); `make test` installs it"
+        return (f"{CHROMIUM} is missing: install Debian's package (sudo apt-get install --no-install-recommends"
+                " chromium), or run `bash .ci/run`, which installs it and then runs `make test`")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "playwright for Python is missing (pip install -r requirements-test.txt)"
+        return "playwright for Python is missing (`make test` installs it from requirements/test.txt)"
     return None
 
 

@@ -1,5 +1,6 @@
-"""The bot's knowledge file (``conf/bot.toml``): greeting, FAQ entries with
-example questions, quick replies, intents and multi-turn flows with slots.
+"""The bot's knowledge (the packaged default ``supportchat/bot/knowledge.toml``,
+documented copy ``conf/bot.toml``): greeting, FAQ entries with example
+questions, quick replies, intents and multi-turn flows with slots.
 
 Loaded once at start and validated; an error names the file, the entry and
 the reason, like configuration errors."""
@@ -10,6 +11,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 LANGS = ("en", "zh")
@@ -91,29 +93,39 @@ class Knowledge:
         return None
 
 
-DEFAULT_PATH = os.path.join("conf", "bot.toml")
+# The knowledge used when [bot] knowledge is empty: shipped as package data,
+# found from the installed package whatever the working directory
+# (conf/bot.toml is a documented copy, kept identical by a test).
+PACKAGED = "knowledge.toml"
 
 
-def resolve_path(path: str) -> str:
-    """A relative path is looked up in the working directory, then in the
-    source checkout (so ``conf/bot.toml`` works from any directory there)."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    candidate = os.path.join(here, path)
-    return candidate if os.path.exists(candidate) else path
+def packaged_knowledge_text() -> bytes:
+    """The packaged default knowledge file, as bytes."""
+    return resources.files("supportchat.bot").joinpath(PACKAGED).read_bytes()
 
 
-def load_knowledge(path: str) -> Knowledge:
-    real = resolve_path(path)
+def load_knowledge(path: str = "") -> Knowledge:
+    """Load and validate ``path`` (relative to the working directory), or
+    the packaged default when ``path`` is empty."""
+    source = path or f"supportchat/bot/{PACKAGED} (packaged default)"
     try:
-        with open(real, "rb") as f:
-            raw = tomllib.load(f)
+        if path:
+            with open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = packaged_knowledge_text()
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
-        raise KnowledgeError(f"{path}: file not found") from None
+        where = "" if os.path.isabs(source) or not path else f" (looked at {os.path.abspath(path)})"
+        raise KnowledgeError(f"{source}: file not found{where}; leave [bot] knowledge empty for the packaged"
+                             " default") from None
+    except OSError as e:
+        raise KnowledgeError(f"{source}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise KnowledgeError(f"{source}: not UTF-8: {e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise KnowledgeError(f"{path}: invalid TOML: {e}") from None
-    return parse_knowledge(raw, path)
+        raise KnowledgeError(f"{source}: invalid TOML: {e}") from None
+    return parse_knowledge(raw, source)
 
 
 def parse_knowledge(raw: dict[str, Any], source: str = "<knowledge>") -> Knowledge:

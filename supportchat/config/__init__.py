@@ -13,6 +13,7 @@ from supportchat.config.model import (
     RedisConfig,
     ServerConfig,
     WebSocketConfig,
+    load_command_config,
     load_config,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "RedisConfig",
     "ServerConfig",
     "WebSocketConfig",
+    "load_command_config",
     "load_config",
 ]

@@ -8,7 +8,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, Sequence, get_type_hints
 
 ENV_PREFIX = "SUPPORTCHAT_"
 # Variables with these prefixes are not configuration (the admin command's
@@ -213,10 +213,10 @@ class RedisConfig:
 
 @dataclass
 class BotConfig:
-    """The first-line bot (supportchat/bot/; knowledge in conf/bot.toml)."""
+    """The first-line bot (supportchat/bot/; knowledge: empty for the packaged default)."""
 
     enabled: bool = True
-    knowledge: str = "conf/bot.toml"
+    knowledge: str = ""
     user_id: str = "bot"
     threshold: float = 72.0
     max_misses: int = 2
@@ -233,7 +233,6 @@ class BotConfig:
     def validate(self, check: "_Checker") -> None:
         from supportchat.hours import parse_rule
 
-        check.that(bool(self.knowledge), "knowledge", "a knowledge file is required")
         check.that(bool(self.user_id) and len(self.user_id) <= 128, "user_id", "must be 1-128 characters")
         check.that(0 < self.threshold <= 100, "threshold", "must be between 0 (exclusive) and 100")
         check.that(self.max_misses >= 1, "max_misses", "must be at least 1")
@@ -485,6 +484,25 @@ def load_config(
         _Checker(source, "chat", sources).that(chat.presence_ttl > ws.auto_ping_interval, "presence_ttl",
                                                "must exceed websocket.auto_ping_interval")
     return Config(source=source, **built)
+
+
+def load_command_config(
+    path: str | None,
+    data_dir: str | None = None,
+    listen: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """The configuration a command line asks for: ``--config`` (else the
+    built-in defaults), then SUPPORTCHAT_* variables, then ``--data-dir``
+    and ``--listen``. The server (``twistd supportchat ...``) and
+    ``supportchat-admin`` both load it here, so they find the same data
+    directory and secret."""
+    server: dict[str, Any] = {}
+    if listen:
+        server["listen"] = list(listen)
+    if data_dir:
+        server["data_dir"] = data_dir
+    return load_config(path, environ=environ, overrides={"server": server} if server else None)
 
 
 def _section_classes() -> dict[str, type]:
