@@ -52,3 +52,27 @@ def redacting_log_formatter(timestamp: str, request: Request) -> str:
     path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
     method = request.method.decode("ascii", "replace")
     return f'{client_ip(request)} - - {timestamp} "{method} {path}" {request.code} {request.sentLength or "-"}'
+
+
+def allow_cors(request: Request, origins: set[str]) -> bool:
+    """CORS for the embedded widget: an Origin among ``origins`` (those that
+    may also open the WebSocket) is echoed in Access-Control-Allow-Origin.
+    True when the request's Origin is allowed."""
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return False
+    request.setHeader(b"vary", b"Origin")
+    if normalize_origin(origin.decode("ascii", "replace")) not in origins:
+        return False
+    request.setHeader(b"access-control-allow-origin", origin)
+    return True
+
+
+def cors_preflight(request: Request, methods: bytes, headers: bytes) -> bytes:
+    """The answer to an allowed Origin's preflight: 204, what may follow."""
+    request.setResponseCode(204)
+    request.setHeader(b"access-control-allow-methods", methods)
+    request.setHeader(b"access-control-allow-headers", headers)
+    request.setHeader(b"access-control-max-age", b"600")
+    request.setHeader(b"cache-control", b"no-store")
+    return b""

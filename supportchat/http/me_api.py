@@ -25,7 +25,7 @@ from twisted.web.http import Request
 
 from supportchat.auth import AuthError, TokenVerifier
 from supportchat.handlers.workflow import account_allows
-from supportchat.http.common import json_error, normalize_origin
+from supportchat.http.common import allow_cors, cors_preflight, json_error, normalize_origin
 from supportchat.http.history import AsyncJsonResource
 from supportchat.workflow.store import WorkflowStore
 
@@ -48,22 +48,11 @@ class MeApi(AsyncJsonResource):
         self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
 
     def render(self, request: Request) -> Any:
-        origin = request.getHeader(b"origin")
-        allowed = False
-        if origin is not None:
-            request.setHeader(b"vary", b"Origin")
-            allowed = normalize_origin(origin.decode("ascii", "replace")) in self._origins
-            if allowed:
-                request.setHeader(b"access-control-allow-origin", origin)
+        allowed = allow_cors(request, self._origins)
         if request.method == b"OPTIONS":
             if not allowed:
                 return json_error(request, 403, "forbidden", "this Origin may not use this endpoint")
-            request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-methods", b"GET")
-            request.setHeader(b"access-control-allow-headers", b"authorization")
-            request.setHeader(b"access-control-max-age", b"600")
-            request.setHeader(b"cache-control", b"no-store")
-            return b""
+            return cors_preflight(request, b"GET", b"authorization")
         return super().render(request)
 
     async def get(self, request: Request) -> tuple[int, Any]:

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from supportchat.auth import TokenIssuer
-from supportchat.http.common import client_ip, json_body, json_error, normalize_origin
+from supportchat.http.common import allow_cors, client_ip, cors_preflight, json_body, json_error, normalize_origin
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
 from supportchat.storage.models import new_id
@@ -109,25 +109,14 @@ class Visitors(JsonResource):
         self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
 
     def render(self, request: Request) -> Any:
-        # CORS for the embedded widget: only origins that may also open the
-        # WebSocket (websocket.allowed_origins plus the server's own).
-        origin = request.getHeader(b"origin")
-        if origin is not None:
-            request.setHeader(b"vary", b"Origin")
-            if normalize_origin(origin.decode("ascii", "replace")) in self._origins:
-                request.setHeader(b"access-control-allow-origin", origin)
+        allow_cors(request, self._origins)
         return super().render(request)
 
     def render_OPTIONS(self, request: Request) -> bytes:
         """CORS preflight: 204 with the allowed method and headers for an
         allowed Origin; 403 for any other."""
         if request.responseHeaders.hasHeader(b"access-control-allow-origin"):
-            request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-methods", b"POST")
-            request.setHeader(b"access-control-allow-headers", b"content-type")
-            request.setHeader(b"access-control-max-age", b"600")
-            request.setHeader(b"cache-control", b"no-store")
-            return b""
+            return cors_preflight(request, b"POST", b"content-type")
         return json_error(request, 403, "forbidden", "this Origin may not use the visitors endpoint")
 
     def render_POST(self, request: Request) -> bytes:
