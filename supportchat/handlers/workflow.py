@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from supportchat.auth import account_refusal
 from supportchat.bus.interfaces import Delivery
 from supportchat.handlers.connections import ClientSession
 from supportchat.handlers.hooks import Claim
@@ -17,7 +18,7 @@ from supportchat.handlers.messages import not_found
 from supportchat.handlers.queue import QUEUE_IN_HELLO, WorkQueue, agent_wire, queue_entry
 from supportchat.storage.models import EVENT, Conversation
 from supportchat.wire.frames import FrameError
-from supportchat.workflow.models import BOT, CLOSED, QUEUED, WorkflowError, account_allows
+from supportchat.workflow.models import BOT, CLOSED, QUEUED, WorkflowError
 
 
 class WorkflowChatHooks:
@@ -34,7 +35,7 @@ class WorkflowChatHooks:
         if session.role == "customer":
             return True
         agent = await self._q.wf.get_agent(session.user_id)
-        return account_allows(agent, session.principal.issued_at)
+        return account_refusal(agent, session.principal) is None  # as at the handshake (supportchat.http.authn)
 
     async def hello(self, session: ClientSession) -> dict[str, Any]:
         """The agent's status, capacity, load and team queue; a customer's
