@@ -11,7 +11,7 @@ from io import BytesIO
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
@@ -25,6 +25,7 @@ from supportchat.workflow import passwords
 from supportchat.workflow.memory import MemoryWorkflowStore
 from supportchat.workflow.models import Agent
 from supportchat.workflow.passwords import LOG2_N, P, R, PasswordHasher, hash_password
+from tests.support import http_client, start_server, token
 
 SECRET = "s" * 48
 PASSWORD = "correct horse battery"
@@ -52,7 +53,8 @@ class LoginHarness:
                                          disabled=disabled)
 
     def post(self, login: str, password: str, address: str = "10.0.0.1") -> DummyRequest:
-        request = DummyRequest([], client=IPv4Address("TCP", address, 40000))
+        request = DummyRequest([])
+        request.client = IPv4Address("TCP", address, 40000)
         request.method = b"POST"
         request.content = BytesIO(json.dumps({"login": login, "password": password}).encode())
         self.api.render(request)
@@ -193,3 +195,36 @@ class BoundedQueueTests(unittest.SynchronousTestCase):
         d: Deferred[Any] = Deferred()
         pending.append(d)
         return d
+
+
+class LoginOverHttpTests(unittest.TestCase):
+    """The same through a whole server (routes, Site, thread pool)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_repeated_failures_get_429_with_retry_after(self) -> Any:
+        """Wrong passwords for one account: the first six answer 401, the
+        seventh 429 JSON with Retry-After (before: forty in a row were all
+        401)."""
+        server = yield start_server(self)
+        http = http_client()
+        base = f"http://127.0.0.1:{server.port}/api/v1"
+
+        @inlineCallbacks
+        def call(path: str, body: Any, bearer: str | None = None) -> Any:
+            headers = {b"content-type": [b"application/json"]}
+            if bearer:
+                headers[b"authorization"] = [f"Bearer {bearer}".encode()]
+            r = yield http.request("POST", base + path, headers=headers, data=json.dumps(body).encode())
+            text = yield r.text()
+            return r, json.loads(text)
+
+        r, body = yield call("/agents", {"login": "ann", "password": PASSWORD}, token("boss", "admin"))
+        self.assertEqual(r.code, 201, body)
+        codes = []
+        for _ in range(7):
+            r, body = yield call("/login", {"login": "ann", "password": "wrong password"})
+            codes.append(r.code)
+        self.assertEqual(codes, [401] * 6 + [429])
+        self.assertEqual((body["error"]["code"], r.headers.getRawHeaders(b"retry-after")), ("rate_limited", [b"1"]))

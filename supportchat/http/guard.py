@@ -133,6 +133,7 @@ class GuardedWebSocketResource(WebSocketResource):
             elif not gone and request.channel is not None and request.channel.transport is not None:
                 body = self._authenticated(request, outcome)
                 if body is not NOT_DONE_YET:
+                    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
                     request.write(body)
                     request.finish()
             # else: the client left while its account was looked up
