@@ -215,3 +215,17 @@ class OnePathTests(unittest.TestCase):
             self.base = base
         status, _, _ = yield raw_handshake(off.port, headers={"Authorization": f"Bearer {bad}"})
         self.assertEqual(status, 401)
+
+    @inlineCallbacks
+    def test_a_role_change_closes_open_connections(self) -> Any:
+        """An admin makes an admin account an agent while it is connected: its
+        WebSocket closes with 1008 at once (it would keep the admin role
+        otherwise), and reconnecting with the old token is refused."""
+        chg = yield connect(self.server.port, self.tokens["chg"])
+        self.assertEqual(chg.frames[0]["agent"]["role"], "admin")
+        r, _ = yield self.call("PATCH", "/agents/chg", self.boss, {"role": "agent"})
+        self.assertEqual(r.code, 200)
+        _, code, reason = yield chg.closed
+        self.assertEqual((code, reason), (1008, "role changed; sign in again"))
+        status, _, _ = yield raw_handshake(self.server.port, headers={"Authorization": f"Bearer {self.tokens['chg']}"})
+        self.assertEqual(status, 401)

@@ -76,10 +76,14 @@ class WorkflowChatHooks:
                 conv_id = str(frame["conversation"])
                 q.background.run("workflow_handoff", lambda: Deferred.fromCoroutine(q.on_handoff(conv_id)))
         elif frame.get("type") == "agent_status" and isinstance(frame.get("agent"), dict):
-            team = frame["agent"].get("team")
+            team, role = frame["agent"].get("team"), frame["agent"].get("role")
             for uid in delivery.user_ids:
                 for s in q.registry.for_user(uid):
                     s.team = team  # team-scoped deliveries (inbox) follow an admin's change at once
+                    if role is not None and s.role != role:
+                        # An admin changed the account's role: the session's role is the token's,
+                        # which the handshake now refuses (role_changed); sign in again.
+                        s.close(1008, "role changed; sign in again")
         elif frame.get("type") == "error" and frame.get("code") == "account_disabled":
             for uid in delivery.user_ids:
                 for s in q.registry.for_user(uid):
