@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from twisted.logger import Logger
 
 from supportchat.config import AuthConfig
 from supportchat.storage.models import ROLES
+
+if TYPE_CHECKING:
+    from supportchat.workflow.models import Agent
 
 log = Logger()
 
@@ -46,6 +49,28 @@ class AuthError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def account_refusal(agent: Agent | None, principal: Principal) -> AuthError | None:
+    """Why ``agent``'s account refuses ``principal``'s token, or None (no
+    account: a customer, or a staff token minted by ``supportchat-admin
+    token`` or an integrator before its first connection). The reasons are
+    ``account_disabled``, ``revoked`` (issued before the account's tokens
+    were revoked) and ``role_changed`` (the token's role is not the
+    account's any more)."""
+    if agent is None:
+        return None
+    if agent.disabled:
+        return AuthError("account_disabled", "this account is disabled")
+    # ``iat`` is in whole seconds: a token of the very second of the
+    # revocation is refused too (a fresh sign-in in that second is refused
+    # for the rest of it; one a second later works).
+    valid_after = agent.tokens_valid_after
+    if valid_after and (principal.issued_at is None or principal.issued_at < valid_after):
+        return AuthError("revoked", "this token was revoked; sign in again")
+    if agent.role != principal.role:
+        return AuthError("role_changed", "this account's role changed; sign in again")
+    return None
 
 
 class SecretNotFound(Exception):

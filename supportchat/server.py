@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import txaio
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -28,6 +29,7 @@ from supportchat.handlers.assemble import build_router
 from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.writer import MessageWriter
 from supportchat.handlers.connections import ConnectionRegistry
+from supportchat.http.authn import Authenticator
 from supportchat.http.common import normalize_origin, redacting_log_formatter
 from supportchat.hours import BusinessHours
 from supportchat.metrics import Metrics
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from supportchat.redis.presence import RedisPresenceStore
     from supportchat.redis.store import RedisChatStore
     from supportchat.workflow.canned import SqlCannedStore
+    from supportchat.workflow.passwords import PasswordHasher
     from supportchat.workflow.profiles import ProfileService
     from supportchat.workflow.store import SqlWorkflowStore
 
@@ -318,6 +321,21 @@ class SupportChatServer:
 
     def get_issuer(self) -> TokenIssuer:
         return self._once("issuer", lambda: TokenIssuer(self.config.auth, self.get_secret()))
+
+    def get_authenticator(self) -> Authenticator:
+        """The one authentication path (token, then the staff account) of
+        the WebSocket handshake and every REST route."""
+        return self._once("authenticator", lambda: Authenticator(self.get_verifier(), self.get_workflow_store()))
+
+    def get_password_hasher(self) -> PasswordHasher:
+        """scrypt for logins and new passwords, a few at a time on the thread pool."""
+        from supportchat.workflow.passwords import PasswordHasher
+
+        def run(f: Callable[..., Any], *args: Any) -> Any:
+            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+        return self._once("password_hasher", lambda: PasswordHasher(
+            run, self.config.auth.password_hash_concurrency, self.config.auth.password_hash_queue))
 
     def get_allowed_origins(self) -> list[str]:
         def make() -> list[str]:

@@ -93,7 +93,7 @@ def build_root(server: SupportChatServer) -> Resource:
     root = ApiRoot()
     if "gateway" in server.roles:
         _put_path(root, _segments(config.websocket.path), GuardedWebSocketResource(
-            server.get_chat_factory(), server.get_verifier(), server.get_handshake_limiter(),
+            server.get_chat_factory(), server.get_authenticator(), server.get_handshake_limiter(),
             server.get_allowed_origins(), server.get_metrics(), serving=lambda: serving_chat(server),
         ))
     mount_web(root)
@@ -125,19 +125,18 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
         KeyedRateLimiter(reactor, config.auth.handshake_rate, config.auth.handshake_burst),
         config.auth.visitors_enabled, server.get_allowed_origins(),
     ))
+    authn = server.get_authenticator()  # every route below authenticates through it
     v1.putChild(b"conversations", ConversationsApi(
-        server.get_verifier(), server.get_history_store(), config.chat.sync_limit_max))
-    v1.putChild(b"search", SearchApi(server.get_verifier(), server.get_history_store()))
-    v1.putChild(b"me", MeApi(server.get_verifier(),
-                             server.get_workflow_store() if server.config.workflow.enabled else None,
-                             server.get_allowed_origins()))
+        authn, server.get_history_store(), config.chat.sync_limit_max))
+    v1.putChild(b"search", SearchApi(authn, server.get_history_store()))
+    v1.putChild(b"me", MeApi(authn, server.get_allowed_origins()))
     if config.workflow.enabled:
         _mount_workflow_api(server, v1)
     from supportchat.http.openapi import OpenApiResource
 
     v1.putChild(b"openapi.json", OpenApiResource())
     v1.putChild(b"admin", AdminApi(
-        reactor, server.get_verifier(), server.get_history_store(), config.database.retention_batch,
+        reactor, authn, server.get_history_store(), config.database.retention_batch,
         server.get_profiles()))
 
 
@@ -145,18 +144,21 @@ def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:
     """Login, agents, teams, inbox, CSAT, canned replies and customer profiles."""
     from supportchat.http.canned_api import CannedApi
     from supportchat.http.profiles_api import CustomersApi
-    from supportchat.http.workflow_api import AgentsApi, CsatApi, InboxApi, LoginApi, TeamsApi
+    from supportchat.http.workflow_api import AgentsApi, CsatApi, InboxApi, LoginApi, LoginThrottle, TeamsApi
 
     reactor, cfg = server.reactor, server.config.workflow
-    store, verifier, issuer = server.get_workflow_store(), server.get_verifier(), server.get_issuer()
-    v1.putChild(b"login", LoginApi(reactor, verifier, store, issuer, cfg))
-    v1.putChild(b"refresh", LoginApi(reactor, verifier, store, issuer, cfg, refresh=True))
-    v1.putChild(b"agents", AgentsApi(reactor, verifier, store, cfg, server.get_staff_notices().after_agent_change))
-    v1.putChild(b"teams", TeamsApi(reactor, verifier, store))
-    v1.putChild(b"inbox", InboxApi(reactor, verifier, store))
-    v1.putChild(b"csat", CsatApi(reactor, verifier, store))
-    v1.putChild(b"canned", CannedApi(reactor, verifier, store, server.get_canned_store()))
-    v1.putChild(b"customers", CustomersApi(reactor, verifier, store, server.get_profiles(),
+    store, authn, issuer = server.get_workflow_store(), server.get_authenticator(), server.get_issuer()
+    hasher = server.get_password_hasher()
+    v1.putChild(b"login", LoginApi(reactor, authn, store, issuer, cfg, hasher,
+                                   LoginThrottle(reactor, server.config.auth)))
+    v1.putChild(b"refresh", LoginApi(reactor, authn, store, issuer, cfg, hasher, refresh=True))
+    v1.putChild(b"agents", AgentsApi(reactor, authn, store, cfg, server.get_staff_notices().after_agent_change,
+                                     hasher))
+    v1.putChild(b"teams", TeamsApi(reactor, authn, store))
+    v1.putChild(b"inbox", InboxApi(reactor, authn, store))
+    v1.putChild(b"csat", CsatApi(reactor, authn, store))
+    v1.putChild(b"canned", CannedApi(reactor, authn, store, server.get_canned_store()))
+    v1.putChild(b"customers", CustomersApi(reactor, authn, store, server.get_profiles(),
                                            server.get_staff_notices().profile_changed))
 
 

@@ -102,8 +102,26 @@ class AuthConfig:
     handshake_rate: float = 20.0
     handshake_burst: int = 40
     leeway: int = 30
+    # POST /api/v1/login: backoff after failures, per login and per address.
+    login_free_failures: int = 5
+    login_free_failures_per_address: int = 20
+    login_backoff_initial: float = 1.0
+    login_backoff_max: float = 300.0
+    login_forget_after: float = 3600.0
+    # scrypt (32 MiB each) on the thread pool: how many at once, how many waiting.
+    password_hash_concurrency: int = 2
+    password_hash_queue: int = 16
 
     def validate(self, check: "_Checker") -> None:
+        check.that(self.login_free_failures >= 0, "login_free_failures", "must not be negative")
+        check.that(self.login_free_failures_per_address >= 0, "login_free_failures_per_address",
+                   "must not be negative")
+        check.that(self.login_backoff_initial > 0, "login_backoff_initial", "must be positive")
+        check.that(self.login_backoff_max >= self.login_backoff_initial, "login_backoff_max",
+                   "must be at least login_backoff_initial")
+        check.that(self.login_forget_after > 0, "login_forget_after", "must be positive")
+        check.that(1 <= self.password_hash_concurrency <= 64, "password_hash_concurrency", "must be between 1 and 64")
+        check.that(self.password_hash_queue >= 0, "password_hash_queue", "must not be negative")
         if self.jwt_secret:
             check.that(
                 len(self.jwt_secret) >= 32,

@@ -32,7 +32,8 @@ QUEUE_IN_HELLO = 200
 
 def agent_wire(agent: Agent) -> dict[str, Any]:
     """An agent's status as ``agent_status`` and ``hello.agent`` carry it."""
-    return {"status": agent.status, "capacity": agent.capacity, "load": agent.load, "team": agent.team_id}
+    return {"status": agent.status, "capacity": agent.capacity, "load": agent.load, "team": agent.team_id,
+            "role": agent.role}
 
 
 def user_wire(agent: Agent | None, agent_id: str) -> dict[str, Any]:

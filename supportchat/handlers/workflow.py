@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from supportchat.auth import account_refusal
 from supportchat.bus.interfaces import Delivery
 from supportchat.handlers.connections import ClientSession
 from supportchat.handlers.hooks import Claim
@@ -17,7 +18,7 @@ from supportchat.handlers.messages import not_found
 from supportchat.handlers.queue import QUEUE_IN_HELLO, WorkQueue, agent_wire, queue_entry
 from supportchat.storage.models import EVENT, Conversation
 from supportchat.wire.frames import FrameError
-from supportchat.workflow.models import BOT, CLOSED, QUEUED, WorkflowError, account_allows
+from supportchat.workflow.models import BOT, CLOSED, QUEUED, WorkflowError
 
 
 class WorkflowChatHooks:
@@ -34,7 +35,7 @@ class WorkflowChatHooks:
         if session.role == "customer":
             return True
         agent = await self._q.wf.get_agent(session.user_id)
-        return account_allows(agent, session.principal.issued_at)
+        return account_refusal(agent, session.principal) is None  # as at the handshake (supportchat.http.authn)
 
     async def hello(self, session: ClientSession) -> dict[str, Any]:
         """The agent's status, capacity, load and team queue; a customer's
@@ -75,10 +76,14 @@ class WorkflowChatHooks:
                 conv_id = str(frame["conversation"])
                 q.background.run("workflow_handoff", lambda: Deferred.fromCoroutine(q.on_handoff(conv_id)))
         elif frame.get("type") == "agent_status" and isinstance(frame.get("agent"), dict):
-            team = frame["agent"].get("team")
+            team, role = frame["agent"].get("team"), frame["agent"].get("role")
             for uid in delivery.user_ids:
                 for s in q.registry.for_user(uid):
                     s.team = team  # team-scoped deliveries (inbox) follow an admin's change at once
+                    if role is not None and s.role != role:
+                        # An admin changed the account's role: the session's role is the token's,
+                        # which the handshake now refuses (role_changed); sign in again.
+                        s.close(1008, "role changed; sign in again")
         elif frame.get("type") == "error" and frame.get("code") == "account_disabled":
             for uid in delivery.user_ids:
                 for s in q.registry.for_user(uid):

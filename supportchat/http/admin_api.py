@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
 
-from supportchat.auth import TokenVerifier
+from supportchat.http.authn import Authenticator
 from supportchat.http.history import AsyncJsonResource, HttpError, authenticate
 from supportchat.storage.history import repeat_batches
 from supportchat.storage.interfaces import HistoryStore
@@ -34,17 +34,17 @@ class AdminApi(AsyncJsonResource):
 
     routes = {b"GET": "get", b"DELETE": "delete"}
 
-    def __init__(self, clock: IReactorTime, verifier: TokenVerifier, history: HistoryStore, batch: int,
+    def __init__(self, clock: IReactorTime, authn: Authenticator, history: HistoryStore, batch: int,
                  profiles: ProfileService | None = None) -> None:
         super().__init__()
         self._clock = clock
-        self._verifier = verifier
+        self._authn = authn
         self._history = history
         self._batch = batch
         self._profiles = profiles
 
-    def _customer(self, request: Request, suffix: list[str]) -> str:
-        principal = authenticate(request, self._verifier)
+    async def _customer(self, request: Request, suffix: list[str]) -> str:
+        principal = await authenticate(request, self._authn)
         if principal.role != "admin":
             raise HttpError(403, "forbidden", "only admins may export or erase customer data")
         path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
@@ -53,12 +53,12 @@ class AdminApi(AsyncJsonResource):
         return path[1]
 
     async def get(self, request: Request) -> tuple[int, Any]:
-        customer = self._customer(request, ["export"])
+        customer = await self._customer(request, ["export"])
         data = await customer_export(self._history, self._profiles, customer)
         data["exported_at"] = self._clock.seconds()
         return 200, data
 
     async def delete(self, request: Request) -> tuple[int, Any]:
-        customer = self._customer(request, [])
+        customer = await self._customer(request, [])
         deleted = await repeat_batches(lambda: self._history.erase_customer_batch(customer, self._batch), self._clock)
         return 200, {"customer_id": customer, "erased": True, "deleted_rows": deleted}

@@ -18,7 +18,8 @@ from typing import Any
 
 from twisted.web.http import Request
 
-from supportchat.auth import Principal, TokenVerifier
+from supportchat.auth import Principal
+from supportchat.http.authn import Authenticator
 from supportchat.http.history import HttpError, str_arg
 from supportchat.http.workflow_api import ID_RE, WorkflowResource, _path, read_json
 from supportchat.workflow.canned import PERSONAL, SCOPES, TEAM, Canned, CannedStore
@@ -54,8 +55,8 @@ class CannedApi(WorkflowResource):
 
     routes = {b"GET": "get", b"POST": "post", b"PATCH": "patch", b"DELETE": "delete"}
 
-    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore, canned: CannedStore) -> None:
-        super().__init__(reactor, verifier, workflow)
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore, canned: CannedStore) -> None:
+        super().__init__(reactor, authn, workflow)
         self._canned = canned
 
     async def _team(self, principal: Principal) -> str:

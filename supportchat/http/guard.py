@@ -1,5 +1,7 @@
 """The WebSocket handshake guard: rate limit (429), Origin (403) and token
-(401) are checked before the upgrade, answered as JSON like the REST API."""
+and account (401, through the one authentication path of
+``supportchat.http.authn``) are checked before the upgrade, answered as
+JSON like the REST API."""
 
 from __future__ import annotations
 
@@ -9,11 +11,17 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.web.http import Request
 from twisted.web.server import NOT_DONE_YET
 
-from supportchat.auth import AuthError, TokenVerifier
+from twisted.python.failure import Failure
+from twisted.logger import Logger
+
+from supportchat.auth import AuthError, Principal
+from supportchat.http.authn import Authenticator
 from supportchat.http.common import client_ip, json_error, normalize_origin
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
 from supportchat.ws.protocol import SUBPROTOCOL, ChatServerFactory
+
+log = Logger()
 
 
 def release_upgrade_request(request: Request) -> None:
@@ -75,7 +83,7 @@ class GuardedWebSocketResource(WebSocketResource):
     def __init__(
         self,
         factory: ChatServerFactory,
-        verifier: TokenVerifier,
+        authn: Authenticator,
         limiter: KeyedRateLimiter,
         allowed_origins: Sequence[str],
         metrics: Metrics,
@@ -84,7 +92,7 @@ class GuardedWebSocketResource(WebSocketResource):
         super().__init__(factory)
         self._serving = serving
         self._chat_factory = factory
-        self._verifier = verifier
+        self._authn = authn
         self._limiter = limiter
         self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
         self._metrics = metrics
@@ -113,11 +121,42 @@ class GuardedWebSocketResource(WebSocketResource):
             if SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
                 return self._reject(request, 400, "bad_request", "subprotocol",
                                     f"offer {SUBPROTOCOL} together with the bearer subprotocol")
-        try:
-            principal = self._verifier.verify(token)
-        except AuthError as e:
-            return self._reject(request, 401, "unauthorized", e.reason, str(e), {"www-authenticate": "Bearer"})
-        self._chat_factory.pending_principal = principal
+        # The account check may need the database: the upgrade then happens
+        # when it answers (customer tokens and refused ones answer at once).
+        now: list[Any] = []
+        waiting: list[bool] = []
+        gone: list[bool] = []
+
+        def arrived(outcome: Any) -> None:
+            if not waiting:
+                now.append(outcome)
+            elif not gone and request.channel is not None and request.channel.transport is not None:
+                body = self._authenticated(request, outcome)
+                if body is not NOT_DONE_YET:
+                    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+                    request.write(body)
+                    request.finish()
+            # else: the client left while its account was looked up
+
+        self._authn.authenticate(token).addBoth(arrived)
+        if now:
+            return self._authenticated(request, now[0])
+        waiting.append(True)
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        return NOT_DONE_YET
+
+    def _authenticated(self, request: Request, outcome: Principal | Failure) -> Any:
+        """Upgrade for a principal; answer 401 for a refused token or
+        account, 503 when the account could not be read."""
+        if isinstance(outcome, Failure):
+            if outcome.check(AuthError):
+                err = outcome.value
+                assert isinstance(err, AuthError)
+                return self._reject(request, 401, "unauthorized", err.reason, str(err), {"www-authenticate": "Bearer"})
+            log.failure("account check at the WebSocket handshake failed", outcome)
+            return self._reject(request, 503, "unavailable", "unavailable", "accounts cannot be checked; retry shortly",
+                                {"retry-after": "5"})
+        self._chat_factory.pending_principal = outcome
         try:
             result = super().render(request)
         finally:

@@ -20,7 +20,8 @@ from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from supportchat.auth import AuthError, Principal, TokenVerifier
+from supportchat.auth import AuthError, Principal
+from supportchat.http.authn import Authenticator, bearer_token
 from supportchat.http.common import json_body, json_error
 from supportchat.storage.interfaces import HistoryStore
 
@@ -40,14 +41,15 @@ class HttpError(Exception):
         self.headers = headers
 
 
-def authenticate(request: Request, verifier: TokenVerifier) -> Principal:
-    """The principal of the ``Authorization: Bearer`` token, or HttpError 401."""
-    auth = request.getHeader(b"authorization") or b""
-    scheme, _, value = auth.partition(b" ")
-    if scheme.lower() != b"bearer" or not value.strip():
+async def authenticate(request: Request, authn: Authenticator) -> Principal:
+    """The principal of the ``Authorization: Bearer`` token through the one
+    authentication path (token and account, ``supportchat.http.authn``),
+    or HttpError 401."""
+    token = bearer_token(request)
+    if token is None:
         raise HttpError(401, "unauthorized", "an Authorization: Bearer token is required", {"www-authenticate": "Bearer"})
     try:
-        return verifier.verify(value.strip().decode("ascii", "replace"))
+        return await authn.authenticate(token)
     except AuthError as e:
         raise HttpError(401, "unauthorized", str(e), {"www-authenticate": "Bearer"}) from None
 
@@ -120,14 +122,14 @@ class ConversationsApi(AsyncJsonResource):
 
     routes = {b"GET": "get"}
 
-    def __init__(self, verifier: TokenVerifier, history: HistoryStore, max_limit: int) -> None:
+    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int) -> None:
         super().__init__()
-        self._verifier = verifier
+        self._authn = authn
         self._history = history
         self._max_limit = max_limit
 
     async def get(self, request: Request) -> tuple[int, Any]:
-        principal = authenticate(request, self._verifier)
+        principal = await authenticate(request, self._authn)
         path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
         if len(path) != 2 or path[1] != "messages" or not path[0]:
             raise HttpError(404, "not_found", "no such resource")
@@ -155,14 +157,14 @@ class SearchApi(AsyncJsonResource):
 
     routes = {b"GET": "get"}
 
-    def __init__(self, verifier: TokenVerifier, history: HistoryStore, max_limit: int = 100) -> None:
+    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int = 100) -> None:
         super().__init__()
-        self._verifier = verifier
+        self._authn = authn
         self._history = history
         self._max_limit = max_limit
 
     async def get(self, request: Request) -> tuple[int, Any]:
-        principal = authenticate(request, self._verifier)
+        principal = await authenticate(request, self._authn)
         if any(getattr(request, "postpath", None) or []):
             raise HttpError(404, "not_found", "no such resource")
         q = (str_arg(request, "q") or "").strip()

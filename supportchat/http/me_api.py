@@ -11,7 +11,9 @@ disabled or its tokens revoked) from a transient one (the server is down).
 
 ``reason`` is the verifier's word (``expired``, ``signature``,
 ``audience``, ``issuer``, ``claims``, ``algorithm``, ``malformed``,
-``invalid``), ``no_token`` without a token, or ``account_disabled``.
+``invalid``), ``no_token`` without a token, or the account's word
+(``account_disabled``, ``revoked``, ``role_changed``): the one
+authentication path (``supportchat.http.authn``) every route uses.
 Cross-origin pages (the embedded widget) may call it from the origins that
 may open the WebSocket.
 """
@@ -23,11 +25,10 @@ from typing import Any, Sequence
 import jwt
 from twisted.web.http import Request
 
-from supportchat.auth import AuthError, TokenVerifier
-from supportchat.handlers.workflow import account_allows
+from supportchat.auth import AuthError
+from supportchat.http.authn import Authenticator, bearer_token
 from supportchat.http.common import allow_cors, cors_preflight, json_error, normalize_origin
 from supportchat.http.history import AsyncJsonResource
-from supportchat.workflow.store import WorkflowStore
 
 
 def _unauthorized(request: Request, reason: str, message: str) -> tuple[int, Any]:
@@ -40,11 +41,9 @@ class MeApi(AsyncJsonResource):
 
     routes = {b"GET": "get"}
 
-    def __init__(self, verifier: TokenVerifier, workflow: WorkflowStore | None = None,
-                 allowed_origins: Sequence[str] = ()) -> None:
+    def __init__(self, authn: Authenticator, allowed_origins: Sequence[str] = ()) -> None:
         super().__init__()
-        self._verifier = verifier
-        self._wf = workflow
+        self._authn = authn
         self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
 
     def render(self, request: Request) -> Any:
@@ -58,19 +57,13 @@ class MeApi(AsyncJsonResource):
     async def get(self, request: Request) -> tuple[int, Any]:
         if any(getattr(request, "postpath", None) or []):
             return 404, {"error": {"code": "not_found", "message": "no such resource"}}
-        auth = request.getHeader(b"authorization") or b""
-        scheme, _, value = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not value.strip():
+        token = bearer_token(request)
+        if token is None:
             return _unauthorized(request, "no_token", "an Authorization: Bearer token is required")
-        token = value.strip().decode("ascii", "replace")
         try:
-            principal = self._verifier.verify(token)
+            principal = await self._authn.authenticate(token)
         except AuthError as e:
             return _unauthorized(request, e.reason, str(e))
-        if self._wf is not None and principal.role != "customer":
-            agent = await self._wf.get_agent(principal.user_id)
-            if not account_allows(agent, principal.issued_at):
-                return _unauthorized(request, "account_disabled", "this account is disabled or the token was revoked")
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")  # verified above
         return 200, {"user": principal.to_wire(),
                      "expires_at": int(exp) if isinstance(exp, (int, float)) else None}

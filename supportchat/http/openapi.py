@@ -100,7 +100,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/login": {"post": _op(
             "Agent/admin login: short-lived access token and a one-use refresh token", 200, TOKENS,
             _obj({"login": _S, "password": {"type": "string", "format": "password"}}, ("login", "password")),
-            public=True, errors=(401,), tag="auth")},
+            public=True, errors=(401, 429, 503), tag="auth")},
         "/api/v1/refresh": {"post": _op(
             "Exchange a refresh token (one use) for a new pair", 200, TOKENS,
             _obj({"refresh_token": _S}, ("refresh_token",)), public=True, errors=(401,), tag="auth")},

@@ -22,7 +22,8 @@ from typing import Any, Awaitable, Callable
 from twisted.logger import Logger
 from twisted.web.http import Request
 
-from supportchat.auth import Principal, TokenVerifier
+from supportchat.auth import Principal
+from supportchat.http.authn import Authenticator
 from supportchat.http.history import HttpError, str_arg
 from supportchat.http.workflow_api import WorkflowResource, _path, read_json
 from supportchat.workflow.profiles import ProfileInvalid, ProfileKeyError, ProfileService, validate
@@ -40,9 +41,9 @@ class CustomersApi(WorkflowResource):
 
     routes = {b"GET": "get", b"PUT": "put"}
 
-    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore,
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore,
                  profiles: ProfileService, on_change: Callable[[str], Awaitable[None]] | None = None) -> None:
-        super().__init__(reactor, verifier, workflow)
+        super().__init__(reactor, authn, workflow)
         self._profiles = profiles
         self._on_change = on_change
 

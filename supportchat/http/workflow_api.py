@@ -15,31 +15,42 @@ inbox (conversations in the workflow) and the CSAT report.
     GET   /api/v1/csat?since=          admins: ratings report
 
 Errors are ``{"error": {"code", "message"}}``; customers get 403, a
-disabled account or revoked token 401. Passwords and tokens are never logged.
+disabled account, revoked token or changed role 401 (``supportchat.http.authn``).
+Passwords and tokens are never logged.
+
+Login is throttled per login and per client address (429 with
+``Retry-After`` after repeated failures, exponential backoff, reset on
+success); unknown logins cost the same scrypt work as real ones; scrypt
+runs through the bounded ``PasswordHasher`` (503 with ``Retry-After`` when
+its queue is full). The limits are ``[auth] login_*`` and
+``password_hash_*`` (docs/security.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 from typing import Any, Callable
 
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
 
-from supportchat.auth import Principal, TokenIssuer, TokenVerifier
-from supportchat.config.model import WorkflowConfig
+from supportchat.auth import Principal, TokenIssuer
+from supportchat.http.authn import Authenticator
+from supportchat.config.model import AuthConfig, WorkflowConfig
+from supportchat.http.common import client_ip
 from supportchat.http.history import AsyncJsonResource, HttpError, authenticate, int_arg, str_arg
-from supportchat.workflow.models import STATUSES, Agent, WorkflowError, account_allows
-from supportchat.workflow.passwords import hash_password, verify_password
+from supportchat.workflow.models import STATUSES, Agent, WorkflowError
+from supportchat.ratelimit import FailureBackoff
+from supportchat.workflow.passwords import HasherBusy, PasswordHasher
 from supportchat.workflow.store import WorkflowStore
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_BODY = 16 * 1024
-# Verified when the login is unknown, so timing does not tell which logins exist.
-_DUMMY_HASH = "scrypt$10$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+MAX_LOGIN_CHARS = 256
 
 
 def read_json(request: Request) -> dict[str, Any]:
@@ -60,24 +71,45 @@ def _path(request: Request) -> list[str]:
 
 
 class WorkflowResource(AsyncJsonResource):
-    """Shared: authentication with the account check."""
+    """Shared: the one authentication path (token and account), then the role."""
 
-    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore) -> None:
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore) -> None:
         super().__init__()
         self._reactor = reactor
-        self._verifier = verifier
+        self._authn = authn
         self._wf = workflow
 
     async def principal(self, request: Request, roles: tuple[str, ...] = ("agent", "admin")) -> Principal:
-        principal = authenticate(request, self._verifier)
-        if principal.role != "customer":
-            agent = await self._wf.get_agent(principal.user_id)
-            if not account_allows(agent, principal.issued_at):
-                raise HttpError(401, "unauthorized", "this account is disabled or the token was revoked",
-                                {"www-authenticate": "Bearer"})
+        principal = await authenticate(request, self._authn)
         if principal.role not in roles:
             raise HttpError(403, "forbidden", f"this needs the role {' or '.join(roles)}")
         return principal
+
+
+class LoginThrottle:
+    """Backoff after failed logins, per login (any login, existing or not,
+    so the answers do not tell which exist) and per client address."""
+
+    def __init__(self, clock: IReactorTime, config: AuthConfig) -> None:
+        limits = (config.login_backoff_initial, config.login_backoff_max, config.login_forget_after)
+        self.logins = FailureBackoff(clock, config.login_free_failures, *limits)
+        self.addresses = FailureBackoff(clock, config.login_free_failures_per_address, *limits)
+
+    def check(self, login: str, address: str) -> None:
+        """HttpError 429 while the login or the address must wait."""
+        wait = max(self.logins.retry_after(login), self.addresses.retry_after(address))
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise HttpError(429, "rate_limited", f"too many failed sign-ins; retry in {seconds} seconds",
+                            {"retry-after": str(seconds)})
+
+    def failed(self, login: str, address: str) -> None:
+        self.logins.failed(login)
+        self.addresses.failed(address)
+
+    def succeeded(self, login: str, address: str) -> None:
+        self.logins.succeeded(login)
+        self.addresses.succeeded(address)
 
 
 class LoginApi(WorkflowResource):
@@ -85,11 +117,14 @@ class LoginApi(WorkflowResource):
 
     routes = {b"POST": "post"}
 
-    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore, issuer: TokenIssuer,
-                 config: WorkflowConfig, refresh: bool = False) -> None:
-        super().__init__(reactor, verifier, workflow)
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore, issuer: TokenIssuer,
+                 config: WorkflowConfig, hasher: PasswordHasher, throttle: LoginThrottle | None = None,
+                 refresh: bool = False) -> None:
+        super().__init__(reactor, authn, workflow)
         self._issuer = issuer
         self._config = config
+        self._hasher = hasher
+        self._throttle = throttle
         self._refresh = refresh
 
     async def post(self, request: Request) -> tuple[int, Any]:
@@ -106,16 +141,33 @@ class LoginApi(WorkflowResource):
             if agent is None or agent.disabled:
                 raise HttpError(401, "unauthorized", "the refresh token is invalid, used or expired")
         else:
-            login, password = data.get("login"), data.get("password")
-            if not isinstance(login, str) or not isinstance(password, str) or not login or not password:
-                raise HttpError(400, "bad_request", "login and password are required")
-            agent = await self._wf.get_agent_by_login(login)
-            stored = agent.password_hash if agent is not None else _DUMMY_HASH
-            ok = await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), verify_password, password,
-                                         stored)
-            if agent is None or not ok or agent.disabled:
-                raise HttpError(401, "unauthorized", "wrong login or password, or the account is disabled")
+            agent = await self._login(request, data)
         return 200, await self._tokens(agent, now)
+
+    async def _login(self, request: Request, data: dict[str, Any]) -> Agent:
+        """The account whose password this is: throttled, and the same
+        scrypt work whether the login exists, has no password, or not."""
+        login, password = data.get("login"), data.get("password")
+        if not isinstance(login, str) or not isinstance(password, str) or not login or not password:
+            raise HttpError(400, "bad_request", "login and password are required")
+        if len(login) > MAX_LOGIN_CHARS:
+            raise HttpError(400, "bad_request", f"login must be at most {MAX_LOGIN_CHARS} characters")
+        key, address = login.casefold(), client_ip(request)
+        if self._throttle is not None:
+            self._throttle.check(key, address)
+        agent = await self._wf.get_agent_by_login(login)
+        try:
+            ok = await self._hasher.verify(password, agent.password_hash if agent is not None else None)
+        except HasherBusy as e:
+            raise HttpError(503, "unavailable", f"too many sign-ins are being checked; retry in {e.retry_after} "
+                            "seconds", {"retry-after": str(e.retry_after)}) from None
+        if agent is None or not ok or agent.disabled:
+            if self._throttle is not None:
+                self._throttle.failed(key, address)
+            raise HttpError(401, "unauthorized", "wrong login or password, or the account is disabled")
+        if self._throttle is not None:
+            self._throttle.succeeded(key, address)
+        return agent
 
     async def _tokens(self, agent: Agent, now: float) -> dict[str, Any]:
         access = self._issuer.mint(agent.id, agent.role, self._config.access_token_ttl, now, agent.name)
@@ -131,16 +183,21 @@ class AgentsApi(WorkflowResource):
 
     routes = {b"GET": "get", b"POST": "post", b"PATCH": "patch"}
 
-    def __init__(self, reactor: Any, verifier: TokenVerifier, workflow: WorkflowStore, config: WorkflowConfig,
-                 on_change: Callable[[Agent, list[str]], Any]) -> None:
-        super().__init__(reactor, verifier, workflow)
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore, config: WorkflowConfig,
+                 on_change: Callable[[Agent, list[str]], Any], hasher: PasswordHasher) -> None:
+        super().__init__(reactor, authn, workflow)
         self._config = config
         self._on_change = on_change
+        self._hasher = hasher
 
     async def _hash(self, password: Any) -> str:
         if not isinstance(password, str) or len(password) < 8 or len(password) > 1024:
             raise HttpError(400, "bad_request", "password must be 8 to 1024 characters")
-        return str(await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), hash_password, password))
+        try:
+            return await self._hasher.hash(password)
+        except HasherBusy as e:
+            raise HttpError(503, "unavailable", f"too many passwords are being hashed; retry in {e.retry_after} "
+                            "seconds", {"retry-after": str(e.retry_after)}) from None
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await self.principal(request)

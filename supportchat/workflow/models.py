@@ -129,14 +129,3 @@ def pick_assignments(
         loads[best.id] += 1
         out.append((conv, customer, best.id))
     return out
-
-
-def account_allows(agent: Agent | None, issued_at: float | None) -> bool:
-    """False for a disabled account, or a token issued before the account's
-    tokens were revoked (disabling revokes them). ``None``: no account
-    (a customer, or staff before their first connection)."""
-    if agent is None:
-        return True
-    if agent.disabled:
-        return False
-    return not (agent.tokens_valid_after and (issued_at is None or issued_at < int(agent.tokens_valid_after)))
