@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from twisted.python import usage
 
 from supportchat.config import Config, ConfigError, load_command_config
-from supportchat.storage.models import ROLES
+from supportchat.storage.models import ROLES, customer_key, is_staff_id_allowed
 from supportchat.tap import CONFIG_OPTIONS
 
 
@@ -270,6 +270,9 @@ def _create_admin(sub: Any, config: Config) -> int:
     from supportchat.workflow.passwords import hash_password
     from supportchat.workflow.store import SqlWorkflowStore
 
+    if not is_staff_id_allowed(sub["user-id"]):
+        sys.stderr.write("supportchat-admin: a staff user id may not begin with 'c:' (the customers' namespace)\n")
+        return 2
     password = _read_password(sub)
     if password is None:
         return 2
@@ -357,7 +360,8 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
                 sys.stdout.write(text)
             return 0
         batch = config.database.retention_batch
-        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(customer, batch)))
+        key = customer_key(customer)
+        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(key, batch)))
         sys.stdout.write(f"erased customer {customer}: {deleted} rows deleted\n")
         return 0
 
