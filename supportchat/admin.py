@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 " at the server's: --data-dir DIR (or SUPPORTCHAT_SERVER_DATA_DIR), --config FILE (the server's"
                 " configuration), or set SUPPORTCHAT_AUTH_JWT_SECRET to the secret the server uses.\n")
             return 1
+        if sub["role"] != "customer" and not is_staff_id_allowed(sub["user-id"]):
+            sys.stderr.write("supportchat-admin: a staff user id may not begin with 'c:' (the customers' namespace)\n")
+            return 2
         token = TokenIssuer(config.auth, secret).mint(sub["user-id"], sub["role"], sub["ttl"], time.time(), sub["name"])
         sys.stdout.write(token + "\n")
         return 0

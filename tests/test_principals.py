@@ -8,13 +8,14 @@ in tests/test_storage_contract.py.)"""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from supportchat.auth import AuthError, Principal, TokenVerifier
+from supportchat.auth import AuthError, Principal, TokenVerifier, ensure_secret
 from supportchat.background import BackgroundTasks
 from supportchat.bus.memory import LocalBus
 from supportchat.config import AuthConfig, ChatConfig
@@ -30,6 +31,7 @@ from supportchat.storage.sql import SqlConversationStore
 from supportchat.wire.frames import parse_frame
 from tests import dbs
 from tests.support import SECRET, close_client, connect, start_server, token
+from tests.test_admin import _AdminCase
 from tests.test_chat_handler import FakeTransport
 
 # The schema version before identities were namespaced.
@@ -317,3 +319,20 @@ class SameIdOverSocketsTests(unittest.TestCase):
         yield impostor.next_frame("pong")
         self.assertEqual([f for f in impostor.frames if f.get("type") == "message"], [])
         self.assertNotIn("gotcha", [m["body"] for m in alice.of_type("message")])
+
+
+class AdminToolTests(_AdminCase):
+    def test_staff_ids_in_the_customers_namespace_are_refused(self) -> None:
+        """The admin tool mints no staff token and creates no admin account
+        whose id begins with "c:" (exit 2, the reason on stderr); a customer
+        token with such an id is fine."""
+        ensure_secret(AuthConfig(), self.data_dir)
+        code, out, err = self.run_main("token", "--user-id", "c:bob", "--role", "agent", "--data-dir", self.data_dir)
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("may not begin with 'c:'", err)
+        code, out, _ = self.run_main("token", "--user-id", "c:bob", "--role", "customer", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0)
+        code, _, err = self.run_main("create-admin", "--data-dir", self.data_dir, "--user-id", "c:boss",
+                                     "--name", "Boss", "--password-file", os.path.join(self.data_dir, "none"))
+        self.assertEqual(code, 2)
+        self.assertIn("may not begin with 'c:'", err)
