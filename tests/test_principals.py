@@ -30,7 +30,7 @@ from supportchat.storage.models import Message, customer_key, principal_key, wir
 from supportchat.storage.sql import SqlConversationStore
 from supportchat.wire.frames import parse_frame
 from tests import dbs
-from tests.support import SECRET, close_client, connect, start_server, token
+from tests.support import SECRET, close_client, connect, http_client, start_server, token
 from tests.test_admin import _AdminCase
 from tests.test_chat_handler import FakeTransport
 
@@ -319,6 +319,39 @@ class SameIdOverSocketsTests(unittest.TestCase):
         yield impostor.next_frame("pong")
         self.assertEqual([f for f in impostor.frames if f.get("type") == "message"], [])
         self.assertNotIn("gotcha", [m["body"] for m in alice.of_type("message")])
+
+    @inlineCallbacks
+    def test_rest_history_goes_by_principal_too(self) -> Any:
+        """Over REST, a customer token whose sub is an agent's id gets 404
+        for the agent's conversation and finds nothing of it in search; the
+        agent's own token reads it."""
+        server = yield start_server(self)
+        alice = yield connect(server.port, token("alice"))
+        self.addCleanup(close_client, alice)
+        alice.send({"type": "start", "ref": "s"})
+        conv = (yield alice.next_frame("conversation"))["conversation"]["id"]
+        alice.send({"type": "message", "ref": 1, "conversation": conv, "client_msg_id": "k1", "body": "secret parcel"})
+        yield alice.next_frame("ack")
+        bob = yield connect(server.port, token("bob", "agent", name="Bob"))
+        self.addCleanup(close_client, bob)
+        bob.send({"type": "accept", "ref": "a", "conversation": conv})
+        yield bob.next_frame("conversation", lambda f: f.get("ref") == "a")
+        http = http_client()
+        base = f"http://127.0.0.1:{server.port}/api/v1"
+
+        @inlineCallbacks
+        def get(path: str, role: str) -> Any:
+            response = yield http.get(base + path, headers={"Authorization": f"Bearer {token('bob', role)}"})
+            return response.code, json.loads((yield response.content()))
+
+        code, body = yield get(f"/conversations/{conv}/messages", "customer")
+        self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
+        code, body = yield get("/search?q=parcel", "customer")
+        self.assertEqual((code, body["messages"]), (200, []))
+        code, body = yield get(f"/conversations/{conv}/messages", "agent")
+        self.assertEqual((code, body["conversation"]["customer_id"]), (200, "alice"))
+        code, body = yield get("/search?q=parcel", "agent")
+        self.assertEqual([m["sender"] for m in body["messages"]], [{"id": "alice", "role": "customer"}])
 
 
 class AdminToolTests(_AdminCase):
