@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from twisted.python import usage
 
 from supportchat.config import Config, ConfigError, load_command_config
-from supportchat.storage.models import ROLES
+from supportchat.storage.models import ROLES, customer_key, is_staff_id_allowed
 from supportchat.tap import CONFIG_OPTIONS
 
 
@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 " at the server's: --data-dir DIR (or SUPPORTCHAT_SERVER_DATA_DIR), --config FILE (the server's"
                 " configuration), or set SUPPORTCHAT_AUTH_JWT_SECRET to the secret the server uses.\n")
             return 1
+        if sub["role"] != "customer" and not is_staff_id_allowed(sub["user-id"]):
+            sys.stderr.write("supportchat-admin: a staff user id may not begin with 'c:' (the customers' namespace)\n")
+            return 2
         token = TokenIssuer(config.auth, secret).mint(sub["user-id"], sub["role"], sub["ttl"], time.time(), sub["name"])
         sys.stdout.write(token + "\n")
         return 0
@@ -270,6 +273,9 @@ def _create_admin(sub: Any, config: Config) -> int:
     from supportchat.workflow.passwords import hash_password
     from supportchat.workflow.store import SqlWorkflowStore
 
+    if not is_staff_id_allowed(sub["user-id"]):
+        sys.stderr.write("supportchat-admin: a staff user id may not begin with 'c:' (the customers' namespace)\n")
+        return 2
     password = _read_password(sub)
     if password is None:
         return 2
@@ -357,7 +363,8 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
                 sys.stdout.write(text)
             return 0
         batch = config.database.retention_batch
-        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(customer, batch)))
+        key = customer_key(customer)
+        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(key, batch)))
         sys.stdout.write(f"erased customer {customer}: {deleted} rows deleted\n")
         return 0
 

@@ -11,7 +11,7 @@ import jwt
 from twisted.logger import Logger
 
 from supportchat.config import AuthConfig
-from supportchat.storage.models import ROLES
+from supportchat.storage.models import ROLES, is_staff_id_allowed, principal_key
 
 if TYPE_CHECKING:
     from supportchat.workflow.models import Agent
@@ -24,7 +24,9 @@ SECRET_FILE = "jwt_secret"
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated user behind a connection or request."""
+    """The authenticated user behind a connection or request: ``user_id``
+    is the token's ``sub`` (what clients see), :attr:`key` the namespaced
+    identity everything inside the server uses."""
 
     user_id: str
     role: str
@@ -35,6 +37,12 @@ class Principal:
     # A customer token's "profile" object claim (integrators pass the
     # customer's profile this way; stored at WebSocket open).
     profile: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """The principal key (``storage.models.principal_key``): a customer
+        and an agent with the same ``sub`` are different principals."""
+        return principal_key(self.role, self.user_id)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.user_id, "role": self.role}
@@ -184,6 +192,8 @@ class TokenVerifier:
             raise AuthError("claims", "token 'sub' must be a non-empty string of at most 128 characters")
         if role not in ROLES:
             raise AuthError("claims", "token 'role' must be customer, agent or admin")
+        if role != "customer" and not is_staff_id_allowed(sub):
+            raise AuthError("claims", "a staff token's 'sub' may not begin with 'c:'")
         name = claims.get("name")
         iat = claims.get("iat")
         issued = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None

@@ -14,7 +14,7 @@ from supportchat.storage.copy import _now
 from supportchat.storage.database import Database
 from supportchat.storage.engines import SqliteEngine, engine_from_url
 from supportchat.storage.history import SqlHistoryStore
-from supportchat.storage.models import EVENT, TEXT, AppendRequest
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
 from supportchat.storage.sql import SqlConversationStore
 from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
 from tests import dbs
@@ -38,7 +38,7 @@ def _seed_workflow_txn(cur: Any, convs: list[str]) -> None:
         cur.execute("INSERT INTO work_items (conversation_id, customer_id, team_id, state, agent_id, queued_at,"
                     " assigned_at, closed_at, rating, rating_comment, rated_at) VALUES (?, ?, 't1', ?, 'ann', ?, ?,"
                     " ?, ?, ?, ?)",
-                    (conv, customer, "closed" if n else "assigned", 1000.0 + n, 1001.0 + n, 2000.0 if n else None,
+                    (conv, customer_key(customer), "closed" if n else "assigned", 1000.0 + n, 1001.0 + n, 2000.0 if n else None,
                      5 if n else None, "quick, thanks" if n else None, 2001.0 if n else None))
         for i in range(2):
             cur.execute("INSERT INTO work_notes (conversation_id, author_id, body, ts) VALUES (?, 'ann', ?, ?)",
@@ -67,11 +67,11 @@ def seed(path: str, keyring: dict[str, Any] | None = None) -> dict[str, Any]:
         store, history = SqlConversationStore(db), SqlHistoryStore(db)
         convs = []
         for n, customer in enumerate(["alice", "bob"]):
-            conv, _ = _now(store.open_conversation(customer, 1000.0 + n))
+            conv, _ = _now(store.open_conversation(customer_key(customer), 1000.0 + n))
             _now(store.append(AppendRequest(conversation_id=conv.id, sender_id="ann", sender_role="agent", kind=EVENT,
                                             body="Ann joined", ts=1001.0 + n, data={"name": "joined"}, join=True)))
             for i in range(7):
-                _now(store.append(AppendRequest(conversation_id=conv.id, sender_id=customer, sender_role="customer",
+                _now(store.append(AppendRequest(conversation_id=conv.id, sender_id=customer_key(customer), sender_role="customer",
                                                 kind=TEXT, body=f"{customer} says 你好 parcel {i}", ts=1010.0 + i,
                                                 client_msg_id=f"{customer}-{i}")))
             convs.append(conv.id)
@@ -84,7 +84,7 @@ def seed(path: str, keyring: dict[str, Any] | None = None) -> dict[str, Any]:
                                                                     "attributes": {"plan": "gold"}}, 1500.0)))
         return {
             "messages": {c: _now(store.get_messages(c, 0, 100)) for c in convs},
-            "states": {u: _now(store.get_states(u)) for u in ("alice", "bob", "ann")},
+            "states": {u: _now(store.get_states(u)) for u in (customer_key("alice"), customer_key("bob"), "ann")},
             "conversations": {c: _now(store.get_conversation(c)) for c in convs},
             "tables": {t: table_rows(db, t) for t in WORKFLOW_TABLES},
         }
@@ -130,13 +130,13 @@ class PostgresCopyDbTests(_AdminCase):
         for table, rows in before["tables"].items():
             self.assertTrue(rows, table)
             self.assertEqual(table_rows(db, table), rows, f"{table} differs after two copies")
-        found = _now(history.search("alice", "parcel", 100))
+        found = _now(history.search(customer_key("alice"), "parcel", 100))
         self.assertEqual(len(found), 7)
         alice_conv = next(iter(before["messages"]))
-        again = _now(store.append(AppendRequest(conversation_id=alice_conv, sender_id="alice", sender_role="customer",
+        again = _now(store.append(AppendRequest(conversation_id=alice_conv, sender_id=customer_key("alice"), sender_role="customer",
                                                 kind=TEXT, body="parcel 3", ts=1013.0, client_msg_id="alice-3")))
         self.assertTrue(again.duplicate)  # the idempotency key came along
-        new = _now(store.append(AppendRequest(conversation_id=alice_conv, sender_id="alice", sender_role="customer",
+        new = _now(store.append(AppendRequest(conversation_id=alice_conv, sender_id=customer_key("alice"), sender_role="customer",
                                               kind=TEXT, body="next", ts=3000.0, client_msg_id="alice-new")))
         self.assertEqual(new.message.seq, 9)
 

@@ -36,7 +36,7 @@ from supportchat.handlers.writer import MessageWriter
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
-from supportchat.storage.models import EVENT, TEXT, AppendRequest
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
 from supportchat.wire.frames import parse_frame
 from tests.dbs import threadless_db
 from tests.support import ask_bot, close_client, connect, is_chat, start_server, token
@@ -383,7 +383,7 @@ class NodeTests(unittest.TestCase):
         self.assertIn("30 days", answer["body"])
         msgs = self.successResultOf(self.store.get_messages(conv, 0, 10))
         self.assertEqual([(m.seq, m.sender_role) for m in msgs], [(1, "bot"), (2, "customer"), (3, "bot")])
-        [state] = self.successResultOf(self.store.get_states("cust"))
+        [state] = self.successResultOf(self.store.get_states(customer_key("cust")))
         self.assertEqual(state.unread, 1)  # the answer after the customer's own message
         self.assertGreater(self.metrics.bot_reply_latency.collect()[0].samples[-1].value, 0)
 

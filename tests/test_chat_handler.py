@@ -18,6 +18,7 @@ from supportchat.handlers.assemble import build_router
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
+from supportchat.storage.models import customer_key
 from supportchat.wire.frames import FrameError, parse_frame
 
 
@@ -135,13 +136,13 @@ class LifecycleTests(HandlerTestCase):
     def test_presence_follows_connections_and_heartbeats(self) -> None:
         """Opening marks online, silence past the TTL makes offline, closing removes at once."""
         s, t = self.connect("cust")
-        self.assertTrue(self.successResultOf(self.presence.is_online("cust")))
+        self.assertTrue(self.successResultOf(self.presence.is_online(customer_key("cust"))))
         self.clock.advance(36)
-        self.assertFalse(self.successResultOf(self.presence.is_online("cust")))
+        self.assertFalse(self.successResultOf(self.presence.is_online(customer_key("cust"))))
         self.handler.on_heartbeat(s)
-        self.assertTrue(self.successResultOf(self.presence.is_online("cust")))
+        self.assertTrue(self.successResultOf(self.presence.is_online(customer_key("cust"))))
         self.handler.on_close(s)
-        self.assertFalse(self.successResultOf(self.presence.is_online("cust")))
+        self.assertFalse(self.successResultOf(self.presence.is_online(customer_key("cust"))))
         self.assertEqual(len(self.registry), 0)
 
 
@@ -281,7 +282,7 @@ class SyncTypingReadTests(HandlerTestCase):
         reply = ct.last()
         self.assertEqual((reply["type"], reply["ref"], reply["unread"], reply["seq"]), ("read", "r", 2, 2))
         self.assertEqual(at.of_type("read")[-1], {"type": "read", "conversation": conv, "user_id": "cust", "seq": 2})
-        self.assertEqual(self.successResultOf(self.store.get_states("cust"))[0].unread, 2)
+        self.assertEqual(self.successResultOf(self.store.get_states(customer_key("cust")))[0].unread, 2)
 
 
 class FrameErrorTests(HandlerTestCase):

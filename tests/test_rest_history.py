@@ -10,7 +10,7 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
-from supportchat.storage.models import EVENT, TEXT, AppendRequest
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
 from tests import dbs
 from tests.support import http_client, start_server, token
 
@@ -38,7 +38,7 @@ class RestHistoryTests(unittest.TestCase):
         self.base = f"http://127.0.0.1:{self.server.port}/api/v1"
         self.http = http_client()
         store = self.server.server.get_store()
-        self.conv, _ = yield store.open_conversation("alice", 1000.0)
+        self.conv, _ = yield store.open_conversation(customer_key("alice"), 1000.0)
         yield store.append(AppendRequest(
             conversation_id=self.conv.id, sender_id="ann", sender_role="agent", kind=EVENT,
             body="Ann joined the conversation", ts=1000.5, data={"name": "joined"}, join=True,
@@ -46,12 +46,12 @@ class RestHistoryTests(unittest.TestCase):
         for i in range(1, 10):
             body = "where is my refund" if i == 3 else f"message number {i}"
             yield store.append(AppendRequest(
-                conversation_id=self.conv.id, sender_id="alice", sender_role="customer", kind=TEXT,
+                conversation_id=self.conv.id, sender_id=customer_key("alice"), sender_role="customer", kind=TEXT,
                 body=body, ts=1000.0 + i, client_msg_id=f"k{i}",
             ))
-        self.other, _ = yield store.open_conversation("bob", 2000.0)
+        self.other, _ = yield store.open_conversation(customer_key("bob"), 2000.0)
         yield store.append(AppendRequest(
-            conversation_id=self.other.id, sender_id="bob", sender_role="customer", kind=TEXT,
+            conversation_id=self.other.id, sender_id=customer_key("bob"), sender_role="customer", kind=TEXT,
             body="refund for bob", ts=2001.0, client_msg_id="b1",
         ))
 

@@ -21,7 +21,16 @@ from supportchat.storage.memory import (
     MemoryIdempotencyStore,
     MemoryPresenceStore,
 )
-from supportchat.storage.models import EVENT, TEXT, AppendRequest, Conflict, IdempotencyRecord, NotFound
+from supportchat.storage.models import (
+    EVENT,
+    TEXT,
+    AppendRequest,
+    Conflict,
+    IdempotencyRecord,
+    NotFound,
+    customer_key,
+    principal_key,
+)
 from supportchat.storage.sql import SqlConversationStore, SqlIdempotencyStore
 from tests.dbs import threadless_db
 
@@ -215,6 +224,30 @@ class ConversationStoreContract:
         self.assertEqual([c.id for c in (yield self.store.list_unassigned(10))], [c2.id])
         self.assertIsNone((yield self.store.get_conversation("nope")))
 
+    @inlineCallbacks
+    def test_a_customer_and_an_agent_with_the_same_id_are_two_principals(self) -> Any:
+        """Stores key on principal keys: the customer "bob" is not listed in,
+        cannot write to or mark read in, and shares no idempotency key with
+        the conversations of the agent "bob"; the wire shows both as "bob"."""
+        agent, impostor = principal_key("agent", "bob"), customer_key("bob")
+        served = yield self.open(customer_key("alice"))
+        yield self.join(served.id, agent)
+        own = yield self.open(impostor, now=1002.0)
+        self.assertEqual([c.id for c in (yield self.store.list_conversations(impostor))], [own.id])
+        self.assertEqual([s.conversation_id for s in (yield self.store.get_states(impostor))], [own.id])
+        self.assertEqual([c.id for c in (yield self.store.list_conversations(agent))], [served.id])
+        yield self.assertFailure(self.store.append(msg(served.id, impostor, "x", ts=1003.0)), NotFound)  # type: ignore[attr-defined]
+        yield self.assertFailure(self.store.mark_read(impostor, served.id, 1), NotFound)  # type: ignore[attr-defined]
+        sent = yield self.store.append(msg(served.id, agent, "same-key", role="agent", ts=1004.0))
+        mine = yield self.store.append(msg(own.id, impostor, "same-key", ts=1005.0))
+        self.assertFalse(mine.duplicate)
+        self.assertEqual(mine.message.conversation_id, own.id)
+        self.assertEqual(sorted(p.user_id for p in sent.participants), sorted([customer_key("alice"), agent]))
+        self.assertEqual(sent.message.to_wire()["sender"], {"id": "bob", "role": "agent"})
+        self.assertEqual(mine.message.to_wire()["sender"], {"id": "bob", "role": "customer"})
+        self.assertEqual(own.to_wire()["customer_id"], "bob")
+        self.assertNotIn(impostor, (yield self.store.read_positions(served.id)))
+
 
 class MemoryConversationStoreTests(ConversationStoreContract, unittest.TestCase):
     def make_store(self) -> Any:
@@ -367,6 +400,29 @@ class HistoryStoreContract:
         self.assertTrue(created)
         reused_key = f"alice-{1000.0}-0"
         self.assertFalse(self.ok(self.store.append(msg(again.id, "alice", reused_key, body="x", ts=3001.0))).duplicate)
+
+    def test_customer_keys_scope_visibility_search_export_and_erase(self) -> None:
+        """History goes by principal key: the customer "bob" cannot read or
+        search the agent "bob"'s conversations; exporting and erasing the
+        customer touch nothing of the agent's (ids on the wire stay plain)."""
+        impostor = customer_key("bob")
+        served = self.conversation(customer_key("alice"), ["refund please"], agent="bob")
+        self.ok(self.store.append(msg(served.id, "bob", "b1", body="refund approved", role="agent", ts=1100.0)))
+        own = self.conversation(impostor, ["refund for me"], now=2000.0)
+        self.assertIsNone(self.ok(self.history.visible_conversation(served.id, impostor, "customer")))
+        self.assertEqual(self.ok(self.history.visible_conversation(served.id, "bob", "agent")).id, served.id)
+        self.assertEqual([m.body for m in self.ok(self.history.search(impostor, "refund", 10))], ["refund for me"])
+        self.assertEqual(sorted(m.body for m in self.ok(self.history.search("bob", "refund", 10))),
+                         ["refund approved", "refund please"])
+        data = self.ok(self.history.export_customer(impostor))
+        self.assertEqual(data["customer_id"], "bob")
+        self.assertEqual([c["id"] for c in data["conversations"]], [own.id])
+        self.assertEqual(data["conversations"][0]["participants"], [{"id": "bob", "role": "customer"}])
+        self.ok(repeat_batches(lambda: self.history.erase_customer_batch(impostor, 2)))
+        self.assertIsNone(self.ok(self.store.get_conversation(own.id)))
+        self.assertEqual([m.body for m in self.ok(self.store.get_messages(served.id, 0, 10)) if m.kind == TEXT],
+                         ["refund please", "refund approved"])
+        self.assertEqual([c.id for c in self.ok(self.store.list_conversations("bob"))], [served.id])
 
 
 class MemoryHistoryTests(HistoryStoreContract, unittest.SynchronousTestCase):
@@ -613,13 +669,31 @@ class RedisConversationStoreTests(ConversationStoreContract, unittest.TestCase):
         accepts the client_msg_id again once the key has expired."""
         conv = yield self.open()
         first = yield self.store.append(msg(conv.id, "cust", "k", idempotency_window=300.0))
-        key = f"{self.store.prefix}idem:cust:k"
+        key = f"{self.store.prefix}dedup:cust:k"
         ttl = int((yield self.redis.execute("TTL", key)))
         self.assertTrue(290 <= ttl <= 300, ttl)
         yield self.redis.execute("DEL", key)  # what Redis does when the TTL runs out
         later = yield self.store.append(msg(conv.id, "cust", "k", idempotency_window=300.0))
         self.assertFalse(later.duplicate)
         self.assertEqual(later.message.seq, first.message.seq + 1)
+
+    @inlineCallbacks
+    def test_keys_written_by_older_nodes_are_not_read(self) -> Any:
+        """Redis keys of the layout before identities were namespaced hold
+        plain customer ids: they are never read. The members are seeded
+        again from SQL, so the customer keeps writing, an agent whose id is
+        the customer's plain id gets not_found, and an old idempotency key
+        is no one's duplicate."""
+        conv = yield self.open(customer_key("bob"))
+        p = self.store.prefix
+        yield self.redis.execute("HSET", f"{p}parts:{conv.id}", "bob", "customer")
+        yield self.redis.execute("SET", f"{p}idem:bob:k", "{}")
+        yield self.assertFailure(self.store.append(msg(conv.id, "bob", "k", role="agent")), NotFound)
+        first = yield self.store.append(msg(conv.id, customer_key("bob"), "k"))
+        self.assertFalse(first.duplicate)
+        self.assertEqual(first.message.seq, 1)
+        self.assertEqual(
+            sorted((yield self.redis.execute("HKEYS", f"{p}members:{conv.id}"))), [customer_key("bob")])
 
     @inlineCallbacks
     def test_messages_not_yet_flushed_are_readable_and_survive_flush(self) -> Any:

@@ -46,7 +46,7 @@ from supportchat.metrics import Metrics
 from supportchat.redis.consumer import Entries, StreamConsumer
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.interfaces import ConversationStore
-from supportchat.storage.models import EVENT, TEXT, AppendRequest, AppendResult, Message
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, AppendResult, Message, principal_key
 from supportchat.storage.sql import _msg
 
 log = Logger()
@@ -58,10 +58,14 @@ SAVE_ATTEMPTS = 8
 
 
 def message_from_wire(frame: dict[str, Any]) -> Message:
+    """The stored message a delivered frame shows (the sender's id back to
+    their principal key)."""
     sender = frame.get("sender") or {}
+    role = str(sender.get("role"))
     return Message(
         conversation_id=str(frame["conversation"]), msg_id=str(frame["msg_id"]), seq=int(frame["seq"]),
-        sender_id=str(sender.get("id")), sender_role=str(sender.get("role")), client_msg_id=frame.get("client_msg_id"),
+        sender_id=principal_key(role, str(sender.get("id"))), sender_role=role,
+        client_msg_id=frame.get("client_msg_id"),
         kind=str(frame["kind"]), body=str(frame.get("body", "")), ts=float(frame["ts"]), data=frame.get("event"),
     )
 

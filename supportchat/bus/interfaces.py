@@ -18,7 +18,7 @@ class Delivery:
     of that team (admins always; ``user_ids`` are not narrowed)."""
 
     frame: dict[str, Any]
-    user_ids: tuple[str, ...] = ()
+    user_ids: tuple[str, ...] = ()  # principal keys (storage.models.principal_key)
     roles: tuple[str, ...] = ()
     exclude_connection: str | None = None
     team: str | None = None

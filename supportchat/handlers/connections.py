@@ -41,7 +41,9 @@ class ClientSession:
 
     @property
     def user_id(self) -> str:
-        return self.principal.user_id
+        """The principal key (not the token's ``sub``): what stores,
+        presence and deliveries know this user by."""
+        return self.principal.key
 
     @property
     def role(self) -> str:
@@ -75,7 +77,7 @@ class ClientSession:
 
 
 class ConnectionRegistry:
-    """Sessions on this node by user and by role."""
+    """Sessions on this node by principal key and by role."""
 
     def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
         self._by_user: dict[str, dict[str, ClientSession]] = {}

@@ -15,7 +15,7 @@ from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.writer import MessageWriter
 from supportchat.metrics import Metrics
 from supportchat.storage.interfaces import ChatStore
-from supportchat.storage.models import TEXT, AppendRequest, AppendResult, StoreError
+from supportchat.storage.models import TEXT, AppendRequest, AppendResult, StoreError, wire_id
 from supportchat.wire.frames import FrameError, Read, SendMessage, Sync, Typing, reply
 
 
@@ -88,9 +88,9 @@ class MessageFrames:
             self._metrics.messages_duplicate.inc()
 
     async def authorize(self, session: ClientSession, conversation_id: str, ref: Any, write: bool = False) -> list[str]:
-        """The participants' ids, if the session may see (or, with
-        ``write``, act in) the conversation. Admins read any conversation;
-        acting needs joining, for everyone."""
+        """The participants' principal keys, if the session's key is among
+        them (it may see or, with ``write``, act in the conversation).
+        Admins read any conversation; acting needs joining, for everyone."""
         participants = await self._store.get_participants(conversation_id)
         ids = [p.user_id for p in participants]
         if session.user_id in ids:
@@ -111,8 +111,8 @@ class MessageFrames:
         if not history["has_more"]:
             # Caught up: where the others have read to (Seen marks after a reload).
             positions = await self._store.read_positions(frame.conversation)
-            history["read"] = [{"user_id": u, "seq": s} for u, s in sorted(positions.items())
-                               if u != session.user_id and s > 0]
+            history["read"] = [{"user_id": wire_id(u), "seq": s}
+                               for u, s in sorted(positions.items()) if u != session.user_id and s > 0]
         session.send(reply(history, frame.ref))
 
     async def typing(self, session: ClientSession, frame: Typing) -> None:
@@ -120,7 +120,7 @@ class MessageFrames:
         others = tuple(u for u in ids if u != session.user_id)
         if others:
             await self._bus.publish(Delivery(
-                frame={"type": "typing", "conversation": frame.conversation, "user_id": session.user_id},
+                frame={"type": "typing", "conversation": frame.conversation, "user_id": session.principal.user_id},
                 user_ids=others,
             ))
 
@@ -132,7 +132,7 @@ class MessageFrames:
         participants = await self._store.get_participants(frame.conversation)
         conv = await self._store.get_conversation(frame.conversation)
         seq = max(0, min(frame.seq, conv.last_seq if conv is not None else frame.seq))
-        event = {"type": "read", "conversation": frame.conversation, "user_id": session.user_id, "seq": seq}
+        event = {"type": "read", "conversation": frame.conversation, "user_id": session.principal.user_id, "seq": seq}
         session.send(reply(dict(event, unread=unread), frame.ref))
         await self._bus.publish(Delivery(
             frame=event, user_ids=tuple(p.user_id for p in participants), exclude_connection=session.id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from supportchat.bus.interfaces import Delivery
 from supportchat.handlers.queue import WorkQueue, agent_wire
+from supportchat.storage.models import customer_key
 from supportchat.workflow.models import Agent
 
 
@@ -15,13 +16,14 @@ class StaffNotices:
         self._q = queue
 
     async def profile_changed(self, customer_id: str) -> None:
-        """A customer's profile was replaced (REST): the staff in their open
+        """A customer's profile was replaced (REST; ``customer_id`` is the
+        customer's id, as profiles and clients know it): the staff in their open
         conversations get a ``profile`` frame naming the customer, and
         fetch it again over REST (with their role's masking; no profile
         data travels on the bus)."""
         q = self._q
         staff: set[str] = set()
-        for conv in await q.store.list_conversations(customer_id):
+        for conv in await q.store.list_conversations(customer_key(customer_id)):
             staff.update(p.user_id for p in await q.store.get_participants(conv.id) if p.role != "customer")
         if staff:
             await q.bus.publish(Delivery(frame={"type": "profile", "customer_id": customer_id},

@@ -20,6 +20,7 @@ from supportchat.config.model import WorkflowConfig
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.handlers.writer import MessageWriter
 from supportchat.storage.interfaces import ChatStore, PresenceStore
+from supportchat.storage.models import wire_id
 from supportchat.hours import BusinessHours
 from supportchat.workflow.models import BOT, QUEUED, Agent, Assignment, WorkItem
 from supportchat.workflow.store import WorkflowStore
@@ -44,7 +45,7 @@ def user_wire(agent: Agent | None, agent_id: str) -> dict[str, Any]:
 
 def queue_entry(item: WorkItem) -> dict[str, Any]:
     """A queued conversation as ``hello.queue`` lists it."""
-    return {"id": item.conversation_id, "customer_id": item.customer_id, "status": "queued",
+    return {"id": item.conversation_id, "customer_id": wire_id(item.customer_id), "status": "queued",
             "team": item.team_id, "queued_at": item.queued_at, "created_at": item.queued_at}
 
 

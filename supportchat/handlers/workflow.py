@@ -102,7 +102,7 @@ class WorkflowChatHooks:
         reads created, queued, assigned."""
         q = self._q
         if created:
-            await q.system_event(conv.id, "created", {"customer": {"id": session.user_id}, "team": team},
+            await q.system_event(conv.id, "created", {"customer": {"id": session.principal.user_id}, "team": team},
                                  "The conversation was created", f"workflow:created:{conv.id}")
             if not q.bot_first:
                 await q.queued(conv.id, team, "new", f"workflow:queued:{conv.id}:new")

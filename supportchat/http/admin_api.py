@@ -18,13 +18,14 @@ from supportchat.http.authn import Authenticator
 from supportchat.http.history import AsyncJsonResource, HttpError, authenticate
 from supportchat.storage.history import repeat_batches
 from supportchat.storage.interfaces import HistoryStore
+from supportchat.storage.models import customer_key
 from supportchat.workflow.profiles import ProfileService
 
 
 async def customer_export(history: HistoryStore, profiles: ProfileService | None, customer: str) -> dict[str, Any]:
     """Everything stored about a customer: conversations with messages,
     participants and workflow (rating, notes), and their profile."""
-    data = await history.export_customer(customer)
+    data = await history.export_customer(customer_key(customer))
     data["profile"] = await profiles.export(customer) if profiles is not None else None
     return data
 
@@ -60,5 +61,6 @@ class AdminApi(AsyncJsonResource):
 
     async def delete(self, request: Request) -> tuple[int, Any]:
         customer = await self._customer(request, [])
-        deleted = await repeat_batches(lambda: self._history.erase_customer_batch(customer, self._batch), self._clock)
+        key = customer_key(customer)
+        deleted = await repeat_batches(lambda: self._history.erase_customer_batch(key, self._batch), self._clock)
         return 200, {"customer_id": customer, "erased": True, "deleted_rows": deleted}

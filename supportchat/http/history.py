@@ -137,7 +137,7 @@ class ConversationsApi(AsyncJsonResource):
         before = int_arg(request, "before_seq", None, 1)
         limit = int_arg(request, "limit", 50, 1, self._max_limit)
         assert limit is not None
-        conv = await self._history.visible_conversation(path[0], principal.user_id, principal.role)
+        conv = await self._history.visible_conversation(path[0], principal.key, principal.role)
         if conv is None:
             raise HttpError(404, "not_found", "no such conversation")
         page = await self._history.messages_page(conv.id, after, before, limit + 1)
@@ -174,6 +174,6 @@ class SearchApi(AsyncJsonResource):
             raise HttpError(400, "bad_request", f"q must be at most {SEARCH_MAX_CHARS} characters")
         limit = int_arg(request, "limit", 20, 1, self._max_limit)
         assert limit is not None
-        scope = None if principal.role == "admin" else principal.user_id
+        scope = None if principal.role == "admin" else principal.key
         found = await self._history.search(scope, q, limit)
         return 200, {"query": q, "messages": [m.to_wire() for m in found]}

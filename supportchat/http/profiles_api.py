@@ -26,6 +26,7 @@ from supportchat.auth import Principal
 from supportchat.http.authn import Authenticator
 from supportchat.http.history import HttpError, str_arg
 from supportchat.http.workflow_api import WorkflowResource, _path, read_json
+from supportchat.storage.models import customer_key
 from supportchat.workflow.profiles import ProfileInvalid, ProfileKeyError, ProfileService, validate
 from supportchat.workflow.store import WorkflowStore
 
@@ -65,7 +66,7 @@ class CustomersApi(WorkflowResource):
             return set(customers)
         me = await self._wf.get_agent(principal.user_id)
         team = me.team_id if me is not None else ""
-        return {c for c in customers if await self._wf.serves_customer(c, team, principal.user_id)}
+        return {c for c in customers if await self._wf.serves_customer(customer_key(c), team, principal.user_id)}
 
     def _reveal(self, principal: Principal) -> bool:
         return principal.role != "agent" or self._profiles.show_sensitive_to_agents

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from supportchat.storage.models import Message
+from supportchat.storage.models import Message, principal_key
+
+# Marks a message whose sender_id is a principal key. Entries written by
+# older nodes (before identities were namespaced) lack it: their customer
+# senders are plain ids, turned into keys when read.
+KEYED = "pk"
 
 
 def split_message_json(fields: dict[str, Any]) -> tuple[str, str]:
@@ -26,6 +31,7 @@ def message_fields(msg: Message) -> dict[str, Any]:
         "body": msg.body,
         "ts": msg.ts,
         "data": msg.data,
+        KEYED: 1,
     }
 
 
@@ -36,8 +42,9 @@ def encode_message(msg: Message) -> str:
 
 def decode_message(text: str) -> Message:
     obj = json.loads(text)
+    sender_id = obj["sender_id"] if obj.get(KEYED) else principal_key(obj["sender_role"], obj["sender_id"])
     return Message(
         conversation_id=obj["conversation_id"], msg_id=obj["msg_id"], seq=int(obj["seq"]),
-        sender_id=obj["sender_id"], sender_role=obj["sender_role"], client_msg_id=obj.get("client_msg_id"),
+        sender_id=sender_id, sender_role=obj["sender_role"], client_msg_id=obj.get("client_msg_id"),
         kind=obj["kind"], body=obj["body"], ts=float(obj["ts"]), data=obj.get("data"),
     )

@@ -4,15 +4,22 @@ be separated by a crash. Keys live under one prefix (default ``sc:``);
 Redis Cluster is not supported (keys are derived inside the scripts), a
 single primary with replicas/Sentinel is.
 
-Layout, for conversation C and user U:
+Layout, for conversation C and principal key U (``storage.models.principal_key``:
+a customer's key is "c:<id>", so a customer and an agent with the same id
+are two users here too):
   {p}stream           the message stream (persisters, bots consume it)
   {p}seq:C            last seq assigned in C
-  {p}parts:C          hash user -> role of C's participants
+  {p}members:C        hash user -> role of C's participants
   {p}recent:C         zset seq -> message JSON not yet trimmed by persisters
   {p}meta:C           hash last_seq, last_msg_id, last_ts
-  {p}sess:U:C         hash unread, last_read_seq (the source's session state)
-  {p}cnt:C, cnt:C:U   zsets of text-message seqs (all, and U's own) for unread
-  {p}idem:U:K         message JSON of U's client_msg_id K, with a TTL
+  {p}state:U:C        hash unread, last_read_seq (the source's session state)
+  {p}cnt:C, mine:C:U  zsets of text-message seqs (all, and U's own) for unread
+  {p}dedup:U:K        message JSON of U's client_msg_id K, with a TTL
+
+The keys holding users were named parts:, sess:, cnt:C:U and idem: before
+identities were namespaced; those written by older nodes hold plain ids and
+are never read again (they expire): members are seeded again from SQL, which
+the migration rewrote (see docs/deploy.md, "Upgrading").
 """
 
 # ARGV: prefix, conv, sender, client_msg_id ('' for none), kind, head, tail,
@@ -26,14 +33,14 @@ local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local floor = tonumber(ARGV[13] or "0")
-local idem = p .. "idem:" .. sender .. ":" .. cmid
+local idem = p .. "dedup:" .. sender .. ":" .. cmid
 if cmid ~= "" then
   local prior = redis.call("GET", idem)
   if prior then
-    return {"dup", prior, unpack(redis.call("HGETALL", p .. "parts:" .. conv))}
+    return {"dup", prior, unpack(redis.call("HGETALL", p .. "members:" .. conv))}
   end
 end
-local parts_key, seq_key = p .. "parts:" .. conv, p .. "seq:" .. conv
+local parts_key, seq_key = p .. "members:" .. conv, p .. "seq:" .. conv
 if redis.call("EXISTS", parts_key) == 0 or redis.call("EXISTS", seq_key) == 0 then
   return {"seed"}
 end
@@ -48,7 +55,7 @@ redis.call("ZADD", p .. "recent:" .. conv, seq, msg)
 redis.call("HSET", p .. "meta:" .. conv, "last_seq", seq, "last_msg_id", msg_id, "last_ts", ts)
 local parts = redis.call("HGETALL", parts_key)
 for i = 1, #parts, 2 do
-  local sk = p .. "sess:" .. parts[i] .. ":" .. conv
+  local sk = p .. "state:" .. parts[i] .. ":" .. conv
   if parts[i] == sender then
     redis.call("HSET", sk, "unread", 0, "last_read_seq", seq)
   elseif kind ~= "event" then
@@ -58,9 +65,9 @@ for i = 1, #parts, 2 do
 end
 if kind ~= "event" then
   redis.call("ZADD", p .. "cnt:" .. conv, seq, seq)
-  redis.call("ZADD", p .. "cnt:" .. conv .. ":" .. sender, seq, seq)
+  redis.call("ZADD", p .. "mine:" .. conv .. ":" .. sender, seq, seq)
   redis.call("EXPIRE", p .. "cnt:" .. conv, ttl)
-  redis.call("EXPIRE", p .. "cnt:" .. conv .. ":" .. sender, ttl)
+  redis.call("EXPIRE", p .. "mine:" .. conv .. ":" .. sender, ttl)
 end
 for _, k in ipairs({seq_key, parts_key, p .. "meta:" .. conv, p .. "recent:" .. conv}) do
   redis.call("EXPIRE", k, ttl)
@@ -75,7 +82,7 @@ return {"ok", msg, unpack(parts)}
 # ARGV: prefix, conv, floor_seq, key_ttl, user1, role1, user2, role2, ...
 SEED = r"""
 local p, conv, floor, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local seq_key, parts_key = p .. "seq:" .. conv, p .. "parts:" .. conv
+local seq_key, parts_key = p .. "seq:" .. conv, p .. "members:" .. conv
 local cur = tonumber(redis.call("GET", seq_key) or "-1")
 if cur < floor then redis.call("SET", seq_key, floor) end
 for i = 5, #ARGV, 2 do
@@ -89,14 +96,14 @@ return tonumber(redis.call("GET", seq_key))
 # ARGV: prefix, conv, user, seq -> new unread count, or -1 if not a participant
 MARK_READ = r"""
 local p, conv, user, seq = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call("HEXISTS", p .. "parts:" .. conv, user) == 0 then return -1 end
+if redis.call("HEXISTS", p .. "members:" .. conv, user) == 0 then return -1 end
 local last = tonumber(redis.call("GET", p .. "seq:" .. conv) or "0")
 if seq > last then seq = last end
 if seq < 0 then seq = 0 end
 local after = "(" .. seq
 local unread = redis.call("ZCOUNT", p .. "cnt:" .. conv, after, "+inf")
-             - redis.call("ZCOUNT", p .. "cnt:" .. conv .. ":" .. user, after, "+inf")
-redis.call("HSET", p .. "sess:" .. user .. ":" .. conv, "unread", unread, "last_read_seq", seq)
+             - redis.call("ZCOUNT", p .. "mine:" .. conv .. ":" .. user, after, "+inf")
+redis.call("HSET", p .. "state:" .. user .. ":" .. conv, "unread", unread, "last_read_seq", seq)
 return unread
 """
 
@@ -105,7 +112,7 @@ return unread
 REMEMBER = r"""
 local p, window = ARGV[1], tonumber(ARGV[2])
 for i = 3, #ARGV, 3 do
-  redis.call("SET", p .. "idem:" .. ARGV[i] .. ":" .. ARGV[i + 1], ARGV[i + 2], "EX", window, "NX")
+  redis.call("SET", p .. "dedup:" .. ARGV[i] .. ":" .. ARGV[i + 1], ARGV[i + 2], "EX", window, "NX")
 end
 return 1
 """

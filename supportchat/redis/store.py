@@ -160,7 +160,7 @@ class RedisChatStore:
         removed = await self._sql.remove_participant(conversation_id, user_id)
         if not self.degraded:
             try:
-                await self._redis.execute("HDEL", f"{self.prefix}parts:{conversation_id}", user_id)
+                await self._redis.execute("HDEL", f"{self.prefix}members:{conversation_id}", user_id)
             except Exception as e:
                 if not is_unavailable(e):
                     raise
@@ -186,7 +186,7 @@ class RedisChatStore:
                 raise Conflict("already a participant")
             if not self.degraded:
                 try:
-                    await self._redis.execute("HSET", f"{self.prefix}parts:{req.conversation_id}", req.sender_id, req.sender_role)
+                    await self._redis.execute("HSET", f"{self.prefix}members:{req.conversation_id}", req.sender_id, req.sender_role)
                 except Exception as e:
                     if not is_unavailable(e):
                         raise
@@ -310,7 +310,7 @@ class RedisChatStore:
             reads.append(self._redis.execute(
                 "HMGET", f"{self.prefix}meta:{s.conversation_id}", "last_seq", "last_msg_id", "last_ts"))
             reads.append(self._redis.execute(
-                "HMGET", f"{self.prefix}sess:{user_id}:{s.conversation_id}", "unread", "last_read_seq"))
+                "HMGET", f"{self.prefix}state:{user_id}:{s.conversation_id}", "unread", "last_read_seq"))
         replies = await self._all_or_none(reads)
         if replies is None:
             return base
@@ -337,7 +337,7 @@ class RedisChatStore:
         if self.degraded or not base:
             return base
         users = sorted(base)
-        reads = [self._redis.execute("HGET", f"{self.prefix}sess:{u}:{conv}", "last_read_seq") for u in users]
+        reads = [self._redis.execute("HGET", f"{self.prefix}state:{u}:{conv}", "last_read_seq") for u in users]
         replies = await self._all_or_none(reads)
         if replies is None:
             return base

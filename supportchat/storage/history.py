@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from supportchat.storage.database import Cursor, Database
-from supportchat.storage.models import Conversation, Message
+from supportchat.storage.models import Conversation, Message, wire_id
 from supportchat.storage.sql import _CONV_COLS, _MSG_COLS, _conv, _msg, _participants_txn, _placeholders
 
 _M_COLS = ", ".join("m." + c.strip() for c in _MSG_COLS.split(","))
@@ -120,9 +120,10 @@ def retention_batch_txn(cur: Cursor, cutoff: float, batch: int) -> int:
 
 
 def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
-    """One batch of erasing a customer: their conversations (messages,
-    participants, idempotency keys, workflow item with rating and internal
-    notes, bot state), then anything else under their id, their profile
+    """One batch of erasing a customer (``customer_id`` is their principal
+    key): their conversations (messages, participants, idempotency keys,
+    workflow item with rating and internal notes, bot state), then anything
+    else under their key, their profile (kept under their plain id)
     included."""
     cur.execute(
         "SELECT id FROM conversations WHERE customer_id = ? ORDER BY id LIMIT ?",
@@ -140,15 +141,17 @@ def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
     for table in ("idempotency_keys",):
         cur.execute(f"DELETE FROM {table} WHERE sender_id = ?", (customer_id,))
         deleted += cur.rowcount
-    for table, column in (("participants", "user_id"), ("work_items", "customer_id"),
-                          ("customer_profiles", "customer_id")):
+    for table, column in (("participants", "user_id"), ("work_items", "customer_id")):
         cur.execute(f"DELETE FROM {table} WHERE {column} = ?", (customer_id,))
         deleted += cur.rowcount
+    cur.execute("DELETE FROM customer_profiles WHERE customer_id = ?", (wire_id(customer_id),))
+    deleted += cur.rowcount
     return deleted
 
 
 def export_customer_txn(cur: Cursor, customer_id: str) -> dict[str, Any]:
-    """Everything stored about a customer, as JSON-ready data."""
+    """Everything stored about a customer (by principal key), as JSON-ready
+    data (ids as clients know them)."""
     cur.execute(f"SELECT {_CONV_COLS} FROM conversations WHERE customer_id = ? ORDER BY created_at, id", (customer_id,))
     conversations = [_conv(r) for r in cur.fetchall()]
     out = []
@@ -158,11 +161,11 @@ def export_customer_txn(cur: Cursor, customer_id: str) -> dict[str, Any]:
         for m in messages:
             m.pop("type", None)
         entry = conv.to_wire()
-        entry["participants"] = [{"id": p.user_id, "role": p.role} for p in _participants_txn(cur, conv.id)]
+        entry["participants"] = [p.to_wire() for p in _participants_txn(cur, conv.id)]
         entry["messages"] = messages
         entry["workflow"] = _work_item_export_txn(cur, conv.id)
         out.append(entry)
-    return {"customer_id": customer_id, "conversations": out}
+    return {"customer_id": wire_id(customer_id), "conversations": out}
 
 
 _WORK_COLS = ("team_id", "state", "agent_id", "queued_at", "assigned_at", "closed_at", "rating", "rating_comment",

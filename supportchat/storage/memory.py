@@ -21,6 +21,7 @@ from supportchat.storage.models import (
     SessionState,
     StoreError,
     new_id,
+    wire_id,
 )
 
 
@@ -352,11 +353,11 @@ class MemoryHistoryStore:
         )
         for conv in convs:
             entry = conv.to_wire()
-            entry["participants"] = [{"id": p.user_id, "role": p.role} for p in self._c._participants[conv.id].values()]
+            entry["participants"] = [p.to_wire() for p in self._c._participants[conv.id].values()]
             messages = [m.to_wire() for m in self._c._messages[conv.id]]
             for m in messages:
                 m.pop("type", None)
             entry["messages"] = messages
             entry["workflow"] = None  # the workflow's twin keeps its own records
             out.append(entry)
-        return succeed({"customer_id": customer_id, "conversations": out})
+        return succeed({"customer_id": wire_id(customer_id), "conversations": out})

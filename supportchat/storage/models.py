@@ -11,6 +11,39 @@ ROLES = ("customer", "agent", "admin")
 TEXT = "text"
 EVENT = "event"
 
+# Principals are (namespace, id): customers are one namespace, staff
+# (agents and admins: accounts, whose role may change) and the system's own
+# senders ("workflow", the bot) another. Inside the server and in every
+# store a principal is known by its *key*: a customer's id carries this
+# prefix, everyone else's is their id unchanged. So a customer token whose
+# ``sub`` equals an agent's id is still another principal. Staff ids may not
+# begin with the prefix (tokens and accounts with such an id are refused).
+# Clients never see keys: the wire shows ``{"id": sub, "role": ...}``.
+CUSTOMER_KEY_PREFIX = "c:"
+
+
+def principal_key(role: str, user_id: str) -> str:
+    """The key of the principal ``(role, user_id)``: the one place ids are
+    namespaced (participants, senders, session state, idempotency,
+    presence, deliveries, customer ids of conversations and profiles)."""
+    return CUSTOMER_KEY_PREFIX + user_id if role == "customer" else user_id
+
+
+def customer_key(customer_id: str) -> str:
+    """The key of the customer whose (wire, token) id is ``customer_id``."""
+    return principal_key("customer", customer_id)
+
+
+def wire_id(key: str) -> str:
+    """The id clients see for a principal key (the token's ``sub``)."""
+    return key[len(CUSTOMER_KEY_PREFIX):] if key.startswith(CUSTOMER_KEY_PREFIX) else key
+
+
+def is_staff_id_allowed(user_id: str) -> bool:
+    """Staff ids (token ``sub`` of agents and admins, account ids) may not
+    look like customer keys."""
+    return not user_id.startswith(CUSTOMER_KEY_PREFIX)
+
 
 def new_id(prefix: str, now: float | None = None) -> str:
     """A sortable unique id: millisecond time then 64 random bits."""
@@ -21,7 +54,7 @@ def new_id(prefix: str, now: float | None = None) -> str:
 @dataclass(frozen=True)
 class Conversation:
     id: str
-    customer_id: str
+    customer_id: str  # the customer's principal key
     status: str
     created_at: float
     last_seq: int = 0
@@ -33,7 +66,7 @@ class Conversation:
         out: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
-            "customer_id": self.customer_id,
+            "customer_id": wire_id(self.customer_id),
             "created_at": self.created_at,
             "last_seq": self.last_seq,
             "last_msg_id": self.last_msg_id,
@@ -46,8 +79,11 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Participant:
-    user_id: str
+    user_id: str  # the principal key (see principal_key)
     role: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": wire_id(self.user_id), "role": self.role}
 
 
 @dataclass(frozen=True)
@@ -55,7 +91,7 @@ class Message:
     conversation_id: str
     msg_id: str
     seq: int
-    sender_id: str
+    sender_id: str  # the sender's principal key
     sender_role: str
     client_msg_id: str | None
     kind: str
@@ -70,7 +106,7 @@ class Message:
             "msg_id": self.msg_id,
             "seq": self.seq,
             "client_msg_id": self.client_msg_id,
-            "sender": {"id": self.sender_id, "role": self.sender_role},
+            "sender": {"id": wire_id(self.sender_id), "role": self.sender_role},
             "kind": self.kind,
             "body": self.body,
             "ts": self.ts,

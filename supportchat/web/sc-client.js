@@ -40,6 +40,14 @@ export function uuid() {
 }
 
 /** The claims of a JWT (unverified: only to read exp/sub/role for the UI). */
+/**
+ * Whether a message's sender is this user: the same id in the same
+ * namespace (a customer and an agent may share an id; they are two people).
+ */
+export function isOwn(sender, me) {
+  return !!(sender && me && sender.id === me.id && (sender.role === "customer") === (me.role === "customer"));
+}
+
 export function jwtClaims(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -553,7 +561,7 @@ export class SupportChatClient extends EventTarget {
     }
     while (c.messages.has(c.contig + 1)) c.contig++;
     // the stored copy of one of my pending messages: drop the pending one
-    if (m.client_msg_id && this.user && m.sender && m.sender.id === this.user.id) {
+    if (m.client_msg_id && isOwn(m.sender, this.user)) {
       const i = this._outbox.findIndex((o) => o.client_msg_id === m.client_msg_id);
       if (i >= 0) {
         this._outbox.splice(i, 1);
@@ -582,7 +590,7 @@ export class SupportChatClient extends EventTarget {
     }
     const gap = f.seq > c.contig + 1 && f.seq > (c.low ?? 1);
     const fresh = this._storeMessage(c, f);
-    if (fresh && f.kind === "text" && f.sender && this.user && f.sender.id !== this.user.id && f.seq > c.readSeq) {
+    if (fresh && f.kind === "text" && f.sender && this.user && !isOwn(f.sender, this.user) && f.seq > c.readSeq) {
       c.unread++;
       delete c.typing[f.sender.id];
       this._emit("incoming", { conversation: c, message: f });
@@ -630,7 +638,7 @@ export class SupportChatClient extends EventTarget {
     if (this.user && f.user_id === this.user.id) {
       c.readSeq = f.seq;
       if (typeof f.unread === "number") c.unread = f.unread;
-      else c.unread = c.list().filter((m) => m.seq > f.seq && m.kind === "text" && m.sender.id !== this.user.id).length;
+      else c.unread = c.list().filter((m) => m.seq > f.seq && m.kind === "text" && !isOwn(m.sender, this.user)).length;
     } else {
       c.readBy[f.user_id] = f.seq;
     }
@@ -760,7 +768,7 @@ export class SupportChatClient extends EventTarget {
   _recountUnread(c) {
     if (!this.user) return;
     if (c.low !== null && c.low <= c.readSeq + 1) {
-      c.unread = c.list().filter((m) => m.seq > c.readSeq && m.kind === "text" && m.sender && m.sender.id !== this.user.id).length;
+      c.unread = c.list().filter((m) => m.seq > c.readSeq && m.kind === "text" && m.sender && !isOwn(m.sender, this.user)).length;
     }
   }
 
@@ -936,7 +944,7 @@ function safeStorage() {
 /** Render helper: a message's display name. */
 export function senderLabel(m, me) {
   if (!m.sender) return "";
-  if (me && m.sender.id === me.id) return "You";
+  if (isOwn(m.sender, me)) return "You";
   return m.sender.name || (m.sender.role === "bot" ? "Assistant" : m.sender.role === "agent" ? "Agent" : m.sender.role === "customer" ? "Customer" : m.sender.id);
 }
 

@@ -2,7 +2,7 @@
 // is rebuilt from the client's state (confirmed messages by seq, pending ones
 // by client_msg_id), so whatever order frames arrive in, each message is on
 // screen exactly once.
-import { formatTime, senderLabel } from "./sc-client.js";
+import { formatTime, isOwn, senderLabel } from "./sc-client.js";
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -34,7 +34,7 @@ export function renderMessages(list, conv, opts) {
   const msgs = conv ? conv.list() : [];
   const othersRead = conv ? Math.max(0, ...Object.values(conv.readBy)) : 0;
   let lastOwnSeen = -1;
-  for (const m of msgs) if (me && m.sender && m.sender.id === me.id && m.kind === "text" && m.seq <= othersRead) lastOwnSeen = m.seq;
+  for (const m of msgs) if (isOwn(m.sender, me) && m.kind === "text" && m.seq <= othersRead) lastOwnSeen = m.seq;
   for (const m of msgs) items.push({ key: "s" + m.seq, m, pending: false });
   for (const p of opts.pending || []) items.push({ key: "p" + p.client_msg_id, m: p, pending: true });
 
@@ -46,7 +46,7 @@ export function renderMessages(list, conv, opts) {
   const lastText = [...msgs].reverse().find((m) => m.kind !== "event" || quickReplies(m).length);
   items.forEach((item, index) => {
     const { m, pending } = item;
-    const own = pending || (me && m.sender && m.sender.id === me.id);
+    const own = pending || isOwn(m.sender, me);
     let status = "";
     if (pending) status = m.state === "failed" ? "failed" : "sending";
     else if (own && m.kind === "text") status = m.seq === lastOwnSeen ? "seen" : "sent";

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from supportchat.storage.models import wire_id
+
 STATUSES = ("online", "away", "offline")
 QUEUED, ASSIGNED, CLOSED = "queued", "assigned", "closed"
 # With the bot enabled a new conversation stays with the bot (not in the
@@ -55,7 +57,7 @@ class WorkItem:
     """A conversation's place in the workflow."""
 
     conversation_id: str
-    customer_id: str
+    customer_id: str  # the customer's principal key
     team_id: str
     state: str
     agent_id: str | None
@@ -67,7 +69,7 @@ class WorkItem:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "conversation": self.conversation_id, "customer_id": self.customer_id, "team": self.team_id,
+            "conversation": self.conversation_id, "customer_id": wire_id(self.customer_id), "team": self.team_id,
             "state": self.state, "agent_id": self.agent_id, "queued_at": self.queued_at,
             "assigned_at": self.assigned_at, "closed_at": self.closed_at,
         }
