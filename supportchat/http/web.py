@@ -60,6 +60,13 @@ class WebFile(File):
             return self.childNotFound
         return super().getChild(path, request)  # type: ignore[no-any-return]
 
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            from supportchat.http.common import json_error
+
+            return json_error(request, 405, "bad_request", "method not allowed; use GET", {"allow": "GET, HEAD"})
+        return super().render(request)
+
     def render_GET(self, request: Request) -> Any:
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-content-type-options", b"nosniff")
