@@ -28,7 +28,7 @@ from twisted.trial import unittest
 from tests.hostile import ErrorLog, Node
 from tests.test_hostile_input import CLIENT_CODES, leaves, methods_of
 
-BOUNDED = settings(max_examples=60, deadline=None, derandomize=True, database=None, print_blob=False,
+BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, database=None, print_blob=False,
                    suppress_health_check=list(HealthCheck))
 
 OWN = "$own"  # replaced by the sender's own conversation id, to reach the handlers' inner paths
@@ -49,9 +49,26 @@ FIELDS = {
 }
 
 
+def field_values(name: str) -> Any:
+    """Values for one field: plausible ones (so the frame reaches the
+    handlers and the store) mixed with arbitrary JSON."""
+    plausible = {
+        "conversation": st.one_of(st.just(OWN), st.just(OWN), texts),
+        "after_seq": integers, "limit": integers, "seq": integers, "rating": integers,
+        "status": st.sampled_from(["online", "away", "offline"]),
+        "ref": st.one_of(texts, integers),
+    }.get(name, texts)
+    return st.one_of(plausible, plausible, json_values)
+
+
 def typed_frame(kind: str) -> Any:
-    return st.fixed_dictionaries({"type": st.just(kind)},
-                                 optional={name: json_values for name in FIELDS[kind] + ["ref"]})
+    """A frame of ``kind``: usually every field present, sometimes any subset."""
+    fields = {name: field_values(name) for name in FIELDS[kind]}
+    extra = {"ref": field_values("ref"), "extra": json_values}
+    return st.one_of(
+        st.fixed_dictionaries({"type": st.just(kind), **fields}, optional=extra),
+        st.fixed_dictionaries({"type": st.just(kind)}, optional={**fields, **extra}),
+    )
 
 
 frames = st.one_of(*[typed_frame(k) for k in FIELDS],
@@ -165,7 +182,7 @@ class RestPropertyTests(unittest.SynchronousTestCase):
             "garbage": {b"authorization": b"Bearer \xff\x00not-a-token"},
         }
 
-    @settings(BOUNDED, max_examples=150)
+    @settings(BOUNDED, max_examples=300)
     @given(data=st.data(), suffix=st.lists(segments, max_size=3),
            args=st.dictionaries(st.one_of(st.sampled_from(PARAMS), st.text(max_size=4)).map(str.encode),
                                 st.lists(arg_values, min_size=1, max_size=2), max_size=3),
