@@ -28,7 +28,7 @@ from twisted.trial import unittest
 from tests.hostile import ErrorLog, Node
 from tests.test_hostile_input import CLIENT_CODES, leaves, methods_of
 
-BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, database=None, print_blob=False,
+BOUNDED = settings(max_examples=100, deadline=None, derandomize=True, database=None, print_blob=False,
                    suppress_health_check=list(HealthCheck))
 
 OWN = "$own"  # replaced by the sender's own conversation id, to reach the handlers' inner paths
@@ -182,7 +182,7 @@ class RestPropertyTests(unittest.SynchronousTestCase):
             "garbage": {b"authorization": b"Bearer \xff\x00not-a-token"},
         }
 
-    @settings(BOUNDED, max_examples=300)
+    @settings(BOUNDED, max_examples=200)
     @given(data=st.data(), suffix=st.lists(segments, max_size=3),
            args=st.dictionaries(st.one_of(st.sampled_from(PARAMS), st.text(max_size=4)).map(str.encode),
                                 st.lists(arg_values, min_size=1, max_size=2), max_size=3),

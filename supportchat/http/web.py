@@ -58,7 +58,7 @@ class WebFile(File):
             path.decode("utf-8")
         except UnicodeDecodeError:
             return self.childNotFound
-        return super().getChild(path, request)  # type: ignore[no-any-return]
+        return super().getChild(path, request)
 
     def render(self, request: Request) -> Any:
         if request.method not in (b"GET", b"HEAD"):
