@@ -186,6 +186,63 @@ class GroupCommitIsolationTests(unittest.SynchronousTestCase):
         self.flushLoggedErrors(DatabaseClosed)
 
 
+class ServerEngineIsolationTests(unittest.SynchronousTestCase):
+    """The same isolation on PostgreSQL and MariaDB, with the values each
+    refuses: a lone surrogate (no driver encodes it); on PostgreSQL also a
+    NUL and a client_msg_id longer than its VARCHAR(128) column."""
+
+    engine = "postgresql"
+
+    def setUp(self) -> None:
+        from supportchat.storage.engines import engine_from_url
+        from tests import dbs
+
+        reason = dbs.unreachable(self.engine)
+        if reason:
+            raise unittest.SkipTest(reason)
+        engine = engine_from_url(dbs.shared_database(self.engine))
+        dbs.clean(engine)
+        self.db = HeldDatabase(engine, FakeReactor())
+        self.db.start()
+        self.addCleanup(self.db.close)
+        self.store = SqlConversationStore(self.db)
+        self.conv, _ = self.successResultOf(self.store.open_conversation("alice", 1.0))
+        self.errors = ErrorLog().install(self)
+
+    def poison(self) -> list[AppendRequest]:
+        out = [append(self.conv.id, "alice", "bad " + SURROGATE, "p1")]
+        if self.engine == "postgresql":  # (MariaDB without strict mode truncates, and keeps NUL)
+            out.append(append(self.conv.id, "alice", "fine", "x" * 200))
+            out.append(append(self.conv.id, "alice", "nul \x00 byte", "p3"))
+        return out
+
+    def test_each_culprit_fails_alone(self) -> None:
+        """Good appends around every poisoned one are stored in order and
+        acknowledged; each culprit gets bad_request; nothing logged as an error."""
+        self.db.hold = True
+        first = self.store.append(append(self.conv.id, "alice", "one", "g0"))
+        mixed = []
+        for i, bad in enumerate(self.poison()):
+            mixed.append((False, self.store.append(bad)))
+            mixed.append((True, self.store.append(append(self.conv.id, "alice", f"good {i}", f"g{i + 1}"))))
+        self.db.release()
+        self.assertEqual(self.successResultOf(first).message.seq, 1)
+        seqs = []
+        for ok, d in mixed:
+            if ok:
+                seqs.append(self.successResultOf(d).message.seq)
+            else:
+                self.assertEqual(self.failureResultOf(d, Unstorable).value.code, "bad_request")
+        self.assertEqual(seqs, list(range(2, 2 + len(seqs))))
+        stored = self.successResultOf(self.store.get_messages(self.conv.id, 0, 50))
+        self.assertEqual([m.body for m in stored], ["one"] + [f"good {i}" for i in range(len(seqs))])
+        self.assertEqual(self.errors.events, [])
+
+
+class MariaDbIsolationTests(ServerEngineIsolationTests):
+    engine = "mysql"
+
+
 class FrameIsolationTests(unittest.SynchronousTestCase):
     """Findings 1 and 2 through the real handlers on real SQLite."""
 
