@@ -488,3 +488,37 @@ class RealHttpTests(unittest.TestCase):
         error = yield mallory.next_frame("error")
         ack = yield bob.next_frame("ack")
         self.assertEqual((error["code"], error["ref"], ack["ref"]), ("bad_request", "m", "b"))
+
+
+class PersisterIsolationTests(unittest.SynchronousTestCase):
+    """Redis mode: the persister flushing the stream to SQL."""
+
+    def setUp(self) -> None:
+        from supportchat.metrics import Metrics
+        from supportchat.redis.persister import Persister
+
+        self.reactor = FakeReactor()
+        self.db = HeldDatabase(SqliteEngine(self.mktemp() + ".sqlite3"), self.reactor)
+        self.db.start()
+        self.addCleanup(self.db.close)
+        self.successResultOf(self.db.migrate())
+        self.conv, _ = self.successResultOf(SqlConversationStore(self.db).open_conversation("alice", 1.0))
+        self.persister = Persister(self.reactor, None, self.db, Metrics(), "p1")  # type: ignore[arg-type]
+        self.errors = ErrorLog().install(self)
+
+    def test_a_message_sql_cannot_store_does_not_stall_the_others(self) -> None:
+        """A batch broken by one message SQL refuses is persisted message by
+        message: the others are stored, the culprit is returned for the
+        dead-letter stream (it used to be retried for ever, stalling all)."""
+        from twisted.internet.defer import Deferred
+
+        from supportchat.storage.models import Message
+
+        msgs = [Message(self.conv.id, f"m{i}", i, "alice", "customer", f"k{i}", TEXT, body, 1000.0 + i)
+                for i, body in enumerate(["one", "bad " + SURROGATE, "three"], start=1)]
+        result, unstorable = self.successResultOf(Deferred.fromCoroutine(self.persister._commit(msgs)))
+        self.assertEqual((result.inserted, unstorable), (2, {"m2"}))
+        stored = self.successResultOf(SqlConversationStore(self.db).get_messages(self.conv.id, 0, 10))
+        self.assertEqual([m.body for m in stored], ["one", "three"])
+        self.assertIn("persist_batch", self.db.descs)
+        self.assertEqual(self.errors.events, [])
