@@ -587,6 +587,7 @@ class _ManualDatabase:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.engine = db.engine
         self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
 
     def run_interaction(self, desc: str, fn: Any, *args: Any) -> "Deferred[Any]":

@@ -11,8 +11,16 @@ from supportchat.storage.models import new_id
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """The wire form of a server frame."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    """The wire form of a server frame: always encodable as UTF-8. Text that
+    is not valid Unicode (a lone surrogate; parsing refuses it, this is the
+    last line) goes out as a JSON escape rather than failing the send."""
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(frame, separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 class Transport(Protocol):

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
 
 from supportchat.http.authn import Authenticator
-from supportchat.http.history import AsyncJsonResource, HttpError, authenticate
+from supportchat.http.history import AsyncJsonResource, HttpError, authenticate, path_segments
 from supportchat.storage.history import repeat_batches
 from supportchat.storage.interfaces import HistoryStore
 from supportchat.storage.models import customer_key
@@ -48,7 +48,7 @@ class AdminApi(AsyncJsonResource):
         principal = await authenticate(request, self._authn)
         if principal.role != "admin":
             raise HttpError(403, "forbidden", "only admins may export or erase customer data")
-        path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
+        path = path_segments(request)
         if len(path) != 2 + len(suffix) or path[0] != "customers" or not path[1] or path[2:] != suffix:
             raise HttpError(404, "not_found", "no such resource")
         return path[1]

@@ -11,6 +11,7 @@ all; a conversation that is missing and one that is not yours both answer
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Coroutine
 
 from twisted.internet.defer import Deferred
@@ -54,29 +55,50 @@ async def authenticate(request: Request, authn: Authenticator) -> Principal:
         raise HttpError(401, "unauthorized", str(e), {"www-authenticate": "Bearer"}) from None
 
 
+# Integers in queries must fit the SQL BIGINT columns they are compared with.
+MAX_INT = 2**63 - 1
+INT_DIGITS = re.compile(rb"^[0-9]{1,19}$")
+
+
 def int_arg(request: Request, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
-    """An integer query parameter within [low, high], or HttpError 400."""
+    """An integer query parameter (decimal digits) within [low, high] (high
+    at most 2^63-1, the SQL BIGINT), or HttpError 400."""
     values = (request.args or {}).get(name.encode())
     if not values or values[0] == b"":
         return default
-    try:
-        value = int(values[0])
-    except ValueError:
-        raise HttpError(400, "bad_request", f"{name} must be an integer") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise HttpError(400, "bad_request", f"{name} must be {bound}")
-    return value
+    top = MAX_INT if high is None else min(high, MAX_INT)
+    if not INT_DIGITS.match(values[0]) or int(values[0]) < low or int(values[0]) > top:
+        raise HttpError(400, "bad_request", f"{name} must be an integer between {low} and {top}")
+    return int(values[0])
 
 
 def str_arg(request: Request, name: str) -> str | None:
+    """A text query parameter: UTF-8 without NUL characters, or HttpError 400."""
     values = (request.args or {}).get(name.encode())
     if not values:
         return None
     try:
-        return values[0].decode("utf-8")
+        text = values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise HttpError(400, "bad_request", f"{name} must be UTF-8") from None
+    if "\x00" in text:
+        raise HttpError(400, "bad_request", f"{name} must not contain NUL characters")
+    return text
+
+
+def path_segments(request: Request) -> list[str]:
+    """The request's path below the resource, as text. A segment that is not
+    UTF-8 or holds a NUL or other control character names nothing: 404."""
+    out = []
+    for raw in getattr(request, "postpath", None) or []:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(404, "not_found", "no such resource") from None
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise HttpError(404, "not_found", "no such resource")
+        out.append(text)
+    return out
 
 
 class AsyncJsonResource(Resource):
@@ -130,7 +152,7 @@ class ConversationsApi(AsyncJsonResource):
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await authenticate(request, self._authn)
-        path = [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or []]
+        path = path_segments(request)
         if len(path) != 2 or path[1] != "messages" or not path[0]:
             raise HttpError(404, "not_found", "no such resource")
         after = int_arg(request, "after_seq", None, 0)
@@ -165,7 +187,7 @@ class SearchApi(AsyncJsonResource):
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await authenticate(request, self._authn)
-        if any(getattr(request, "postpath", None) or []):
+        if any(path_segments(request)):
             raise HttpError(404, "not_found", "no such resource")
         q = (str_arg(request, "q") or "").strip()
         if not q:

@@ -49,6 +49,24 @@ class WebFile(File):
     def directoryListing(self) -> Resource:
         return self.childNotFound
 
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # A name the file system cannot take (NUL) or that is not UTF-8 text
+        # names no file: a JSON 404, not the OS error File would raise (500).
+        if b"\x00" in path or b"/" in path or b"\\" in path:
+            return self.childNotFound
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound
+        return super().getChild(path, request)
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            from supportchat.http.common import json_error
+
+            return json_error(request, 405, "bad_request", "method not allowed; use GET", {"allow": "GET, HEAD"})
+        return super().render(request)
+
     def render_GET(self, request: Request) -> Any:
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-content-type-options", b"nosniff")

@@ -42,7 +42,8 @@ from supportchat.auth import Principal, TokenIssuer
 from supportchat.http.authn import Authenticator
 from supportchat.config.model import AuthConfig, WorkflowConfig
 from supportchat.http.common import client_ip
-from supportchat.http.history import AsyncJsonResource, HttpError, authenticate, int_arg, str_arg
+from supportchat.http.history import MAX_INT, AsyncJsonResource, HttpError, authenticate, int_arg, path_segments, str_arg
+from supportchat.wire.frames import text_problem
 from supportchat.workflow.models import STATUSES, Agent, WorkflowError
 from supportchat.ratelimit import FailureBackoff
 from supportchat.workflow.passwords import HasherBusy, PasswordHasher
@@ -51,6 +52,8 @@ from supportchat.workflow.store import WorkflowStore
 ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_BODY = 16 * 1024
 MAX_LOGIN_CHARS = 256
+# JSON bodies nest at most this deep (profile attributes are the deepest: 2).
+MAX_JSON_DEPTH = 32
 
 
 def read_json(request: Request) -> dict[str, Any]:
@@ -58,16 +61,52 @@ def read_json(request: Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise HttpError(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError:
+        data = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
         raise HttpError(400, "bad_request", "the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise HttpError(400, "bad_request", "the body must be a JSON object")
+    problem = json_problem(data)
+    if problem is not None:
+        raise HttpError(400, "bad_request", problem)
     return data
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_problem(data: Any) -> str | None:
+    """Why a parsed body cannot be used, or None: nested deeper than
+    MAX_JSON_DEPTH, an integer beyond 64 bits, or a string (key or value)
+    that is not valid Unicode or holds a NUL. Names the top-level field."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        value, depth, field = stack.pop()
+        where = f"'{field}'" if field else "the body"
+        if depth > MAX_JSON_DEPTH:
+            return f"{where} is nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                return f"{where} {problem}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -MAX_INT - 1 <= value <= MAX_INT:
+                return f"{where} holds an integer beyond 64 bits"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = field or key
+                problem = text_problem(key)
+                if problem is not None:
+                    return f"a key in {where} {problem}" if field else f"a key of the body {problem}"
+                stack.append((item, depth + 1, name))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, field) for item in value)
+    return None
+
+
 def _path(request: Request) -> list[str]:
-    return [p.decode("utf-8", "replace") for p in getattr(request, "postpath", None) or [] if p]
+    return [p for p in path_segments(request) if p]
 
 
 class WorkflowResource(AsyncJsonResource):

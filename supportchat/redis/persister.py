@@ -29,6 +29,14 @@ log = Logger()
 GROUP = "persisters"
 
 
+class _NotAnOutage(Exception):
+    """Persisting failed for what the batch holds, not for the database."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 async def stream_backlog(redis: RedisClient, stream: str, group: str) -> int:
     """Entries the group has not acknowledged (not yet delivered + pending)."""
     try:
@@ -101,10 +109,12 @@ class Persister(StreamConsumer):
             return
         ids = [e for e, _ in decoded]
         keep = [m for _, m in decoded]
-        result = await self._commit(keep)
+        result, unstorable = await self._commit(keep)
         if result.refused:
             refused_ids = [e for e, m in decoded if m.msg_id in result.refused]
             await self._dead_letter(refused_ids, "unknown conversation")
+        if unstorable:
+            await self._dead_letter([e for e, m in decoded if m.msg_id in unstorable], "unstorable")
         for conv, top in result.resequenced.items():
             # Redis lost writes and handed out seqs SQL already had: raise its counter.
             log.warn("moved messages to the end of a conversation after a seq clash (up to {top})", top=top)
@@ -121,17 +131,40 @@ class Persister(StreamConsumer):
         self._metrics.persisted.inc(inserted)
         self._metrics.persister_batches.inc()
 
-    async def _commit(self, messages: list[Message]) -> PersistResult:
-        """Commit the batch, retrying transient database failures in place
-        (re-reading the entries would count as redeliveries and dead-letter
-        acknowledged messages during a database outage)."""
+    async def _commit(self, messages: list[Message]) -> tuple[PersistResult, set[str]]:
+        """Commit the batch, retrying database outages in place (re-reading
+        the entries would count as redeliveries and dead-letter acknowledged
+        messages during a database outage). A failure that is not an outage
+        (a value the database refuses) is isolated: the messages are
+        committed one by one and the culprits returned (by msg_id) for the
+        dead-letter stream, so one message never stalls the others."""
+        try:
+            return await self._commit_retrying(messages), set()
+        except _NotAnOutage as e:
+            log.warn("persisting a batch of {n} failed ({error}); persisting its messages one by one",
+                     n=len(messages), error=e.name)
+        inserted, refused, resequenced, unstorable = 0, [], {}, set()
+        for message in messages:
+            try:
+                one = await self._commit_retrying([message])
+            except _NotAnOutage:
+                unstorable.add(message.msg_id)
+                continue
+            inserted += one.inserted
+            refused += one.refused
+            resequenced.update(one.resequenced)
+        return PersistResult(inserted, refused, resequenced), unstorable
+
+    async def _commit_retrying(self, messages: list[Message]) -> PersistResult:
         delay = 0.2
         while True:
             try:
                 return await self._db.run_interaction("persist_batch", persist_batch_txn, messages, self._window)
-            except Exception:
+            except Exception as e:
                 if self._stopping:
                     raise
+                if not self._db.engine.is_outage(e):
+                    raise _NotAnOutage(type(e).__name__) from None
                 log.failure("persisting a batch of {n} failed; retrying", n=len(messages))
                 await self._pause(delay)
                 delay = min(delay * 2, 5.0)

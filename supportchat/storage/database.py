@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from supportchat.storage.engines import Engine
+from supportchat.storage.engines import DatabaseClosed, Engine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -241,7 +241,7 @@ class Database:
 
         if self._threadless:
             if self._conn is None:
-                return fail(RuntimeError("database not started"))
+                return fail(DatabaseClosed("database not started"))
             cur = self._conn.cursor()
             try:
                 result = wrapped(cur)
@@ -253,13 +253,13 @@ class Database:
                 cur.close()
             return succeed(result)
         if self._pool is None:
-            return fail(RuntimeError("database not started"))
+            return fail(DatabaseClosed("database not started"))
         first = self._reactor.seconds()
         out: Deferred[R] = Deferred()
 
         def attempt(delay: float) -> None:
             if self._pool is None:
-                out.errback(Failure(RuntimeError("database closed")))
+                out.errback(Failure(DatabaseClosed("database closed")))
                 return
             d: Deferred[R] = self._pool.runInteraction(wrapped)
             d.addCallbacks(out.callback, retry, errbackArgs=(delay,))

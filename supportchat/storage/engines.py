@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -23,6 +24,10 @@ class UnsupportedDatabase(Exception):
 class DatabaseUnavailable(Exception):
     """The database server cannot be reached or refused us; the message
     names the URL with its password redacted."""
+
+
+class DatabaseClosed(RuntimeError):
+    """The database is not started, or already closed (shutting down)."""
 
 
 def redact_url(url: str) -> str:
@@ -105,6 +110,31 @@ class Engine:
         dropped connection, a deadlock, a serialisation failure."""
         return isinstance(error, adbapi.ConnectionLost)
 
+    def _module(self) -> Any:
+        """The driver module if it is loaded (if not, none of its errors exist)."""
+        return sys.modules.get(self.module_name)
+
+    def is_outage(self, error: BaseException) -> bool:
+        """True when the database failed, not the statement: unreachable,
+        connection dropped, locked, shut down, out of space. Every request
+        of a group commit would fail alike, so all get ``unavailable``.
+        False when a statement failed for what it carried (see
+        :meth:`is_bad_data`) or for a bug: the batch's requests are then
+        retried one by one, so only the culprit fails."""
+        if isinstance(error, (adbapi.ConnectionLost, DatabaseUnavailable, DatabaseClosed)) or self.is_transient(error):
+            return True
+        module = self._module()
+        return module is not None and isinstance(error, (module.OperationalError, module.InterfaceError))
+
+    def is_bad_data(self, error: BaseException) -> bool:
+        """True when a statement failed for a value it carried: text the
+        driver cannot encode, a number beyond the column type, a value too
+        long, a constraint. Coming from a client, that is a client error."""
+        if isinstance(error, (UnicodeError, OverflowError, ValueError)):
+            return True
+        module = self._module()
+        return module is not None and isinstance(error, (module.DataError, module.IntegrityError))
+
     def lock_migrations(self, cur: Any) -> None:
         """Serialise concurrent ``migrate`` runs (several nodes starting)."""
 
@@ -171,6 +201,15 @@ class SqliteEngine(Engine):
         if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
             return True
         return super().is_transient(error)
+
+    def is_outage(self, error: BaseException) -> bool:
+        # sqlite3.InterfaceError is about a value (a parameter it cannot bind).
+        if isinstance(error, (adbapi.ConnectionLost, DatabaseClosed, DatabaseUnavailable, sqlite3.OperationalError)):
+            return True
+        return self.is_transient(error)
+
+    def is_bad_data(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.InterfaceError) or super().is_bad_data(error)
 
     def fts_match(self) -> tuple[str, str]:
         return (
@@ -282,6 +321,14 @@ class PostgresEngine(_ServerEngine):
 # MySQL client error codes worth a retry: server gone away, lost connection,
 # connection refused/unknown host during reconnect, deadlock, lock wait timeout.
 MYSQL_TRANSIENT = {2003, 2006, 2013, 2055, 1205, 1213, 1927, 1053}
+# Server errors that mean the database failed, not the statement: too many
+# connections, access denied, network errors, read-only, disk or table full
+# (every client error, 2000 and up, too). PyMySQL raises OperationalError
+# for these and also for some value errors (1366 incorrect string value).
+MYSQL_OUTAGE = MYSQL_TRANSIENT | {1021, 1040, 1044, 1045, 1049, 1114, 1152, 1153, 1158, 1159, 1160, 1161, 1290,
+                                  1792, 1836}
+# OperationalErrors about a value: incorrect string/datetime value, bad character.
+MYSQL_BAD_VALUE = {1292, 1300, 1366, 1367}
 
 
 class MysqlEngine(_ServerEngine):
@@ -347,6 +394,21 @@ class MysqlEngine(_ServerEngine):
             return code in MYSQL_TRANSIENT
         return super().is_transient(error)
 
+    def is_outage(self, error: BaseException) -> bool:
+        import pymysql
+
+        if isinstance(error, pymysql.err.OperationalError):
+            code = error.args[0] if error.args else None
+            return not isinstance(code, int) or code >= 2000 or code in MYSQL_OUTAGE
+        return super().is_outage(error)
+
+    def is_bad_data(self, error: BaseException) -> bool:
+        import pymysql
+
+        if isinstance(error, pymysql.err.OperationalError):
+            return bool(error.args) and error.args[0] in MYSQL_BAD_VALUE
+        return super().is_bad_data(error)
+
     def lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT GET_LOCK('supportchat_migrate', 60)")
         cur.fetchone()
@@ -385,6 +447,6 @@ def engine_from_url(url: str, synchronous: str = "FULL") -> Engine:
 
 
 __all__ = [
-    "DatabaseUnavailable", "Engine", "MysqlEngine", "PostgresEngine", "SqliteEngine",
+    "DatabaseClosed", "DatabaseUnavailable", "Engine", "MysqlEngine", "PostgresEngine", "SqliteEngine",
     "UnsupportedDatabase", "convert_placeholders", "engine_from_url", "redact_url", "sqlite3",
 ]

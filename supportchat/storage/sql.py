@@ -33,6 +33,13 @@ from supportchat.storage.models import (
 
 log = Logger()
 
+
+class Unstorable(StoreError):
+    """The database refused a value of this request (not an outage)."""
+
+    code = "bad_request"
+
+
 _CONV_COLS = "id, customer_id, status, created_at, last_seq, last_msg_id, last_ts, closed_at"
 _MSG_COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
 
@@ -455,6 +462,10 @@ class SqlConversationStore:
         self._queue: list[tuple[AppendRequest, Deferred[AppendResult]]] = []
         self._flushing: Deferred[Any] | None = None
         self.batches = 0
+        # Batches retried one by one after a failure that was not an outage,
+        # and appends refused because the database could not store them.
+        self.isolations = 0
+        self.unstorable = 0
 
     def open_conversation(self, customer_id: str, now: float) -> "Deferred[tuple[Conversation, bool]]":
         return self._db.run_interaction("open_conversation", _open_conversation_txn, customer_id, now)
@@ -516,10 +527,20 @@ class SqlConversationStore:
                 else:
                     waiter.callback(result)
 
-        def failed(reason: Failure) -> None:
-            log.failure("append batch of {n} failed", reason, n=len(batch))
-            for _, waiter in batch:
-                waiter.errback(reason)
+        def failed(reason: Failure) -> "Deferred[None] | None":
+            error = reason.value
+            if len(batch) > 1 and isinstance(error, Exception) and not self._db.engine.is_outage(error):
+                # Not the database: one request (or a bug) broke the batch.
+                # Each goes again alone, so only the culprit fails.
+                log.warn("append batch of {n} failed ({error}); retrying its appends one by one",
+                         n=len(batch), error=type(error).__name__)
+                self.isolations += 1
+                return Deferred.fromCoroutine(self._one_by_one(batch))
+            self._fail(batch[0][1] if len(batch) == 1 else None, reason, len(batch))
+            if len(batch) > 1:
+                for _, waiter in batch:
+                    waiter.errback(reason)
+            return None
 
         def next_batch(_: object) -> None:
             self._flushing = None
@@ -528,6 +549,49 @@ class SqlConversationStore:
 
         d.addCallbacks(committed, failed)
         d.addBoth(next_batch)
+
+    async def _one_by_one(self, batch: list[tuple[AppendRequest, "Deferred[AppendResult]"]]) -> None:
+        """Commit each request of a failed batch in its own transaction, in
+        order; every waiter hears after its own commit. Should the database
+        itself fail meanwhile, the rest get that failure at once."""
+        outage: Failure | None = None
+        for request, waiter in batch:
+            if outage is not None:
+                waiter.errback(outage)
+                continue
+            try:
+                [result] = await self._db.run_interaction("append_one", append_batch_txn, [request])
+            except Exception as e:
+                reason = Failure(e)
+                if self._db.engine.is_outage(e):
+                    outage = reason
+                    log.failure("append failed", reason)
+                    waiter.errback(reason)
+                else:
+                    self._fail(waiter, reason, 1)
+                continue
+            if isinstance(result, Exception):
+                waiter.errback(Failure(result))
+            else:
+                waiter.callback(result)
+
+    def _fail(self, waiter: "Deferred[AppendResult] | None", reason: Failure, n: int) -> None:
+        """Fail ``waiter`` (one request alone; None: a whole batch, failed
+        by an outage, its waiters failed by the caller). A value the
+        database cannot store is the client's mistake: ``bad_request``,
+        logged without the value. Anything else is the server's, logged."""
+        error = reason.value
+        engine = self._db.engine
+        if (waiter is not None and isinstance(error, Exception) and not engine.is_outage(error)
+                and engine.is_bad_data(error)):
+            self.unstorable += 1
+            log.warn("append refused: the database cannot store it ({error})", error=type(error).__name__)
+            waiter.errback(Failure(Unstorable("this message cannot be stored (a value is not valid for the "
+                                              "database); fix it, do not retry it unchanged")))
+            return
+        log.failure("append batch of {n} failed", reason, n=n)
+        if waiter is not None:
+            waiter.errback(reason)
 
     def drain(self) -> "Deferred[None]":
         """Fires once every queued append has committed or failed."""

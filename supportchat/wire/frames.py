@@ -12,6 +12,9 @@ from typing import Any, Union
 
 MAX_ID_LENGTH = 128
 MAX_REF_LENGTH = 128
+# Integers the client sends (seq, after_seq, limit, rating, an integer ref)
+# must fit the SQL BIGINT columns they are compared with or stored in.
+MAX_INT = 2**63 - 1
 
 
 class FrameError(Exception):
@@ -125,13 +128,39 @@ MAX_NOTE_CHARS = 4000
 ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate]
 
 
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored or sent back, or None. JSON escapes
+    can carry a lone surrogate (``"\\ud800"``), which no UTF-8 encoder,
+    database or client accepts; NUL is refused by PostgreSQL and is never
+    meaningful in chat text."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (it contains a lone surrogate)"
+    return None
+
+
 def _ref(data: dict[str, Any]) -> Any:
+    """The client's ``ref`` if it can be echoed; an unusable one (too long,
+    not valid Unicode, an integer beyond 64 bits, any other type) is
+    dropped, so the answer still goes out, without it."""
     ref = data.get("ref")
     if ref is None or isinstance(ref, bool):
         return None
-    if isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH):
+    if isinstance(ref, int):
+        return ref if -MAX_INT <= ref <= MAX_INT else None
+    if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH and text_problem(ref) is None:
         return ref
     return None
+
+
+def _check_text(key: str, value: str, ref: Any) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise FrameError("bad_request", f"'{key}' {problem}", ref)
+    return value
 
 
 def _str(data: dict[str, Any], key: str, ref: Any, max_len: int = MAX_ID_LENGTH) -> str:
@@ -140,16 +169,23 @@ def _str(data: dict[str, Any], key: str, ref: Any, max_len: int = MAX_ID_LENGTH)
         raise FrameError("bad_request", f"'{key}' must be a non-empty string", ref)
     if len(value) > max_len:
         raise FrameError("bad_request", f"'{key}' is longer than {max_len} characters", ref)
-    return value
+    return _check_text(key, value, ref)
 
 
-def _int(data: dict[str, Any], key: str, ref: Any, default: int | None = None, low: int = 0) -> int:
+def _int(data: dict[str, Any], key: str, ref: Any, default: int | None = None, low: int = 0,
+         high: int = MAX_INT) -> int:
     value = data.get(key, default)
     if value is None or isinstance(value, bool) or not isinstance(value, int):
         raise FrameError("bad_request", f"'{key}' must be an integer", ref)
     if value < low:
         raise FrameError("bad_request", f"'{key}' must be at least {low}", ref)
+    if value > high:
+        raise FrameError("bad_request", f"'{key}' must be at most {high}", ref)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFrame:
@@ -159,7 +195,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     if text.strip() == "pong":
         return Pong()
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)  # NaN, Infinity: not JSON
     except (ValueError, RecursionError):  # deeply nested arrays exhaust the parser
         raise FrameError("bad_request", "frame is not valid JSON") from None
     if not isinstance(data, dict):
@@ -176,7 +212,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         team = data.get("team", "")
         if not isinstance(team, str) or len(team) > MAX_ID_LENGTH:
             raise FrameError("bad_request", f"'team' must be a string of at most {MAX_ID_LENGTH} characters", ref)
-        return Start(ref, team)
+        return Start(ref, _check_text("team", team, ref))
     if kind == "accept":
         return Accept(_str(data, "conversation", ref), ref)
     if kind == "message":
@@ -189,6 +225,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
             raise FrameError("bad_request", "'body' must not be empty", ref)
         if len(body) > max_body_chars:
             raise FrameError("too_large", f"'body' is longer than {max_body_chars} characters", ref)
+        _check_text("body", body, ref)
         return SendMessage(conversation, client_msg_id, body, ref)
     if kind == "sync":
         conversation = _str(data, "conversation", ref)
@@ -212,7 +249,7 @@ def _optional_str(data: dict[str, Any], key: str, ref: Any, max_len: int) -> str
         raise FrameError("bad_request", f"'{key}' must be a string", ref)
     if len(value) > max_len:
         raise FrameError("too_large", f"'{key}' is longer than {max_len} characters", ref)
-    return value or None
+    return _check_text(key, value, ref) or None
 
 
 def _parse_workflow(kind: str, data: dict[str, Any], ref: Any) -> ClientFrame:
@@ -232,9 +269,9 @@ def _parse_workflow(kind: str, data: dict[str, Any], ref: Any) -> ClientFrame:
         if (to_agent is None) == (to_team is None):
             raise FrameError("bad_request", "give exactly one of 'to_agent' and 'to_team'", ref)
         return Transfer(conversation, to_agent, to_team, _optional_str(data, "note", ref, MAX_NOTE_CHARS), ref)
-    rating = _int(data, "rating", ref, low=1)
-    if rating > 5:
-        raise FrameError("bad_request", "'rating' must be between 1 and 5", ref)
+    rating = data.get("rating")
+    if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+        raise FrameError("bad_request", "'rating' must be an integer between 1 and 5", ref)
     return Rate(conversation, rating, _optional_str(data, "comment", ref, MAX_NOTE_CHARS), ref)
 
 
