@@ -118,11 +118,15 @@ def build_root(server: SupportChatServer) -> Resource:
     return root
 
 
+NO_BODY = 1024
+
+
 def body_limits(config: Config) -> BodyLimits:
     """The largest request body of each route, in one place. Every route
     not listed gets ``[server] max_body_bytes``; the JSON endpoints of the
     console read at most ``workflow_api.MAX_BODY``; routes that read no body
-    at all take none. A larger ``Content-Length`` is answered 413 before the
+    at all tolerate a stray one of ``NO_BODY`` bytes (so a wrong method still
+    gets its 405). A larger ``Content-Length`` is answered 413 before the
     body is read (supportchat/http/site.py)."""
     from supportchat.http.workflow_api import MAX_BODY
 
@@ -132,7 +136,7 @@ def body_limits(config: Config) -> BodyLimits:
         "/api/v1/login", "/api/v1/refresh", "/api/v1/agents", "/api/v1/teams", "/api/v1/canned",
         "/api/v1/customers",
     )}
-    routes.update({path: 0 for path in (
+    routes.update({path: min(NO_BODY, default) for path in (
         config.websocket.path, "/api/v1/conversations", "/api/v1/search", "/api/v1/me", "/api/v1/admin",
         "/api/v1/inbox", "/api/v1/csat", "/api/v1/openapi.json", "/healthz", "/readyz", "/metrics",
     )})
