@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/slow_reader.py                    # this checkout
     .venv/bin/python bench/slow_reader.py --code /tmp/base   # another copy of the code (e.g. `git archive`)
+    .venv/bin/python bench/slow_reader.py --messages 10000 [--reading]
 
 Starts the server (twistd, a temporary data directory, 127.0.0.1 only, the
 frame rate limit lifted as in bench/run.py), then:
@@ -11,7 +12,7 @@ frame rate limit lifted as in bench/run.py), then:
    stops reading its socket (asyncio ``pause_reading``);
 2. an agent accepts the conversation and floods it: messages of ~3.9 KB
    of CJK text (hard to compress), ``--window`` unacknowledged at a time,
-   for ``--seconds`` seconds;
+   for ``--seconds`` seconds (or ``--messages`` messages);
 3. the server's RSS (VmRSS, /proc/<pid>/status) is read before the flood,
    every second during it, and after it; /metrics tells whether the
    server closed the victim.
@@ -156,11 +157,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sent = acked = 0
         start = time.monotonic()
         next_sample = start + 1.0
-        while time.monotonic() - start < args.seconds:
+        while (acked < args.messages) if args.messages else (time.monotonic() - start < args.seconds):
             if args.reading:
                 while not victim.frames.empty():
                     victim.frames.get_nowait()
-            while sent - acked < args.window:
+            while sent - acked < args.window and not (args.messages and sent >= args.messages):
                 agent.send({"type": "message", "ref": sent, "conversation": conv, "client_msg_id": f"f{sent}",
                             "body": BODY})
                 sent += 1
@@ -205,6 +206,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", default=ROOT, help="the supportchat checkout to run (default: this one)")
     parser.add_argument("--seconds", type=float, default=25.0, help="how long the agent floods (default 25)")
+    parser.add_argument("--messages", type=int, default=0,
+                        help="flood exactly this many messages instead of for --seconds (comparable runs)")
     parser.add_argument("--reading", action="store_true",
                         help="control run: the victim reads everything (what the flood costs anyway)")
     parser.add_argument("--window", type=int, default=32, help="unacknowledged messages at a time (default 32)")

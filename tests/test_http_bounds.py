@@ -141,6 +141,18 @@ class ChannelBoundsTests(unittest.SynchronousTestCase):
         for call in self.clock.getDelayedCalls():  # Twisted's own forced-abort call after an idle timeout
             call.cancel()
 
+    def test_a_pipelined_partial_request_gets_its_own_deadline(self) -> None:
+        """Part of a second request sent with the first is cut request_timeout after the first was served."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\nGET /small HTTP/1.1\r\nHo")
+        self.assertEqual(split_response(transport.value())[0], 200)
+        transport.clear()
+        self.clock.advance(9.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(split_response(transport.value())[0], 408)
+        self.assertEqual(self.echo.calls, 1)
+
     def test_content_length_over_the_limit_is_refused_before_reading(self) -> None:
         """A Content-Length over the route's limit gets 413 (JSON) right after the head; no body is read, no 100-continue."""
         channel, transport = self.connect()

@@ -172,9 +172,9 @@ class GuardedHTTPChannel(HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
-        pending = bool(self._dataBuffer)
         super().requestDone(request)
-        if pending and self.persistent and not self._handlingRequest:
+        if (self.persistent and not self._handlingRequest and not self.refused
+                and (self.requests or getattr(self, "_buffer", b""))):
             # The client sent part of its next request while this one was
             # served: that one's deadline runs from now.
             self._start_deadline()

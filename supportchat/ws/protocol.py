@@ -233,9 +233,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
         self._send_timer = None
 
     def _send_timer_fired(self) -> None:
-        """``send_timeout`` after bytes were found queued: close the peer
-        unless its queue was seen empty meanwhile (checked at every frame
-        sent to it and now)."""
+        """``send_timeout`` after bytes were found waiting for the peer:
+        close it unless its queue was seen empty meanwhile (checked at every
+        frame sent to it, and now after offering the bytes to the kernel)."""
         self._send_timer = None
         if self.state != self.STATE_OPEN:
             return
