@@ -174,10 +174,15 @@ class GuardedHTTPChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)
         if (self.persistent and not self._handlingRequest and not self.refused
-                and (self.requests or getattr(self, "_buffer", b""))):
+                and (self.requests or self._partial_line())):
             # The client sent part of its next request while this one was
             # served: that one's deadline runs from now.
             self._start_deadline()
+
+    def _partial_line(self) -> bool:
+        """Has LineReceiver buffered the start of a line?"""
+        buffered: Any = getattr(self, "_buffer", b"")
+        return bool(buffered)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._stop_deadline()
