@@ -6,11 +6,13 @@ read."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
 
 from twisted.internet import defer, protocol, task
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
@@ -21,11 +23,24 @@ REFUSAL_GRACE = 2.0  # supportchat.http.site.REFUSAL_GRACE (not imported: this m
 BODY = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(1300))  # ~3.9 KB of UTF-8, hard to compress
 
 
+def tcp_of(transport: Any) -> Any:
+    """The TCP transport, under a TLS wrapper if there is one."""
+    return transport if isinstance(transport, FileDescriptor) else transport.transport
+
+
+def tcp_socket(transport: Any) -> socket.socket:
+    return tcp_of(transport).socket  # type: ignore[no-any-return]
+
+
 def server_buffered(transport: Any) -> int:
-    """Bytes the server holds for a TCP peer in user space (Twisted's
+    """Bytes the server holds for a peer in user space (Twisted's
     FileDescriptor buffer: unsent part of ``dataBuffer`` plus what was
-    written since the last flush)."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    written since the last flush; for TLS also the wrapper's cleartext)."""
+    tcp = tcp_of(transport)
+    held = 0
+    if tcp is not transport:  # the TLS wrapper's own buffers: aggregated small writes, pre-handshake writes
+        held += sum(len(b) for b in transport._aggregator._buffer) + sum(len(b) for b in transport._appSendBuffer)
+    return held + len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
 
 
 class Raw(protocol.Protocol):
@@ -51,7 +66,9 @@ def raw_connect(port: int) -> Any:
     return proto
 
 
-class SlowConsumerTests(unittest.TestCase):
+class SlowConsumerBase(unittest.TestCase):
+    """A customer and an agent in one conversation; the agent floods."""
+
     @defer.inlineCallbacks
     def setUp(self) -> Any:
         self.server = yield start_server(
@@ -63,8 +80,9 @@ class SlowConsumerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def pair(self) -> Any:
-        cust = yield connect(self.server.port, token("cust"), deflate=False)
-        agent = yield connect(self.server.port, token("agent", "agent", name="Ann"), deflate=False)
+        tls = getattr(self, "tls", None)
+        cust = yield connect(self.server.port, token("cust"), deflate=False, tls=tls)
+        agent = yield connect(self.server.port, token("agent", "agent", name="Ann"), deflate=False, tls=tls)
         self.addCleanup(close_client, agent)
         cust.send({"type": "start", "ref": "s"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
@@ -96,16 +114,13 @@ class SlowConsumerTests(unittest.TestCase):
         return acked
 
     @defer.inlineCallbacks
-    def test_a_peer_that_does_not_read_is_closed_and_its_buffer_stays_bounded(self) -> Any:
-        """A flood at a customer that never reads: the server closes it (1013, then abort) with at most
-        send_buffer_limit plus one frame buffered for it, counts it, and the sender's acks keep flowing."""
-        cust, agent, conv = yield self.pair()
+    def flood_a_stalled_peer(self, cust: Any, agent: Any, conv: str) -> Any:
         victim = self.server_side("cust")
         # Small kernel buffers on both ends so the test needs kilobytes, not
         # megabytes, before the server's own buffer starts to fill.
-        victim.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        cust.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        cust.transport.pauseProducing()  # the customer stops reading
+        tcp_socket(victim.transport).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        tcp_socket(cust.transport).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        tcp_of(cust.transport).pauseProducing()  # the customer stops reading
         gone: defer.Deferred[None] = defer.Deferred()
         factory = self.server.server.get_chat_factory()
         factory.lost_waiters.setdefault(victim, []).append(gone)
@@ -119,15 +134,23 @@ class SlowConsumerTests(unittest.TestCase):
         yield self.send_acked(agent, conv, "f", 400, each=sample)
         yield gone.addTimeout(TIMEOUT, self.server.reactor)
         self.assertTrue(victim.slow_consumer)
-        frame_bytes = len(BODY.encode()) + 1024  # one message frame, JSON and WebSocket header included
+        frame_bytes = len(BODY.encode()) + 1024  # one message frame, JSON, WebSocket (and TLS) headers included
         self.assertLessEqual(peak[0], LIMIT + frame_bytes)
         # The sender is still served after its peer was dropped.
         yield self.send_acked(agent, conv, "g", 20)
         metrics = self.server.server.get_metrics().registry
         self.assertEqual(metrics.get_sample_value("websocket_slow_consumer_disconnects_total",
                                                   {"trigger": "buffer"}), 1.0)
-        cust.transport.resumeProducing()
+        tcp_of(cust.transport).resumeProducing()
         yield cust.closed.addTimeout(TIMEOUT, self.server.reactor)
+
+class SlowConsumerTests(SlowConsumerBase):
+    @defer.inlineCallbacks
+    def test_a_peer_that_does_not_read_is_closed_and_its_buffer_stays_bounded(self) -> Any:
+        """A flood at a customer that never reads: the server closes it (1013, then abort) with at most
+        send_buffer_limit plus one frame buffered for it, counts it, and the sender's acks keep flowing."""
+        cust, agent, conv = yield self.pair()
+        yield self.flood_a_stalled_peer(cust, agent, conv)
 
     @defer.inlineCallbacks
     def test_a_peer_that_stops_draining_is_closed_after_send_timeout(self) -> Any:
@@ -139,7 +162,7 @@ class SlowConsumerTests(unittest.TestCase):
         victim = self.server_side("cust")
         victim.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         cust.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        cust.transport.pauseProducing()
+        cust.transport.pauseProducing()  # the customer stops reading
         gone: defer.Deferred[None] = defer.Deferred()
         factory.lost_waiters.setdefault(victim, []).append(gone)
         yield self.send_acked(agent, conv, "f", 60)
@@ -160,6 +183,35 @@ class SlowConsumerTests(unittest.TestCase):
             got = yield cust.next_frame("message", lambda f: f.get("kind") != "event")
             self.assertEqual(got["client_msg_id"], f"f{i}")
         self.assertFalse(self.server_side("cust").slow_consumer)
+
+
+class TlsSlowConsumerTests(SlowConsumerBase):
+    """The same bound on a wss:// listener (the TLS wrapper sits between the protocol and the socket)."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.test_websocket import self_signed
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key, cert, pem = self_signed(directory)
+        self.server = yield start_server(
+            self,
+            server={"listen": [f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"]},
+            websocket={"send_buffer_limit": LIMIT, "send_timeout": 30.0, "close_handshake_timeout": 0.5,
+                       "deflate": False},
+            chat={"frame_rate": 100000.0, "frame_burst": 100000},
+        )
+        self.tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(pem))
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_does_not_read_over_tls_is_closed_and_its_buffer_stays_bounded(self) -> Any:
+        """Over wss:// too, a customer that never reads is closed with at most send_buffer_limit plus one
+        frame held for it (TLS's aggregated writes included), and the sender's acks keep flowing."""
+        cust, agent, conv = yield self.pair()
+        yield self.flood_a_stalled_peer(cust, agent, conv)
 
 
 class RequestDeadlineTests(unittest.TestCase):

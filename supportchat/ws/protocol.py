@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -29,18 +30,31 @@ SLOW_CONSUMER_CODE = 1013
 SLOW_CONSUMER_REASON = "slow consumer: reconnect and sync"
 
 
+def _tls_held(transport: Any) -> int:
+    """Cleartext a TLS wrapper still holds: small writes it aggregates until
+    the next reactor turn (up to 64,000 bytes, ``BufferingTLSTransport``)
+    and writes waiting for its handshake."""
+    held = 0
+    attrs = getattr(transport, "__dict__", {})  # not through a wrapper's __getattr__ proxy
+    pending = getattr(attrs.get("_aggregator"), "_buffer", None)
+    if isinstance(pending, list):
+        held += sum(len(b) for b in pending)
+    waiting = attrs.get("_appSendBuffer")
+    if isinstance(waiting, list):
+        held += sum(len(b) for b in waiting)
+    return held
+
+
 def _socket_of(transport: Any) -> tuple[Any, int]:
     """The TCP transport under ``transport`` (through a TLS wrapper) and
-    the cleartext the TLS wrapper still holds (waiting for its handshake)."""
+    the cleartext the wrappers on the way still hold."""
     held = 0
     for _ in range(3):
         if transport is None:
             break
-        pending = getattr(transport, "_appSendBuffer", None)
-        if isinstance(pending, list):
-            held += sum(len(b) for b in pending)
-        if isinstance(getattr(transport, "dataBuffer", None), (bytes, bytearray, memoryview)):
+        if isinstance(transport, FileDescriptor):  # TCP (and UNIX) connections
             return transport, held
+        held += _tls_held(transport)
         transport = getattr(transport, "transport", None)
     return None, held
 
@@ -48,8 +62,8 @@ def _socket_of(transport: Any) -> tuple[Any, int]:
 def send_backlog(transport: Any) -> int:
     """Bytes written to ``transport`` that the kernel has not taken yet:
     Twisted's FileDescriptor buffer (``dataBuffer`` past ``offset``, plus
-    what was written since its last flush), and for TLS the cleartext
-    waiting for the handshake. 0 for transports without a socket (tests)."""
+    what was written since its last flush), and for TLS the cleartext the
+    wrapper holds (``_tls_held``). 0 for transports without a socket (tests)."""
     fd, held = _socket_of(transport)
     if fd is None:
         return held
@@ -60,6 +74,12 @@ def flush_to_kernel(transport: Any) -> None:
     """Offer the buffered bytes to the kernel now, as the reactor does when
     the socket is writable: whatever remains afterwards is what the peer's
     socket would not take (the peer is not reading fast enough)."""
+    layer = transport
+    for _ in range(2):  # push a TLS wrapper's aggregated writes through it first
+        flush = getattr(getattr(layer, "__dict__", {}).get("_aggregator"), "flush", None)
+        if flush is not None:
+            flush()
+        layer = getattr(layer, "transport", None)
     fd, _ = _socket_of(transport)
     if fd is None or not getattr(fd, "connected", False) or getattr(fd, "disconnecting", True):
         return
