@@ -34,6 +34,16 @@ class Metrics:
         self.handshake_rejections = Counter(
             "handshake_rejections_total", "WebSocket handshakes refused, by reason.", ["reason"], registry=r
         )
+        self.slow_consumer_disconnects = Counter(
+            "websocket_slow_consumer_disconnects_total",
+            "WebSocket connections closed (1013) for not reading what they were sent, by trigger "
+            "(buffer: send_buffer_limit passed; timeout: not drained within send_timeout).", ["trigger"], registry=r
+        )
+        self.http_refusals = Counter(
+            "http_refusals_total",
+            "HTTP requests refused before any resource ran, by reason (request_timeout: 408, "
+            "body_too_large: 413).", ["reason"], registry=r
+        )
         self.frame_errors = Counter(
             "frame_errors_total", "Error frames sent, by code.", ["code"], registry=r
         )

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from supportchat.app.routes import build_root, own_origins
+from supportchat.app.routes import build_root, build_site, own_origins
 from supportchat.auth import TokenIssuer, TokenVerifier, ensure_secret
 from supportchat.background import BackgroundTasks
 from supportchat.bus.interfaces import MessageBus
@@ -350,6 +350,8 @@ class SupportChatServer:
                 self.reactor, self.get_handler(), self.get_background(), self.config.websocket, self.config.chat
             )
             factory.setProtocolOptions(**websocket_options(self.config.websocket, self.get_allowed_origins()))
+            slow = self.get_metrics().slow_consumer_disconnects
+            factory.on_slow_consumer = lambda trigger: slow.labels(trigger).inc()
             if self.config.workflow.enabled:
                 from supportchat.http.profiles_api import claim_upserter
 
@@ -370,7 +372,7 @@ class SupportChatServer:
 
     def get_site(self) -> Site:
         def make() -> Site:
-            site = Site(self.get_root_resource(), logFormatter=redacting_log_formatter, reactor=self.reactor)
+            site = build_site(self, self.get_root_resource(), redacting_log_formatter)
             site.displayTracebacks = False
             return site
 

@@ -17,6 +17,7 @@ from supportchat.http.common import normalize_origin
 from supportchat.http.guard import GuardedWebSocketResource
 from supportchat.http.history import ConversationsApi, SearchApi
 from supportchat.http.me_api import MeApi
+from supportchat.http.site import BodyLimits, BoundedSite
 from supportchat.http.resources import ApiRoot, Healthz, MetricsResource, Readyz, Visitors
 from supportchat.http.web import mount_web
 from supportchat.ratelimit import KeyedRateLimiter
@@ -115,6 +116,49 @@ def build_root(server: SupportChatServer) -> Resource:
         ))
         _put_path(root, _segments(config.websocket.testee_path), WebSocketResource(testee))
     return root
+
+
+NO_BODY = 1024
+
+
+def body_limits(config: Config) -> BodyLimits:
+    """The largest request body of each route, in one place. Every route
+    not listed gets ``[server] max_body_bytes``; the JSON endpoints of the
+    console read at most ``workflow_api.MAX_BODY``; routes that read no body
+    at all tolerate a stray one of ``NO_BODY`` bytes (so a wrong method still
+    gets its 405). A larger ``Content-Length`` is answered 413 before the
+    body is read (supportchat/http/site.py)."""
+    from supportchat.http.workflow_api import MAX_BODY
+
+    default = config.server.max_body_bytes
+    json_small = min(MAX_BODY, default)
+    routes = {path: json_small for path in (
+        "/api/v1/login", "/api/v1/refresh", "/api/v1/agents", "/api/v1/teams", "/api/v1/canned",
+        "/api/v1/customers",
+    )}
+    routes.update({path: min(NO_BODY, default) for path in (
+        config.websocket.path, "/api/v1/conversations", "/api/v1/search", "/api/v1/me", "/api/v1/admin",
+        "/api/v1/inbox", "/api/v1/csat", "/api/v1/openapi.json", "/healthz", "/readyz", "/metrics",
+    )})
+    return BodyLimits(default, routes)
+
+
+def build_site(server: SupportChatServer, root: IResource, log_formatter: Any) -> BoundedSite:
+    """The web ``Site`` of one node: request deadline, keep-alive idle time
+    and body limits (supportchat/http/site.py)."""
+    config = server.config
+    refusals = server.get_metrics().http_refusals
+    paths = (config.websocket.path,) + ((config.websocket.testee_path,) if config.websocket.testee_path else ())
+    return BoundedSite(
+        root, server.reactor,
+        request_timeout=config.server.request_timeout,
+        handshake_timeout=config.websocket.open_handshake_timeout,
+        idle_timeout=config.server.idle_timeout,
+        body_limits=body_limits(config),
+        websocket_paths=paths,
+        on_refusal=lambda reason: refusals.labels(reason).inc(),
+        logFormatter=log_formatter,
+    )
 
 
 def _mount_api(server: SupportChatServer, v1: Resource) -> None:

@@ -37,11 +37,19 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     nofile_limit: int = 65536
     node_id: str = ""
+    # The HTTP edge (supportchat/http/site.py): a whole request within
+    # request_timeout, keep-alive idle time, the default body limit.
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_body_bytes: int = 65536
 
     def validate(self, check: "_Checker") -> None:
         check.that(bool(self.listen), "listen", "at least one endpoint is required")
         check.that(self.shutdown_timeout > 0, "shutdown_timeout", "must be positive")
         check.that(self.nofile_limit >= 0, "nofile_limit", "must not be negative")
+        check.that(self.request_timeout > 0, "request_timeout", "must be positive")
+        check.that(self.idle_timeout > 0, "idle_timeout", "must be positive")
+        check.that(0 <= self.max_body_bytes <= 64 * 1024 * 1024, "max_body_bytes", "must be between 0 and 67108864")
         if self.public_url:
             check.that(
                 self.public_url.startswith(("http://", "https://")),
@@ -155,6 +163,10 @@ class WebSocketConfig:
     auto_ping_timeout: float = 10.0
     open_handshake_timeout: float = 10.0
     close_handshake_timeout: float = 5.0
+    # Outgoing bound per connection (ws/protocol.py): bytes queued for a
+    # peer that does not read, and how long its queue may stay undrained.
+    send_buffer_limit: int = 65536
+    send_timeout: float = 20.0
     allowed_origins: list[str] = field(default_factory=list)
     heartbeat: int = 30
     testee_path: str = ""
@@ -172,6 +184,8 @@ class WebSocketConfig:
         check.that(self.auto_ping_timeout > 0, "auto_ping_timeout", "must be positive")
         check.that(self.open_handshake_timeout > 0, "open_handshake_timeout", "must be positive")
         check.that(self.close_handshake_timeout > 0, "close_handshake_timeout", "must be positive")
+        check.that(self.send_buffer_limit >= 1024, "send_buffer_limit", "must be at least 1024")
+        check.that(self.send_timeout > 0, "send_timeout", "must be positive")
         check.that(self.heartbeat > 0, "heartbeat", "must be positive")
         for i, origin in enumerate(self.allowed_origins):
             check.that("*" not in origin, f"allowed_origins[{i}]", "wildcards are not allowed; list each origin")

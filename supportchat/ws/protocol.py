@@ -9,8 +9,10 @@ from typing import Any, Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from supportchat.auth import Principal
 from supportchat.background import BackgroundTasks
@@ -20,6 +22,68 @@ from supportchat.handlers.connections import ClientSession
 from supportchat.wire.frames import FrameError, parse_frame
 
 SUBPROTOCOL = "supportchat.v1"
+log = Logger()
+
+# The close code for a peer that does not read what it is sent (RFC 6455
+# 1013 "Try Again Later"): reconnect, then sync; nothing acknowledged is lost.
+SLOW_CONSUMER_CODE = 1013
+SLOW_CONSUMER_REASON = "slow consumer: reconnect and sync"
+
+
+def _tls_held(transport: Any) -> int:
+    """Cleartext a TLS wrapper still holds: small writes it aggregates until
+    the next reactor turn (up to 64,000 bytes, ``BufferingTLSTransport``)
+    and writes waiting for its handshake."""
+    held = 0
+    attrs = getattr(transport, "__dict__", {})  # not through a wrapper's __getattr__ proxy
+    pending = getattr(attrs.get("_aggregator"), "_buffer", None)
+    if isinstance(pending, list):
+        held += sum(len(b) for b in pending)
+    waiting = attrs.get("_appSendBuffer")
+    if isinstance(waiting, list):
+        held += sum(len(b) for b in waiting)
+    return held
+
+
+def _socket_of(transport: Any) -> tuple[Any, int]:
+    """The TCP transport under ``transport`` (through a TLS wrapper) and
+    the cleartext the wrappers on the way still hold."""
+    held = 0
+    for _ in range(3):
+        if transport is None:
+            break
+        if isinstance(transport, FileDescriptor):  # TCP (and UNIX) connections
+            return transport, held
+        held += _tls_held(transport)
+        transport = getattr(transport, "transport", None)
+    return None, held
+
+
+def send_backlog(transport: Any) -> int:
+    """Bytes written to ``transport`` that the kernel has not taken yet:
+    Twisted's FileDescriptor buffer (``dataBuffer`` past ``offset``, plus
+    what was written since its last flush), and for TLS the cleartext the
+    wrapper holds (``_tls_held``). 0 for transports without a socket (tests)."""
+    fd, held = _socket_of(transport)
+    if fd is None:
+        return held
+    return held + len(fd.dataBuffer) - fd.offset + getattr(fd, "_tempDataLen", 0)
+
+
+def flush_to_kernel(transport: Any) -> None:
+    """Offer the buffered bytes to the kernel now, as the reactor does when
+    the socket is writable: whatever remains afterwards is what the peer's
+    socket would not take (the peer is not reading fast enough)."""
+    layer = transport
+    for _ in range(2):  # push a TLS wrapper's aggregated writes through it first
+        flush = getattr(getattr(layer, "__dict__", {}).get("_aggregator"), "flush", None)
+        if flush is not None:
+            flush()
+        layer = getattr(layer, "transport", None)
+    fd, _ = _socket_of(transport)
+    if fd is None or not getattr(fd, "connected", False) or getattr(fd, "disconnecting", True):
+        return
+    fd.doWrite()  # an error here is seen again, and handled, by the reactor's next poll
 
 
 class _Timer:
@@ -63,6 +127,10 @@ class ChatServerProtocol(WebSocketServerProtocol):
     factory: "ChatServerFactory"
     principal: Principal | None = None
     session: ClientSession | None = None
+    # The outgoing bound: armed while bytes stay queued for the peer.
+    _send_timer: IDelayedCall | None = None
+    _drained_since_armed = False
+    slow_consumer = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -77,6 +145,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
             if self.closeHandshakeTimeoutCall is not None:
                 self.closeHandshakeTimeoutCall.cancel()
                 self.closeHandshakeTimeoutCall = None
+            self._disarm_send_timer()
             self.factory.live.discard(self)
             waiters, self.factory.lost_waiters[self] = self.factory.lost_waiters.get(self, []), []
             self.factory.lost_waiters.pop(self, None)
@@ -145,8 +214,72 @@ class ChatServerProtocol(WebSocketServerProtocol):
             # Closing or closed (the handler learns it at onClose): the frame
             # would be lost anyway; the client catches up with sync.
             return
+        queued = self.backlog()
+        if queued > self.factory.send_buffer_limit:
+            # Bytes written during this reactor turn may not have been
+            # offered to the kernel yet: offer them now, then judge.
+            flush_to_kernel(self.transport)
+            queued = self.backlog()
+            if queued > self.factory.send_buffer_limit:
+                # The peer's socket is full and more than the limit waits
+                # here: it is not reading. Drop this frame and close it (it
+                # resumes with sync after reconnecting); its buffer stops
+                # growing here.
+                self._close_slow_consumer("buffer", queued)
+                return
+        if queued == 0:
+            self._drained_since_armed = True
+        elif self._send_timer is None:
+            self._arm_send_timer()
         data = payload.encode("utf-8")
         self.sendMessage(data, isBinary=False, doNotCompress=len(data) < self.factory.deflate_threshold)
+
+    # -- the outgoing bound --------------------------------------------
+    def backlog(self) -> int:
+        """Bytes queued for this peer in this process: ``send_backlog`` of
+        the transport plus Autobahn's own send queue (chopped writes only)."""
+        queued = send_backlog(self.transport)
+        if self.send_queue:
+            queued += sum(len(item[0]) for item in self.send_queue)
+        return queued
+
+    def _arm_send_timer(self) -> None:
+        self._drained_since_armed = False
+        self._send_timer = self.factory._clock.callLater(self.factory.send_timeout, self._send_timer_fired)
+
+    def _disarm_send_timer(self) -> None:
+        if self._send_timer is not None and self._send_timer.active():
+            self._send_timer.cancel()
+        self._send_timer = None
+
+    def _send_timer_fired(self) -> None:
+        """``send_timeout`` after bytes were found waiting for the peer:
+        close it unless its queue was seen empty meanwhile (checked at every
+        frame sent to it, and now after offering the bytes to the kernel)."""
+        self._send_timer = None
+        if self.state != self.STATE_OPEN:
+            return
+        flush_to_kernel(self.transport)
+        queued = self.backlog()
+        if queued == 0:
+            return
+        if self._drained_since_armed:
+            self._arm_send_timer()
+            return
+        self._close_slow_consumer("timeout", queued)
+
+    def _close_slow_consumer(self, why: str, queued: int) -> None:
+        """Close with 1013; the close frame waits behind what the peer has
+        not read, so Autobahn's close-handshake timeout
+        (``close_handshake_timeout``) aborts the TCP connection."""
+        if self.slow_consumer:
+            return
+        self.slow_consumer = True
+        self._disarm_send_timer()
+        self.factory.slow_consumer_closed(why)
+        log.info("closing a slow consumer ({why}): {queued} bytes queued for {peer}", why=why, queued=queued,
+                 peer=self.peer)
+        self.close(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
 
     def close(self, code: int, reason: str) -> None:
         # sendClose() only takes 1000 and 3000-4999; protocol codes such as
@@ -176,12 +309,20 @@ class ChatServerFactory(WebSocketServerFactory):
         self.max_body_chars = ws_config.max_body_chars
         self.sync_limit_max = chat_config.sync_limit_max
         self.deflate_threshold = ws_config.deflate_threshold if ws_config.deflate else 1 << 62
+        self.send_buffer_limit = ws_config.send_buffer_limit
+        self.send_timeout = ws_config.send_timeout
+        self.on_slow_consumer: Callable[[str], Any] | None = None
         self.pending_principal: Principal | None = None
         self.on_profile: Callable[[Principal], Any] | None = None
         self._clock = reactor
         self.live: set[ChatServerProtocol] = set()
         self.lost_waiters: dict[ChatServerProtocol, list[Deferred[None]]] = {}
         self._bind_options()
+
+    def slow_consumer_closed(self, why: str) -> None:
+        """A connection was closed for not reading (``buffer`` or ``timeout``)."""
+        if self.on_slow_consumer is not None:
+            self.on_slow_consumer(why)
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         super().setProtocolOptions(*args, **kwargs)
