@@ -27,7 +27,7 @@ log = Logger()
 def release_upgrade_request(request: Request) -> None:
     """Autobahn has taken the TCP transport over: let the HTTP channel and
     its request go. Left alone, the channel's idle timeout (a DelayedCall,
-    hours long) and the transport, which still has the channel as its
+    ``[server] idle_timeout`` long) and the transport, which still has the channel as its
     producer, keep both alive with every header for as long as the
     WebSocket lives: about 3.5 KB of every idle connection (measured with
     bench/run.py; tests/test_ws_edge.py checks they are freed)."""
