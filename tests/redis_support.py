@@ -88,7 +88,7 @@ class PrivateSentinel(PrivateRedis):
     with short fail-over times (tests only)."""
 
     def __init__(self, master: str, primary_port: int, quorum: int = 2, down_after_ms: int = 800,
-                 failover_timeout_ms: int = 4000) -> None:
+                 failover_timeout_ms: int = 20000) -> None:
         super().__init__()
         self.master = master
         self.conf = os.path.join(self.dir, "sentinel.conf")

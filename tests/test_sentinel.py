@@ -125,7 +125,8 @@ class SentinelFailoverTests(unittest.TestCase):
         yield dep.ready()
         gw1 = yield dep.process("gateway", "gw1", free_port(), marker="Connected to Redis (redis)")
         gw2 = yield dep.process("gateway", "gw2", free_port(), marker="Connected to Redis (redis)")
-        yield dep.process("persister", "p1")
+        p1 = yield dep.process("persister", "p1")
+        procs = [gw1, gw2, p1]
         ports = [gw1.port, gw2.port]
         talkers: list[Talker] = []
         conversations = []
@@ -161,7 +162,39 @@ class SentinelFailoverTests(unittest.TestCase):
             keys = self.stored_keys(dep)
             return all(k in keys for t in talkers for k in t.acks)
 
-        yield until(flushed, "the persister to flush every acknowledged message", 60)
+        def missing() -> str:
+            keys = self.stored_keys(dep)
+            lost = sorted(k for t in talkers for k in t.acks if k not in keys)
+            for p in procs:
+                with open(f"/tmp/sentinel-test-{p.proto.transport.pid}.log", "wb") as f:
+                    f.write(p.proto.output)
+            logs = str([f"/tmp/sentinel-test-{p.proto.transport.pid}.log" for p in procs])
+            where = []
+            for r in dep.replicas:
+                try:
+                    role = r.cli("ROLE").split("\n")[0]
+                    idem = [r.cli("EXISTS", f"sc:idem:{k.split('-')[0].replace('c', 'cust').replace('a', 'agent')}:{k}")
+                            for k in lost[:5]]
+                    where.append(f"{r.port} {role} backlog={_backlog(r)} xlen={r.cli('XLEN', 'sc:stream')} idem={idem}")
+                except subprocess.CalledProcessError as e:
+                    where.append(f"{r.port}: {e}")
+            ack0 = [t.acks[lost[0]] for t in talkers if lost and lost[0] in t.acks]
+            rows = dep.sql("SELECT seq, msg_id, client_msg_id, kind, body, data FROM messages"
+                           " WHERE conversation_id = ? AND seq BETWEEN ? AND ? ORDER BY seq", ack0[0]["conversation"],
+                           ack0[0]["seq"] - 3, ack0[0]["seq"] + 3) if ack0 else []
+            rows.append(dep.replicas[0].cli("XLEN", "sc:dead"))
+            info = []
+            for r in dep.replicas:
+                try:
+                    info.append([line for line in r.cli("INFO", "replication").split("\n")
+                                 if line.startswith(("role", "master_port", "master_link", "connected_slaves"))])
+                except subprocess.CalledProcessError as e:
+                    info.append(str(e))
+            sentinel_view = [s.cli("SENTINEL", "master", MASTER).replace("\n", " ")[:300] for s in dep.sentinels]
+            return (f"{len(lost)} missing: {lost[:20]}\n{where}\n{rows}\n{info}\n{sentinel_view}\n"
+                    f"acks: {[t.acks.get(lost[0]) for t in talkers if lost and lost[0] in t.acks]}\n{logs}")
+
+        yield until(flushed, "the persister to flush every acknowledged message", 60, missing)
         for conv, cust, agent in conversations:
             rows = dep.sql("SELECT seq, msg_id, client_msg_id FROM messages WHERE conversation_id = ? ORDER BY seq",
                            conv)

@@ -26,15 +26,18 @@ def pause(seconds: float = POLL) -> "Deferred[None]":
 
 
 @inlineCallbacks
-def until(condition: Callable[[], Any], what: str, limit: float = 30.0) -> Any:
-    """Poll ``condition`` (bounded) until it is true; returns its value."""
+def until(condition: Callable[[], Any], what: str, limit: float = 30.0,
+          detail: Callable[[], str] | None = None) -> Any:
+    """Poll ``condition`` (bounded) until it is true; returns its value.
+    ``detail`` describes the state when it times out."""
     deadline = time.monotonic() + limit
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit:g} s waiting for {what}")
+            more = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {limit:g} s waiting for {what}{more}")
         yield pause(0.05)
 
 
