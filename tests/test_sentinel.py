@@ -119,7 +119,8 @@ class SentinelFailoverTests(unittest.TestCase):
         """kill -9 of the Redis primary while four clients send: the sentinels
         promote a replica, the gateways follow it, and every acknowledged
         message is stored exactly once (as acknowledged), gapless per
-        conversation, and synced exactly once; traffic went through the new
+        conversation, and synced exactly once (by msg_id: a seq taken during
+        the outage moves a message to the end); traffic went through the new
         primary afterwards."""
         dep = SentinelDeployment(self)
         yield dep.ready()
@@ -205,7 +206,10 @@ class SentinelFailoverTests(unittest.TestCase):
                 if key is not None:
                     by_key.setdefault(key, []).append((seq, msg_id))
             for key, ack in acks.items():
-                self.assertEqual(by_key.get(key), [(ack["seq"], ack["msg_id"])], f"{key} not stored once as acked")
+                # The acknowledged message, once. Its seq is the acknowledged one unless a
+                # degraded-mode commit took that seq during the outage: then the persister
+                # moved it to the end (docs/deploy.md, "What an acknowledgement means").
+                self.assertEqual([m for _, m in by_key.get(key, [])], [ack["msg_id"]], f"{key} not stored once")
             history = yield synced(gw2.port, agent, "agent", conv)
             texts = [m["client_msg_id"] for m in history if m["kind"] == "text"]
             self.assertEqual(sorted(texts), sorted(acks), "sync does not return each message exactly once")
