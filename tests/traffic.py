@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from autobahn.exception import Disconnected
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 
@@ -62,6 +63,7 @@ class Talker:
         self.refusals = 0
         self.problems: list[str] = []
         self._stop = False
+        self._broken = False
         self.done: Deferred[None] = Deferred()
 
     def frame(self, key: str) -> dict[str, Any]:
@@ -96,9 +98,11 @@ class Talker:
                 raise AssertionError(f"{self.user}: {len(self.unacked)} messages never acknowledged")
             if self.client is not None:
                 self._read()  # what arrived before a close counts
-            if self.client is None or self.client.closed.called:
+            if self.client is None or self.client.closed.called or self._broken:
                 if self.client is not None:
                     self.reconnects += 1
+                    self.client.transport.abortConnection()
+                self._broken = False
                 self.client = yield self._connect()
                 self.cursor = 0
                 for key in self.unacked:  # resend everything not acknowledged
@@ -107,16 +111,25 @@ class Talker:
             now = time.monotonic()
             for key, when in list(self.unacked.items()):
                 if when <= now:
-                    self.unacked[key] = float("inf")
-                    self.client.send(self.frame(key))
+                    self._send(key)
             if not self._stop and len(self.unacked) < self.window and now >= next_new:
                 key = f"{self.prefix}{self.sent}"
                 self.sent += 1
-                self.unacked[key] = float("inf")
-                self.client.send(self.frame(key))
+                self._send(key)
                 next_new = now + self.interval
             yield pause()
         yield close_client(self.client)
+
+    def _send(self, key: str) -> None:
+        self.unacked[key] = float("inf")
+        if self._broken:
+            self.unacked[key] = 0.0
+            return
+        try:
+            self.client.send(self.frame(key))
+        except Disconnected:  # closing under us: resend after the reconnect
+            self.unacked[key] = 0.0
+            self._broken = True
 
     def _read(self) -> None:
         frames = self.client.frames
