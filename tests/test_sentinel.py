@@ -16,6 +16,7 @@ import subprocess
 from typing import Any
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from tests.redis_support import REDIS_SERVER, PrivateRedis, PrivateSentinel
@@ -227,3 +228,65 @@ class SentinelFailoverTests(unittest.TestCase):
         response = yield http_client().get(f"http://127.0.0.1:{port}/readyz")
         body = yield response.content()
         return json.loads(body)
+
+
+class _FakeSentinel(Protocol):
+    """Answers every ``SENTINEL get-master-addr-by-name`` with the factory's port."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer = getattr(self, "buffer", b"") + data
+        while self.buffer.count(b"\r\n") >= 7:  # *3 $8 SENTINEL $23 get-master-addr-by-name $n name
+            parts = self.buffer.split(b"\r\n", 7)
+            self.buffer = parts[7]
+            self.factory.asked += 1
+            port = str(self.factory.port).encode()
+            self.transport.write(b"*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n" % (len(port), port))
+
+
+class SentinelClientTests(unittest.TestCase):
+    """RedisClient with sentinels, against a scripted sentinel and real servers."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if REDIS_SERVER is None:
+            raise unittest.SkipTest("redis-server is not installed")
+
+    @inlineCallbacks
+    def test_only_a_primary_is_used_and_readonly_reconnects(self) -> Any:
+        """A named server that answers ROLE as a replica is left and the
+        sentinels asked again; once they name the primary, commands work;
+        when that primary is demoted, a write answered READONLY fails as
+        'unavailable' and the client reconnects to the new primary."""
+        from twisted.internet import reactor
+
+        from supportchat.redis.connection import RedisClient, RedisUnavailable
+
+        a = PrivateRedis()
+        a.start()
+        self.addCleanup(a.cleanup)
+        b = PrivateRedis(extra_args=["--replicaof", "127.0.0.1", str(a.port)])
+        b.start()
+        self.addCleanup(b.cleanup)
+        factory = Factory.forProtocol(_FakeSentinel)
+        factory.asked, factory.port = 0, b.port  # names the replica first
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        client = RedisClient(reactor, "redis://unused/0", name="redis-test",
+                             sentinels=[f"127.0.0.1:{listening.getHost().port}"], sentinel_master=MASTER)
+        client.service.startService()
+        self.addCleanup(client.service.stopService)
+        yield until(lambda: factory.asked >= 3, "the client to ask the sentinel again", 20)
+        self.assertFalse(client.connected, "a replica was used as the primary")
+        factory.port = a.port
+        yield until(lambda: client.connected, "the client to reach the primary", 20)
+        self.assertEqual((yield client.execute("SET", "k", "1")), "OK")
+        # Fail-over by hand: b becomes the primary, a its replica.
+        b.cli("REPLICAOF", "NO", "ONE")
+        a.cli("REPLICAOF", "127.0.0.1", str(b.port))
+        factory.port = b.port
+        asked = factory.asked
+        yield self.assertFailure(client.execute("SET", "k", "2"), RedisUnavailable)
+        yield until(lambda: client.connected and factory.asked > asked, "the client to follow the new primary", 20)
+        self.assertEqual((yield client.execute("SET", "k", "3")), "OK")
+        self.assertEqual(b.cli("GET", "k"), "3")
