@@ -27,6 +27,11 @@ class FakeRedis:
         self.sent: list[tuple[Any, ...]] = []
         self.replies: list[Deferred[Any]] = []
 
+    rechecks = 0
+
+    def recheck_primary(self) -> None:
+        self.rechecks += 1
+
     def protocol(self) -> Any:
         if self.current is None:
             raise RedisUnavailable("not connected")
@@ -83,6 +88,7 @@ class ReplicaWaitTests(unittest.SynchronousTestCase):
         self.clock.advance(2.0)
         self.wait.check()
         self.assertEqual(self.wait.timeouts, 1)
+        self.assertEqual(self.redis.rechecks, 1, "the sentinels were not asked whether the primary moved")
 
     def test_a_changed_connection_is_not_confirmed(self) -> None:
         """An append made on a connection that has since been replaced

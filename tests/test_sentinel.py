@@ -290,3 +290,35 @@ class SentinelClientTests(unittest.TestCase):
         yield until(lambda: client.connected and factory.asked > asked, "the client to follow the new primary", 20)
         self.assertEqual((yield client.execute("SET", "k", "3")), "OK")
         self.assertEqual(b.cli("GET", "k"), "3")
+
+    @inlineCallbacks
+    def test_recheck_follows_a_primary_named_without_a_broken_connection(self) -> Any:
+        """When the sentinels name another primary while the old one is still
+        reachable (a partition), ``recheck_primary`` (called when replicas stop
+        confirming writes) leaves it and connects to the new one; while they
+        name the same one, it keeps the connection."""
+        from twisted.internet import reactor
+
+        from supportchat.redis.connection import RedisClient
+
+        a, b = PrivateRedis(), PrivateRedis()
+        for server in (a, b):
+            server.start()
+            self.addCleanup(server.cleanup)
+        factory = Factory.forProtocol(_FakeSentinel)
+        factory.asked, factory.port = 0, a.port
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        client = RedisClient(reactor, "redis://unused/0", name="redis-test",
+                             sentinels=[f"127.0.0.1:{listening.getHost().port}"], sentinel_master=MASTER)
+        client.service.startService()
+        self.addCleanup(client.service.stopService)
+        yield until(lambda: client.connected, "the client to reach a", 20)
+        first = client.protocol()
+        yield client.recheck_primary()
+        self.assertIs(client.protocol(), first)
+        factory.port = b.port
+        yield client.recheck_primary()
+        yield until(lambda: client.connected and client.protocol() is not first, "the client to move to b", 20)
+        yield client.execute("SET", "where", "b")
+        self.assertEqual(b.cli("GET", "where"), "b")

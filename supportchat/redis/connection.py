@@ -187,6 +187,9 @@ class RedisClient:
         self.connected_once: Deferred[None] = Deferred()
         self._listeners: list[Callable[[bool], None]] = []
 
+        self._sentinels = SentinelEndpoint(reactor, sentinels, sentinel_master) if sentinels else None
+        self._address: tuple[str, int] | None = None  # the primary the current connection reached
+
         def prepare(proto: Any) -> Any:
             d = proto.whenConnected()
             if self._sentinel:
@@ -202,6 +205,7 @@ class RedisClient:
                     return None
                 first = not self.connected_once.called
                 self._protocol = proto
+                self._address = self._sentinels.last_primary if self._sentinels is not None else None
                 proto.whenDisconnected().addCallback(self._lost, proto)
                 self._changed(True)
                 if first:
@@ -219,8 +223,7 @@ class RedisClient:
 
             return d.addCallback(ready)
 
-        endpoint: IStreamClientEndpoint = (SentinelEndpoint(reactor, sentinels, sentinel_master) if sentinels
-                                           else redis_endpoint(reactor, url))
+        endpoint: IStreamClientEndpoint = self._sentinels or redis_endpoint(reactor, url)
         self.service = ClientService(
             endpoint, factory,
             retryPolicy=backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=5.0, jitter=lambda: 0.0),
@@ -233,6 +236,26 @@ class RedisClient:
         """A client for ``[redis]``: one address, or the primary named by the sentinels."""
         return cls(reactor, config.url, name=name, sentinels=config.sentinels,
                    sentinel_master=config.sentinel_master, **kwargs)
+
+    def recheck_primary(self) -> "Deferred[None]":
+        """With Sentinel: ask the sentinels again, and leave the connection
+        if they now name another primary (a fail-over that did not break
+        this connection, e.g. across a network partition). Called when
+        replicas stop confirming writes."""
+        proto, address, sentinels = self._protocol, self._address, self._sentinels
+        if proto is None or sentinels is None:
+            return succeed(None)
+
+        async def check() -> None:
+            try:
+                primary = await sentinels.primary()
+            except Exception:
+                return  # no sentinel answers: keep what we have
+            if primary != address and self._protocol is proto:
+                log.warn("Redis ({name}): the sentinels now name another primary; reconnecting", name=self._name)
+                proto.transport.loseConnection()
+
+        return Deferred.fromCoroutine(check())
 
     def _lost(self, _: Any, proto: Any) -> None:
         if self._protocol is proto:

@@ -15,6 +15,10 @@ have been written by another connection, so a round that confirms one is
 preceded by a small write of its own (a fence): ``WAIT`` then covers
 everything the primary had done before it.
 
+Replicas that stop confirming can also mean that this primary was replaced
+without our connection breaking (a network partition): with Sentinel, the
+client then asks the sentinels again and follows the new primary.
+
 ``WAIT`` blocks the connection for up to its timeout. After a round that
 times out, appends are refused at once (``unavailable``, ``retry_after``)
 for ``retry_after`` seconds instead of each blocking the connection again.
@@ -117,6 +121,8 @@ class ReplicaWait:
                              "refusing messages for {retry} s", acked=acked, replicas=self.replicas,
                              ms=self._timeout_ms, retry=self._retry_after)
                     error = self._behind(self._retry_after)
+                    # Maybe this is no longer the primary (a partition): ask the sentinels.
+                    self._redis.recheck_primary()
             except FirstError as e:
                 cause = e.subFailure.value
                 error = cause if isinstance(cause, RedisUnavailable) else RedisUnavailable(str(cause))
