@@ -87,7 +87,7 @@ class PrivateSentinel(PrivateRedis):
     """``redis-server --sentinel`` on a free port, monitoring ``master``
     with short fail-over times (tests only)."""
 
-    def __init__(self, master: str, primary_port: int, quorum: int = 2, down_after_ms: int = 800,
+    def __init__(self, master: str, primary_port: int, quorum: int = 2, down_after_ms: int = 1000,
                  failover_timeout_ms: int = 20000) -> None:
         super().__init__()
         self.master = master
