@@ -62,6 +62,10 @@ class Metrics:
         self.degraded = Gauge(
             "redis_degraded", "1 while Redis is unreachable and messages go straight to SQL.", registry=r
         )
+        self.replica_wait_timeouts = Counter(
+            "redis_replica_wait_timeouts_total",
+            "WAIT rounds in which fewer than [redis] wait_replicas replicas confirmed (messages refused).", registry=r
+        )
         self.overloaded = Gauge(
             "backpressure_engaged", "1 while new messages are refused because persisters lag.", registry=r
         )

@@ -128,14 +128,14 @@ class SupportChatServer:
     def get_redis(self) -> RedisClient:
         from supportchat.redis.connection import RedisClient
 
-        return self._once("redis", lambda: RedisClient(self.reactor, self.config.redis.url, name="redis"))
+        return self._once("redis", lambda: RedisClient.from_config(self.reactor, self.config.redis, name="redis"))
 
     def get_redis_subscriber(self) -> RedisClient:
         from supportchat.redis.bus import make_subscriber_hook
         from supportchat.redis.connection import RedisClient
 
-        return self._once("redis_subscriber", lambda: RedisClient(
-            self.reactor, self.config.redis.url, name="redis-subscriber", subscriber=True,
+        return self._once("redis_subscriber", lambda: RedisClient.from_config(
+            self.reactor, self.config.redis, name="redis-subscriber", subscriber=True,
             on_connect=make_subscriber_hook(self.get_redis_bus()), on_message=self.get_redis_bus().on_message,
         ))
 
@@ -145,6 +145,7 @@ class SupportChatServer:
 
         return self._once("redis_chat_store", lambda: RedisChatStore(
             self.reactor, self.get_redis(), self.get_store(), self.config.redis.prefix, self.config.redis.retry_after,
+            self.config.redis.wait_replicas, self.config.redis.wait_timeout,
         ))
 
     def get_redis_presence(self) -> RedisPresenceStore:

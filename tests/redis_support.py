@@ -24,10 +24,11 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 class PrivateRedis:
-    def __init__(self, appendonly: bool = False) -> None:
+    def __init__(self, appendonly: bool = False, extra_args: list[str] | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="supportchat-redis-")
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,13 +42,16 @@ class PrivateRedis:
         args = [
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--daemonize", "no", "--loglevel", "notice",
+            "--daemonize", "no", "--loglevel", "notice", *self.extra_args,
         ]
+        self._spawn(args)
+
+    def _spawn(self, args: list[str], marker: bytes = b"Ready to accept connections") -> None:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = b""
         deadline = time.monotonic() + 20
         assert self.proc.stdout is not None
-        while b"Ready to accept connections" not in out:
+        while marker not in out:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None:
                 raise RuntimeError("redis-server did not start:\n" + out.decode(errors="replace"))
@@ -77,6 +81,59 @@ class PrivateRedis:
         return subprocess.run(
             ["redis-cli", "-p", str(self.port), *args], check=True, capture_output=True, text=True
         ).stdout.strip()
+
+
+class PrivateSentinel(PrivateRedis):
+    """``redis-server --sentinel`` on a free port, monitoring ``master``
+    with short fail-over times (tests only)."""
+
+    def __init__(self, master: str, primary_port: int, quorum: int = 2, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 20000) -> None:
+        super().__init__()
+        self.master = master
+        self.conf = os.path.join(self.dir, "sentinel.conf")
+        with open(self.conf, "w") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}\n"
+                f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {master} 2\n"
+            )
+
+    def start(self) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed")
+        self._spawn([REDIS_SERVER, self.conf, "--sentinel", "--daemonize", "no", "--loglevel", "notice"],
+                    marker=b"+monitor master")
+
+    def primary_port(self) -> int | None:
+        """The primary's port as this sentinel sees it (None if it cannot tell)."""
+        try:
+            reply = self.cli("SENTINEL", "get-master-addr-by-name", self.master).split("\n")
+        except subprocess.CalledProcessError:
+            return None
+        return int(reply[1]) if len(reply) == 2 and reply[1].isdigit() else None
+
+    def _instances(self, what: str) -> list[dict[str, str]]:
+        lines = self.cli("SENTINEL", what, self.master).split("\n")
+        out: list[dict[str, str]] = []
+        for key, value in zip(lines[0::2], lines[1::2]):
+            if key == "name":
+                out.append({})
+            if out:
+                out[-1][key] = value
+        return out
+
+    def knows(self, replicas: int, sentinels: int) -> bool:
+        """Has it discovered that many healthy replicas and other sentinels?"""
+        try:
+            seen = self._instances("replicas")
+            others = self._instances("sentinels")
+        except subprocess.CalledProcessError:
+            return False
+        healthy = [r for r in seen if r.get("flags") == "slave" and r.get("master-link-status") == "ok"]
+        return len(healthy) >= replicas and len(others) >= sentinels
 
 
 _shared: PrivateRedis | None = None

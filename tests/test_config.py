@@ -470,3 +470,29 @@ class ValidationTests(_TempDirMixin, SynchronousTestCase):
         self.assertFileError('[redis]\nurl = "http://cache:6379"\n', "redis.url")
         config = self.load_text('[redis]\nurl = "rediss://cache:6380/0"\n')
         self.assertEqual(config.redis.url, "rediss://cache:6380/0")
+
+    def test_redis_sentinel(self):
+        """Sentinels are host:port addresses, need url (password, database),
+        exclude rediss:// and name a valid master; they can come from the
+        environment as a comma-separated list."""
+        url = 'url = "redis://:pw@sentinel/2"\n'
+        config = self.load_text('[redis]\n' + url + 'sentinels = ["10.0.0.1:26379", "s2:26380"]\n'
+                                'sentinel_master = "chat"\nwait_replicas = 1\n')
+        self.assertEqual((config.redis.sentinels, config.redis.sentinel_master, config.redis.wait_replicas),
+                         (["10.0.0.1:26379", "s2:26380"], "chat", 1))
+        config = load_config(None, {"SUPPORTCHAT_REDIS_URL": "redis://x/0",
+                                    "SUPPORTCHAT_REDIS_SENTINELS": "a:1, b:2,c:3"})
+        self.assertEqual(config.redis.sentinels, ["a:1", "b:2", "c:3"])
+        self.assertFileError('[redis]\n' + url + 'sentinels = ["10.0.0.1"]\n', "redis.sentinels[0]")
+        self.assertFileError('[redis]\n' + url + 'sentinels = ["h:0"]\n', "redis.sentinels[0]")
+        self.assertFileError('[redis]\nsentinels = ["h:26379"]\n', "redis.url")
+        self.assertFileError('[redis]\nurl = "rediss://s/0"\nsentinels = ["h:26379"]\n', "redis.url")
+        self.assertFileError('[redis]\n' + url + 'sentinels = ["h:26379"]\nsentinel_master = "a b"\n',
+                             "redis.sentinel_master")
+
+    def test_redis_wait_replicas(self):
+        """wait_replicas is 0-16; wait_timeout positive and at most 3 s (below the reply timeout)."""
+        self.assertFileError("[redis]\nwait_replicas = -1\n", "redis.wait_replicas")
+        self.assertFileError("[redis]\nwait_replicas = 17\n", "redis.wait_replicas")
+        self.assertFileError("[redis]\nwait_timeout = 0\n", "redis.wait_timeout")
+        self.assertFileError("[redis]\nwait_timeout = 3.5\n", "redis.wait_timeout")

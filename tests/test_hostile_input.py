@@ -522,3 +522,30 @@ class PersisterIsolationTests(unittest.SynchronousTestCase):
         self.assertEqual([m.body for m in stored], ["one", "three"])
         self.assertIn("persist_batch", self.db.descs)
         self.assertEqual(self.errors.events, [])
+
+    def test_a_seq_taken_by_another_writer_is_retried_in_place(self) -> None:
+        """A batch whose insert found its seq taken by another writer
+        (RowSkipped: rolled back) is committed again after a pause, like an
+        outage, and never dead-lettered as unstorable."""
+        from twisted.internet.defer import Deferred, fail
+
+        from supportchat.storage.database import RowSkipped
+        from supportchat.storage.models import Message
+
+        real = self.db.run_interaction
+        calls: list[str] = []
+
+        def racing(desc: str, fn: Any, *args: Any) -> Any:
+            calls.append(desc)
+            if len(calls) == 1:
+                return fail(RowSkipped("1 of 1 message rows clashed with another writer"))
+            return real(desc, fn, *args)
+
+        self.db.run_interaction = racing  # type: ignore[method-assign]
+        msg = Message(self.conv.id, "m1", 1, "alice", "customer", "k1", TEXT, "hello", 1000.0)
+        d = Deferred.fromCoroutine(self.persister._commit([msg]))
+        self.assertNoResult(d)  # waiting before the retry
+        self.reactor.advance(1)
+        result, unstorable = self.successResultOf(d)
+        self.assertEqual((result.inserted, unstorable, len(calls)), (1, set(), 2))
+        self.flushLoggedErrors(RowSkipped)

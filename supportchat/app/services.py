@@ -91,7 +91,7 @@ def _add_persister(server: SupportChatServer, top: MultiService) -> None:
     from supportchat.redis.persister import Persister
 
     config = server.config
-    client = RedisClient(server.reactor, config.redis.url, name="redis-persister", reply_timeout=30.0)
+    client = RedisClient.from_config(server.reactor, config.redis, name="redis-persister", reply_timeout=30.0)
     client.service.setServiceParent(top)
     persister = Persister(
         server.reactor, client, server.get_database(), server.get_metrics(), server.get_node_id(),
@@ -115,7 +115,7 @@ def _bot_service(server: SupportChatServer) -> IService:
     if server.redis_mode:
         from supportchat.redis.connection import RedisClient
 
-        client = RedisClient(server.reactor, server.config.redis.url, name="redis-bot", reply_timeout=30.0)
+        client = RedisClient.from_config(server.reactor, server.config.redis, name="redis-bot", reply_timeout=30.0)
         client.service.setServiceParent(service)
         StreamBotConsumer(
             server.reactor, client, node, server.get_node_id(), prefix=server.config.redis.prefix,

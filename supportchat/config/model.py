@@ -227,10 +227,26 @@ class RedisConfig:
     persister_claim_idle: float = 15.0
     persister_max_deliveries: int = 5
     stream_keep_for_others: float = 3600.0
+    sentinels: list[str] = field(default_factory=list)
+    sentinel_master: str = "mymaster"
+    wait_replicas: int = 0
+    wait_timeout: float = 0.5
 
     def validate(self, check: "_Checker") -> None:
         if self.url:
             check.that(self.url.startswith(("redis://", "rediss://")), "url", "must start with redis:// or rediss://")
+        for i, address in enumerate(self.sentinels):
+            host, _, port = address.rpartition(":")
+            check.that(bool(host) and port.isdigit() and 0 < int(port) < 65536, f"sentinels[{i}]",
+                       "must be host:port")
+        if self.sentinels:
+            check.that(bool(self.url), "url", "required with sentinels (its password and database are used; "
+                       "its host is replaced by the primary the sentinels name)")
+            check.that(not self.url.startswith("rediss://"), "url", "rediss:// is not supported with sentinels")
+            check.that(bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.sentinel_master)), "sentinel_master",
+                       "must be the name of a master monitored by the sentinels")
+        check.that(0 <= self.wait_replicas <= 16, "wait_replicas", "must be between 0 (do not wait) and 16")
+        check.that(0 < self.wait_timeout <= 3.0, "wait_timeout", "must be positive and at most 3 seconds")
         check.that(bool(self.prefix) and " " not in self.prefix, "prefix", "must be a non-empty key prefix without spaces")
         check.that(self.backlog_high >= 1, "backlog_high", "must be at least 1")
         check.that(0 <= self.backlog_low < self.backlog_high, "backlog_low", "must be below backlog_high")

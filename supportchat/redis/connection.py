@@ -5,20 +5,32 @@ replies (mangling ids and phone numbers). We build its protocol ourselves,
 with ``convertNumbers=False`` and our reactor's ``callLater``, and keep it
 connected with a ``ClientService`` (reconnect with backoff). Commands fail
 fast with ``RedisUnavailable`` while disconnected, so callers can degrade.
+
+With Sentinel (``[redis] sentinels``), every connection attempt first asks
+the sentinels for the primary's address (``SENTINEL
+get-master-addr-by-name``) and then checks ``ROLE`` on what it reached: only
+a primary is used. After a fail-over the old primary's connections break
+(killed, or closed by the sentinels when they demote it); a write answered
+``READONLY`` also drops the connection, and the reconnect asks again.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from supportchat.config.model import RedisConfig
 
 log = Logger()
 
@@ -95,14 +107,78 @@ def redis_endpoint(reactor: Any, url: str) -> IStreamClientEndpoint:
     return endpoint
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (validated by the configuration)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class NotPrimary(ConnectError):
+    """What we reached is not the primary (yet): try again."""
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """Connects to the primary that the sentinels name for ``master``.
+
+    Sentinels are asked in turn (the last one that answered first); one that
+    is down, slow or does not know the master is skipped."""
+
+    def __init__(self, reactor: Any, sentinels: Sequence[str], master: str, timeout: float = 2.0) -> None:
+        self._reactor = reactor
+        self._sentinels = [parse_address(a) for a in sentinels]
+        self._master = master
+        self._timeout = timeout
+        self.last_primary: tuple[str, int] | None = None
+
+    def connect(self, protocolFactory: Any) -> "Deferred[Any]":
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: Any) -> Any:
+        primary = await self.primary()
+        endpoint = HostnameEndpoint(self._reactor, primary[0], primary[1], timeout=self._timeout)
+        return await endpoint.connect(factory)
+
+    async def primary(self) -> tuple[str, int]:
+        """The primary's address, from the first sentinel that knows it."""
+        for i, (host, port) in enumerate(list(self._sentinels)):
+            try:
+                proto = await connectProtocol(
+                    HostnameEndpoint(self._reactor, host, port, timeout=self._timeout),
+                    _Protocol(self._reactor, charset="utf-8", errors="strict", replyTimeout=self._timeout,
+                              convertNumbers=False),
+                )
+            except Exception:
+                continue
+            try:
+                reply = await proto.execute_command("SENTINEL", "get-master-addr-by-name", self._master)
+            except Exception:
+                reply = None
+            finally:
+                proto.transport.loseConnection()
+            if isinstance(reply, list) and len(reply) == 2:
+                if i:  # ask this one first next time
+                    self._sentinels.insert(0, self._sentinels.pop(i))
+                address = (str(reply[0]), int(reply[1]))
+                if address != self.last_primary:
+                    log.info("Sentinel names {host}:{port} as the Redis primary ({master})",
+                             host=address[0], port=address[1], master=self._master)
+                self.last_primary = address
+                return address
+        raise ConnectError(string=f"no sentinel named a primary for {self._master!r}")
+
+
 class RedisClient:
     """One reconnecting command connection (or subscriber connection)."""
 
     def __init__(self, reactor: Any, url: str, name: str = "redis", subscriber: bool = False,
                  on_connect: Callable[[Any], Any] | None = None, reply_timeout: float | None = REPLY_TIMEOUT,
-                 on_message: Callable[[str, str], None] | None = None) -> None:
+                 on_message: Callable[[str, str], None] | None = None, sentinels: Sequence[str] = (),
+                 sentinel_master: str = "mymaster") -> None:
         self._reactor = reactor
         self.url = url
+        self._name = name
+        self._sentinel = bool(sentinels)
         _, _, password, dbid, _ = parse_url(url)
         factory = _Factory(reactor, _Subscriber if subscriber else _Protocol, password, dbid,
                            None if subscriber else reply_timeout, on_message)
@@ -111,12 +187,25 @@ class RedisClient:
         self.connected_once: Deferred[None] = Deferred()
         self._listeners: list[Callable[[bool], None]] = []
 
+        self._sentinels = SentinelEndpoint(reactor, sentinels, sentinel_master) if sentinels else None
+        self._address: tuple[str, int] | None = None  # the primary the current connection reached
+
         def prepare(proto: Any) -> Any:
             d = proto.whenConnected()
+            if self._sentinel:
+                d.addCallback(lambda _: proto.execute_command("ROLE"))
 
-            def ready(_: Any) -> Any:
+            def ready(role: Any) -> Any:
+                if self._sentinel and not (isinstance(role, list) and role and role[0] == "master"):
+                    # A replica (the sentinels' view is stale): leave it; the
+                    # reconnect asks the sentinels again.
+                    log.warn("Redis ({name}): the address the sentinels named is not a primary; asking again",
+                             name=name)
+                    reactor.callLater(0, proto.transport.loseConnection)
+                    return None
                 first = not self.connected_once.called
                 self._protocol = proto
+                self._address = self._sentinels.last_primary if self._sentinels is not None else None
                 proto.whenDisconnected().addCallback(self._lost, proto)
                 self._changed(True)
                 if first:
@@ -134,12 +223,39 @@ class RedisClient:
 
             return d.addCallback(ready)
 
+        endpoint: IStreamClientEndpoint = self._sentinels or redis_endpoint(reactor, url)
         self.service = ClientService(
-            redis_endpoint(reactor, url), factory,
+            endpoint, factory,
             retryPolicy=backoffPolicy(initialDelay=0.2, factor=2.0, maxDelay=5.0, jitter=lambda: 0.0),
             clock=reactor, prepareConnection=prepare,
         )
         self.service.setName(name)
+
+    @classmethod
+    def from_config(cls, reactor: Any, config: RedisConfig, name: str = "redis", **kwargs: Any) -> RedisClient:
+        """A client for ``[redis]``: one address, or the primary named by the sentinels."""
+        return cls(reactor, config.url, name=name, sentinels=config.sentinels,
+                   sentinel_master=config.sentinel_master, **kwargs)
+
+    def recheck_primary(self) -> "Deferred[None]":
+        """With Sentinel: ask the sentinels again, and leave the connection
+        if they now name another primary (a fail-over that did not break
+        this connection, e.g. across a network partition). Called when
+        replicas stop confirming writes."""
+        proto, address, sentinels = self._protocol, self._address, self._sentinels
+        if proto is None or sentinels is None:
+            return succeed(None)
+
+        async def check() -> None:
+            try:
+                primary = await sentinels.primary()
+            except Exception:
+                return  # no sentinel answers: keep what we have
+            if primary != address and self._protocol is proto:
+                log.warn("Redis ({name}): the sentinels now name another primary; reconnecting", name=self._name)
+                proto.transport.loseConnection()
+
+        return Deferred.fromCoroutine(check())
 
     def _lost(self, _: Any, proto: Any) -> None:
         if self._protocol is proto:
@@ -164,20 +280,27 @@ class RedisClient:
 
     def execute(self, *args: Any) -> "Deferred[Any]":
         try:
-            d: Deferred[Any] = self.protocol().execute_command(*args)
+            proto = self.protocol()
+            d: Deferred[Any] = proto.execute_command(*args)
         except (RedisUnavailable, txredisapi.ConnectionError) as e:
             return fail(RedisUnavailable(str(e)))
-        return d.addErrback(_translate)
+        return d.addErrback(self._translate, proto)
 
     def eval(self, script: str, keys: list[str], args: list[Any]) -> "Deferred[Any]":
         try:
-            d: Deferred[Any] = self.protocol().eval(script, keys, args)
+            proto = self.protocol()
+            d: Deferred[Any] = proto.eval(script, keys, args)
         except (RedisUnavailable, txredisapi.ConnectionError) as e:
             return fail(RedisUnavailable(str(e)))
-        return d.addErrback(_translate)
+        return d.addErrback(self._translate, proto)
 
-
-def _translate(failure: Any) -> Any:
-    if failure.check(txredisapi.ConnectionError):
-        raise RedisUnavailable(str(failure.value))
-    return failure
+    def _translate(self, failure: Any, proto: Any) -> Any:
+        if failure.check(txredisapi.ConnectionError):
+            raise RedisUnavailable(str(failure.value))
+        if failure.check(txredisapi.ResponseError) and "READONLY" in str(failure.value):
+            # Connected to a demoted primary: drop it; the reconnect finds the new one.
+            if self._protocol is proto:
+                log.warn("Redis ({name}) answered READONLY: reconnecting to the primary", name=self._name)
+                proto.transport.loseConnection()
+            raise RedisUnavailable("Redis is a read-only replica")
+        return failure

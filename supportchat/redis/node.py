@@ -35,11 +35,16 @@ class ClusterMonitor:
         self.backlog: int | None = None
         self.nodes: dict[str, dict[str, Any]] = {}
         self.started = clock.seconds()
+        self._wait_timeouts = 0
 
     async def tick(self) -> None:
         self._metrics.degraded.set(1 if (self._store is not None and self._store.degraded) else 0)
         if self._store is not None:
             self._store.maybe_recover()
+            if self._store.replicas is not None:
+                seen = self._store.replicas.timeouts
+                self._metrics.replica_wait_timeouts.inc(seen - self._wait_timeouts)
+                self._wait_timeouts = seen
         if not self._redis.connected:
             return
         try:

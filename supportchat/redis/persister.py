@@ -20,7 +20,7 @@ from supportchat.redis.connection import RedisClient, RedisUnavailable
 from supportchat.redis.consumer import Entries, StreamConsumer, ensure_group, parse_entries
 from supportchat.redis.scripts import SEED
 from supportchat.redis.store import KEY_TTL
-from supportchat.storage.database import Database
+from supportchat.storage.database import Database, RowSkipped
 from supportchat.storage.models import Message
 from supportchat.storage.persist import PersistResult, persist_batch_txn
 
@@ -163,7 +163,10 @@ class Persister(StreamConsumer):
             except Exception as e:
                 if self._stopping:
                     raise
-                if not self._db.engine.is_outage(e):
+                # Another writer took a seq under us (RowSkipped): the
+                # transaction rolled back and is retried in place, like an
+                # outage, never dead-lettered as unstorable.
+                if not self._db.engine.is_outage(e) and not isinstance(e, RowSkipped):
                     raise _NotAnOutage(type(e).__name__) from None
                 log.failure("persisting a batch of {n} failed; retrying", n=len(messages))
                 await self._pause(delay)

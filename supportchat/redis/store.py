@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from supportchat.redis.codec import decode_message, encode_message, message_fields, split_message_json
 from supportchat.redis.connection import RedisClient, RedisUnavailable, is_unavailable
+from supportchat.redis.replicas import ReplicasBehind, ReplicaWait
 from supportchat.redis.scripts import APPEND, MARK_READ, REMEMBER, SEED
 from supportchat.storage.models import (
     AppendRequest,
@@ -62,8 +63,14 @@ class RedisChatStore:
     """ConversationStore + SessionStateStore over Redis with SQL behind it."""
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:",
-                 retry_after: float = 2.0) -> None:
+                 retry_after: float = 2.0, wait_replicas: int = 0, wait_timeout: float = 0.5) -> None:
         self.retry_after = retry_after
+        # [redis] wait_replicas: acknowledge only what replicas have (WAIT).
+        self.replicas: ReplicaWait | None = (
+            ReplicaWait(clock, redis, wait_replicas, wait_timeout, retry_after, f"{prefix}wait-fence")
+            if wait_replicas > 0 else None)
+        # Appends this node could not confirm on the replicas (never published).
+        self._unconfirmed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._clock = clock
         self._redis = redis
         self._sql = sql
@@ -197,8 +204,14 @@ class RedisChatStore:
             raise error
         if self.degraded or self._recovering is not None:
             return await self._append_sql(req)
+        wait = self.replicas
+        if wait is not None and req.kind == "text":
+            wait.check()
         try:
+            connection = wait.connection() if wait is not None else None
             result = await self._append_redis(req)
+            if wait is not None and not (req.kind != "text" and wait.closed):
+                result = await self._confirm(wait, connection, req, result)
         except RedisUnavailable:
             if not self.degraded:
                 log.warn("Redis did not answer: committing messages straight to SQL (degraded mode)")
@@ -207,6 +220,28 @@ class RedisChatStore:
         self._hint(req.conversation_id, result.message.seq)
         if req.client_msg_id is not None:
             self._remember_ack(req.sender_id, req.client_msg_id, result.message)
+        return result
+
+    async def _confirm(self, wait: ReplicaWait, connection: Any, req: AppendRequest,
+                       result: AppendResult) -> AppendResult:
+        """WAIT for the replicas before the ack. A text message they did not
+        confirm is refused (the sender retries with the same client_msg_id);
+        lifecycle events are confirmed on a best-effort basis."""
+        key = (req.sender_id, req.client_msg_id) if req.client_msg_id is not None else None
+        try:
+            await wait.wait(connection, fence=result.duplicate)
+        except ReplicasBehind:
+            if req.kind != "text":
+                return result
+            if key is not None:
+                self._unconfirmed[key] = None
+                while len(self._unconfirmed) > RECENT_ACKS_MAX:
+                    self._unconfirmed.popitem(last=False)
+            raise
+        if result.duplicate and key is not None and key in self._unconfirmed:
+            # Its first attempt was refused before anyone heard of it: publish it now.
+            del self._unconfirmed[key]
+            return replace(result, duplicate=False)
         return result
 
     async def _append_redis(self, req: AppendRequest) -> AppendResult:

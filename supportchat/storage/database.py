@@ -49,6 +49,21 @@ class Cursor:
         return int(self._txn.rowcount)
 
 
+class RowSkipped(Exception):
+    """An insert-ignore skipped a row that was checked to be new: another
+    writer (a persister, another node, another process on one SQLite file)
+    took its unique slot, e.g. a conversation's seq, between our read and
+    our insert. The transaction must not commit (an ack for a row that was
+    never written would be a lost message); the caller retries."""
+
+
+def insert_every(cur: Cursor, sql: str, rows: list[tuple[Any, ...]], what: str) -> None:
+    """``executemany`` an insert-ignore whose rows must all be written."""
+    cur.executemany(sql, rows)
+    if rows and cur.rowcount != len(rows):
+        raise RowSkipped(f"{len(rows) - cur.rowcount} of {len(rows)} {what} rows clashed with another writer")
+
+
 class SchemaError(Exception):
     """The database schema cannot be used by this code."""
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import replace
 from typing import Iterable, NamedTuple, Sequence, TypeVar
 
-from supportchat.storage.database import Cursor
+from supportchat.storage.database import Cursor, insert_every
 from supportchat.storage.models import EVENT, Message
 
 _COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
@@ -119,10 +119,10 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
 
 
 def _insert_txn(cur: Cursor, msgs: list[Message], idempotency_window: float) -> None:
-    cur.executemany(
-        cur.engine.insert_ignore("messages", _COLS, _marks(10), key="msg_id"),
+    insert_every(
+        cur, cur.engine.insert_ignore("messages", _COLS, _marks(10), key="msg_id"),
         [(m.conversation_id, m.msg_id, m.seq, m.sender_id, m.sender_role, m.client_msg_id, m.kind, m.body, m.ts,
-          None if m.data is None else json.dumps(m.data)) for m in msgs],
+          None if m.data is None else json.dumps(m.data)) for m in msgs], "message",
     )
     keyed = [m for m in msgs if m.client_msg_id is not None]
     if keyed:

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from supportchat.storage.database import Cursor, Database
+from supportchat.storage.database import Cursor, Database, insert_every
 from supportchat.storage.models import (
     EVENT,
     AppendRequest,
@@ -278,7 +278,7 @@ def _append_group_txn(
         results[i] = AppendResult(message=msg, duplicate=False, participants=tuple(members.values()))
     if last is None:
         return
-    cur.executemany(cur.engine.insert_ignore("messages", _MSG_COLS, _placeholders(10), "msg_id"), new_rows)
+    insert_every(cur, cur.engine.insert_ignore("messages", _MSG_COLS, _placeholders(10), "msg_id"), new_rows, "message")
     cur.execute(
         "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ?",
         (last.seq, last.msg_id, last.ts, conversation_id),
