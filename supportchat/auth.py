@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from supportchat.config import AuthConfig
 from supportchat.storage.models import ROLES, is_staff_id_allowed, principal_key
+from supportchat.wire.frames import text_problem
 
 if TYPE_CHECKING:
     from supportchat.workflow.models import Agent
@@ -192,6 +193,11 @@ class TokenVerifier:
             raise AuthError("claims", "token 'sub' must be a non-empty string of at most 128 characters")
         if role not in ROLES:
             raise AuthError("claims", "token 'role' must be customer, agent or admin")
+        for claim, value in (("sub", sub), ("name", claims.get("name"))):
+            problem = text_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                # It would be stored (participants, senders) and echoed to others.
+                raise AuthError("claims", f"token '{claim}' {problem}")
         if role != "customer" and not is_staff_id_allowed(sub):
             raise AuthError("claims", "a staff token's 'sub' may not begin with 'c:'")
         name = claims.get("name")

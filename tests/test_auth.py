@@ -103,6 +103,13 @@ class HS256VerifyTests(SynchronousTestCase):
         token = jwt.encode(claims_for(sub="u" * 128), SECRET, algorithm="HS256")
         self.assertEqual(self.verifier().verify(token).user_id, "u" * 128)
 
+    def test_unstorable_sub_or_name(self):
+        """A 'sub' or 'name' that could not be stored or echoed (a lone
+        surrogate, a NUL) is refused at authentication, not at the first
+        message."""
+        for claims in (claims_for(sub="a\ud800"), claims_for(sub="a\x00b"), claims_for(name="Eve\ud800")):
+            self.assertRefused(self.verifier(), jwt.encode(claims, SECRET, algorithm="HS256"), "claims")
+
     def test_missing_role(self):
         """A token without 'role' is refused."""
         claims = claims_for()
