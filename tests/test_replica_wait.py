@@ -142,7 +142,7 @@ class StoreWithReplicaTests(unittest.TestCase):
         Lifecycle events are not refused."""
         first = yield self.store.append(msg(self.conv.id, "cust", "k1"))
         self.assertFalse(first.duplicate)
-        self.assertEqual(self.replica.cli("EXISTS", "sc:idem:cust:k1"), "1")
+        self.assertEqual(self.replica.cli("EXISTS", "sc:dedup:cust:k1"), "1")
         self.replica.stop()
         refused = yield self.assertFailure(self.store.append(msg(self.conv.id, "cust", "k2")), ReplicasBehind)
         self.assertEqual((refused.code, refused.retry_after), ("unavailable", 2.0))
@@ -159,7 +159,7 @@ class StoreWithReplicaTests(unittest.TestCase):
         again = yield self.store.append(msg(self.conv.id, "cust", "k2"))
         self.assertTrue(again.duplicate)
         self.assertEqual(again.message.msg_id, retry.message.msg_id)
-        self.assertEqual(self.replica.cli("EXISTS", "sc:idem:cust:k2"), "1")
+        self.assertEqual(self.replica.cli("EXISTS", "sc:dedup:cust:k2"), "1")
 
     @inlineCallbacks
     def until_replica_in_sync(self) -> Any:
