@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 import urllib.error
 import urllib.request
 from typing import Any
@@ -27,7 +26,7 @@ sys.path.insert(0, REPO)
 
 import jwt  # noqa: E402
 
-from tests.browser.ui_scenario import CHROMIUM, CHROMIUM_ARGS, WAIT, Server, workflow_enabled  # noqa: E402
+from tests.browser.ui_scenario import CHROMIUM, CHROMIUM_ARGS, WAIT, Server, run_scenario, workflow_enabled  # noqa: E402
 from tests.support import free_port, token  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -316,21 +315,5 @@ class Scenario:
         ctx.close()
 
 
-def main() -> int:
-    artifacts = os.path.abspath(sys.argv[1])
-    shots = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else None
-    os.makedirs(artifacts, exist_ok=True)
-    scenario = Scenario(artifacts, shots)
-    result: dict[str, Any] = {"ok": False, "checks": scenario.checks}
-    try:
-        scenario.run()
-        result["ok"] = True
-    except BaseException as e:  # report everything as JSON
-        result["error"] = f"{type(e).__name__}: {e}"
-        result["traceback"] = traceback.format_exc()
-    print(json.dumps(result))
-    return 0 if result["ok"] else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_scenario(Scenario))

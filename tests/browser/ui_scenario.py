@@ -446,11 +446,13 @@ class Scenario:
         self.shot(bob, "console-transfer.png", readme=False)
 
 
-def main() -> int:
+def run_scenario(make: Any) -> int:
+    """Run ``make(artifacts, shots).run()`` for the command line
+    (``scenario.py ARTIFACTS [SHOTS]``) and print its checks as JSON."""
     artifacts = os.path.abspath(sys.argv[1])
     shots = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else None
     os.makedirs(artifacts, exist_ok=True)
-    scenario = Scenario(artifacts, shots)
+    scenario = make(artifacts, shots)
     result: dict[str, Any] = {"ok": False, "checks": scenario.checks}
     try:
         scenario.run()
@@ -463,4 +465,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_scenario(Scenario))
