@@ -549,3 +549,34 @@ class PersisterIsolationTests(unittest.SynchronousTestCase):
         result, unstorable = self.successResultOf(d)
         self.assertEqual((result.inserted, unstorable, len(calls)), (1, set(), 2))
         self.flushLoggedErrors(RowSkipped)
+
+    def test_with_wait_replicas_entries_reach_sql_only_once_replicated(self) -> None:
+        """With ``[redis] wait_replicas`` the persister confirms, with a fence
+        and WAIT on its own connection, that the replicas have the entries
+        before it commits them, retrying in place while they are behind: an
+        entry a fail-over would lose (never acknowledged) never reaches SQL
+        ahead of its sender's retry."""
+        from twisted.internet.defer import Deferred, fail, succeed
+
+        from supportchat.redis.replicas import ReplicasBehind
+
+        asked: list[tuple[Any, bool]] = []
+
+        class Wait:
+            def connection(self) -> str:
+                return "persister-connection"
+
+            def wait(self, connection: Any, fence: bool) -> "Deferred[None]":
+                asked.append((connection, fence))
+                if len(asked) == 1:
+                    behind = ReplicasBehind("1 replica needed")
+                    behind.retry_after = 2.0
+                    return fail(behind)
+                return succeed(None)
+
+        self.persister._replica_wait = Wait()  # type: ignore[assignment]
+        d = Deferred.fromCoroutine(self.persister._replicated())
+        self.assertNoResult(d)  # behind: nothing may be committed yet
+        self.reactor.advance(2)
+        self.successResultOf(d)
+        self.assertEqual(asked, [("persister-connection", True)] * 2)

@@ -89,6 +89,7 @@ def _add_persister(server: SupportChatServer, top: MultiService) -> None:
     """Redis streams -> SQL, on its own Redis connection (started before it)."""
     from supportchat.redis.connection import RedisClient
     from supportchat.redis.persister import Persister
+    from supportchat.redis.replicas import ReplicaWait
 
     config = server.config
     client = RedisClient.from_config(server.reactor, config.redis, name="redis-persister", reply_timeout=30.0)
@@ -100,6 +101,9 @@ def _add_persister(server: SupportChatServer, top: MultiService) -> None:
         max_deliveries=config.redis.persister_max_deliveries,
         idempotency_window=float(config.chat.idempotency_window),
         keep_for_others=config.redis.stream_keep_for_others,
+        replica_wait=ReplicaWait(server.reactor, client, config.redis.wait_replicas, config.redis.wait_timeout,
+                                 config.redis.retry_after, f"{config.redis.prefix}wait-fence")
+        if config.redis.wait_replicas > 0 else None,
     )
     persister.setName("persister")
     persister.setServiceParent(top)

@@ -20,6 +20,7 @@ from supportchat.redis.connection import RedisClient, RedisUnavailable
 from supportchat.redis.consumer import Entries, StreamConsumer, ensure_group, parse_entries
 from supportchat.redis.scripts import SEED
 from supportchat.redis.store import KEY_TTL
+from supportchat.redis.replicas import ReplicaWait, ReplicasBehind
 from supportchat.storage.database import Database, RowSkipped
 from supportchat.storage.models import Message
 from supportchat.storage.persist import PersistResult, persist_batch_txn
@@ -65,7 +66,7 @@ class Persister(StreamConsumer):
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
                  prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
                  max_deliveries: int = 5, idempotency_window: float = 86400.0,
-                 keep_for_others: float = 3600.0) -> None:
+                 keep_for_others: float = 3600.0, replica_wait: ReplicaWait | None = None) -> None:
         super().__init__(clock, redis, consumer, f"{prefix}stream", GROUP, batch, block_ms, claim_idle_ms,
                          max_deliveries, claim_every=10)
         self._db = db
@@ -78,6 +79,8 @@ class Persister(StreamConsumer):
         # Other consumer groups (bots) are waited for this long at most.
         self._keep_for_others = keep_for_others
         self._behind: set[str] = set()
+        # With [redis] wait_replicas: only entries the replicas have reach SQL.
+        self._replica_wait = replica_wait
 
     async def handle(self, entries: Entries, retry: bool) -> None:
         await self._flush(entries)
@@ -109,6 +112,7 @@ class Persister(StreamConsumer):
             return
         ids = [e for e, _ in decoded]
         keep = [m for _, m in decoded]
+        await self._replicated()
         result, unstorable = await self._commit(keep)
         if result.refused:
             refused_ids = [e for e, m in decoded if m.msg_id in result.refused]
@@ -130,6 +134,27 @@ class Persister(StreamConsumer):
         self.batches += 1
         self._metrics.persisted.inc(inserted)
         self._metrics.persister_batches.inc()
+
+    async def _replicated(self) -> None:
+        """With ``wait_replicas``: wait until the replicas have everything
+        the primary has done so far, these entries included (a fence write
+        and ``WAIT`` on this connection), retrying in place while they are
+        behind. An entry the primary accepted but did not replicate was
+        never acknowledged (the gateway waits for the same replicas); if the
+        primary dies now, a promoted replica does not have it and its
+        sender's retry is stored instead. Flushing it to SQL first would
+        store the unacknowledged copy and make the acknowledged retry a
+        duplicate of it."""
+        if self._replica_wait is None:
+            return
+        while True:
+            try:
+                await self._replica_wait.wait(self._replica_wait.connection(), fence=True)
+                return
+            except ReplicasBehind as e:
+                if self._stopping:
+                    raise
+                await self._pause(e.retry_after or 1.0)
 
     async def _commit(self, messages: list[Message]) -> tuple[PersistResult, set[str]]:
         """Commit the batch, retrying database outages in place (re-reading
