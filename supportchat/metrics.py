@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# One bucket set for every hop of a message's path (50 us .. 2.5 s), so the
+# hops' histograms can be read side by side and added up (docs/benchmarks.md).
+HOP_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# How late the reactor's watchdog timer fires (1 ms .. 1 s).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Hop:
+    """Times one hop of a message's path into a histogram: ``started =
+    hop.now()`` before it, ``hop.since(started)`` after it. A float and one
+    ``observe`` per message, nothing else.
+
+    The clock is ``time.perf_counter`` (monotonic, sub-microsecond), not the
+    reactor's ``seconds()``: these are durations, several of them far below
+    a millisecond and inside one reactor turn, where a test ``Clock`` would
+    never move and the real reactor's wall clock may step. Tests pass their
+    own ``now``."""
+
+    __slots__ = ("now", "observe")
+
+    def __init__(self, histogram: Histogram, now: Callable[[], float]) -> None:
+        self.now = now
+        self.observe = histogram.observe
+
+    def since(self, started: float) -> None:
+        self.observe(self.now() - started)
 
 
 class Metrics:
     """Every metric the server exports at /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge(
@@ -95,3 +125,33 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.reactor_lag = Histogram(
+            "reactor_lag_seconds",
+            "How late the reactor watchdog's periodic timer fired: the time the reactor was busy elsewhere "
+            "(a long turn) when it was due.", buckets=LAG_BUCKETS, registry=r,
+        )
+        # The per-hop latency budget of a message (docs/benchmarks.md).
+        self.hop_parse = Hop(Histogram(
+            "frame_parse_seconds", "WebSocket edge: a client frame's text to its typed frame (JSON and checks).",
+            buckets=HOP_BUCKETS, registry=r), now)
+        self.hop_append = Hop(Histogram(
+            "message_append_seconds",
+            "Message writer: an append handed to the chat store until it is stored (queue wait and commit).",
+            buckets=HOP_BUCKETS, registry=r), now)
+        self.hop_append_queue = Hop(Histogram(
+            "append_queue_seconds",
+            "SQL group commit: an append waiting for its batch's transaction to start (one per message).",
+            buckets=HOP_BUCKETS, registry=r), now)
+        self.hop_append_commit = Hop(Histogram(
+            "append_commit_seconds",
+            "SQL group commit: one batch's transaction, from handing it to the database pool to its commit "
+            "(one per batch; includes waiting for the pool's thread).",
+            buckets=HOP_BUCKETS, registry=r), now)
+        self.hop_publish = Hop(Histogram(
+            "message_publish_seconds",
+            "Message writer: publishing a stored message on the bus (embedded: includes the local deliver).",
+            buckets=HOP_BUCKETS, registry=r), now)
+        self.hop_deliver = Hop(Histogram(
+            "message_deliver_seconds",
+            "A bus delivery encoded and pushed to this node's recipient connections (deliveries with any).",
+            buckets=HOP_BUCKETS, registry=r), now)

@@ -106,7 +106,8 @@ class SupportChatServer:
 
     def get_store(self) -> SqlConversationStore:
         return self._once(
-            "store", lambda: SqlConversationStore(self.get_database(), self.config.database.group_commit_max)
+            "store", lambda: SqlConversationStore(self.get_database(), self.config.database.group_commit_max,
+                                                  self.get_metrics())
         )
 
     def get_history_store(self) -> SqlHistoryStore:
@@ -353,6 +354,7 @@ class SupportChatServer:
             factory.setProtocolOptions(**websocket_options(self.config.websocket, self.get_allowed_origins()))
             slow = self.get_metrics().slow_consumer_disconnects
             factory.on_slow_consumer = lambda trigger: slow.labels(trigger).inc()
+            factory.parse_hop = self.get_metrics().hop_parse
             if self.config.workflow.enabled:
                 from supportchat.http.profiles_api import claim_upserter
 

@@ -48,7 +48,11 @@ class Sessions:
         self._hooks.stop()
 
     def _on_delivery(self, delivery: Delivery) -> None:
+        hop = self._metrics.hop_deliver
+        started = hop.now()
         n = self._registry.deliver(delivery)
+        if n:
+            hop.since(started)
         self._hooks.observe(delivery)
         if n and delivery.frame.get("type") == "message":
             self._metrics.messages_delivered.inc(n)

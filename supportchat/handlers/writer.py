@@ -15,7 +15,8 @@ the bot's replies. So one set of rules holds for all of them:
 - joining: ``join`` adds the sender as a participant in the same commit;
   when they already are one, the producer chooses to record the event
   anyway (``if_joined="record"``) or to write nothing (``"skip"``);
-- metrics: every append is counted by kind and result (new or duplicate).
+- metrics: every append is counted by kind and result (new or duplicate),
+  and timed (``message_append_seconds``, ``message_publish_seconds``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class MessageWriter:
         message). Returns the result, or None when a join found the sender
         already a participant and ``if_joined`` is ``"skip"``. Store errors
         propagate unchanged."""
+        append, publish = self._metrics.hop_append, self._metrics.hop_publish
+        started = append.now()
         try:
             result = await self._store.append(request)
         except Conflict:
@@ -59,16 +62,19 @@ class MessageWriter:
             if if_joined == "skip":
                 return None
             result = await self._store.append(replace(request, join=False))
+        append.since(started)
         self._metrics.messages_written.labels(request.kind, "duplicate" if result.duplicate else "new").inc()
         if on_stored is not None:
             on_stored(result)
         if result.duplicate and not republish:
             return result
+        started = publish.now()
         await self._bus.publish(Delivery(
             frame=result.message.to_wire(),
             user_ids=tuple(p.user_id for p in result.participants),
             exclude_connection=exclude_connection,
         ))
+        publish.since(started)
         return result
 
     async def event(

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from supportchat.metrics import Hop, Metrics
 from supportchat.storage.database import Cursor, Database, insert_every
 from supportchat.storage.models import (
     EVENT,
@@ -453,13 +454,22 @@ class SqlIdempotencyStore:
         return self._db.run_interaction("idempotency_purge", _purge_txn, now)
 
 
+def _timed(result: Any, hop: Hop, started: float) -> Any:
+    hop.since(started)
+    return result
+
+
 class SqlConversationStore:
     """Conversations, participants, messages and session state in SQL."""
 
-    def __init__(self, db: Database, batch_max: int = 512) -> None:
+    def __init__(self, db: Database, batch_max: int = 512, metrics: Metrics | None = None) -> None:
         self._db = db
         self._batch_max = batch_max
         self._queue: list[tuple[AppendRequest, Deferred[AppendResult]]] = []
+        # With metrics: when each queued append arrived (parallel to _queue),
+        # for append_queue_seconds; each batch is timed for append_commit_seconds.
+        self._metrics = metrics
+        self._queued_at: list[float] = []
         self._flushing: Deferred[Any] | None = None
         self.batches = 0
         # Batches retried one by one after a failure that was not an outage,
@@ -506,6 +516,8 @@ class SqlConversationStore:
             request = replace(request, msg_id=new_id("m", request.ts))
         d: Deferred[AppendResult] = Deferred()
         self._queue.append((request, d))
+        if self._metrics is not None:
+            self._queued_at.append(self._metrics.hop_append_queue.now())
         if self._flushing is None:
             self._flush()
         return d
@@ -517,8 +529,18 @@ class SqlConversationStore:
     def _flush(self) -> None:
         batch, self._queue = self._queue[: self._batch_max], self._queue[self._batch_max:]
         self.batches += 1
+        metrics = self._metrics
+        if metrics is not None:
+            queue_hop = metrics.hop_append_queue
+            started = queue_hop.now()
+            arrived, self._queued_at = self._queued_at[: self._batch_max], self._queued_at[self._batch_max:]
+            for t in arrived:
+                queue_hop.observe(started - t)
         d = self._db.run_interaction("append_batch", append_batch_txn, [req for req, _ in batch])
         self._flushing = d
+        if metrics is not None:
+            commit_hop = metrics.hop_append_commit
+            d.addCallback(_timed, commit_hop, started)
 
         def committed(results: list[AppendResult | Exception]) -> None:
             for (_, waiter), result in zip(batch, results):

@@ -19,6 +19,7 @@ from supportchat.background import BackgroundTasks
 from supportchat.config import ChatConfig, WebSocketConfig
 from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.connections import ClientSession
+from supportchat.metrics import Hop
 from supportchat.wire.frames import FrameError, parse_frame
 
 SUBPROTOCOL = "supportchat.v1"
@@ -186,12 +187,18 @@ class ChatServerProtocol(WebSocketServerProtocol):
                 session, FrameError("bad_request", "binary frames are not supported; send JSON text")
             )
             return
+        hop = self.factory.parse_hop
+        started = hop.now() if hop is not None else 0.0
         text = payload.decode("utf-8")  # Autobahn has validated UTF-8 (1007 otherwise)
         try:
             frame = parse_frame(text, self.factory.max_body_chars, self.factory.sync_limit_max)
         except FrameError as e:
+            if hop is not None:
+                hop.since(started)
             self.factory.handler.on_bad_frame(session, e)
             return
+        if hop is not None:
+            hop.since(started)
         self.factory.background.run("frame", self.factory.handler.on_frame, session, frame)
 
     def onPong(self, payload: bytes) -> None:
@@ -314,6 +321,8 @@ class ChatServerFactory(WebSocketServerFactory):
         self.on_slow_consumer: Callable[[str], Any] | None = None
         self.pending_principal: Principal | None = None
         self.on_profile: Callable[[Principal], Any] | None = None
+        # Times frame text -> typed frame (``frame_parse_seconds``) when set.
+        self.parse_hop: Hop | None = None
         self._clock = reactor
         self.live: set[ChatServerProtocol] = set()
         self.lost_waiters: dict[ChatServerProtocol, list[Deferred[None]]] = {}
