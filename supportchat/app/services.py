@@ -1,8 +1,8 @@
 """The service tree of one node, built from the container's getters:
 
-database -> redis -> timers -> persister -> chat -> bot -> listeners,
+reactor watchdog -> database -> redis -> timers -> persister -> chat -> bot -> listeners,
 started in that order and stopped one at a time in reverse (listeners
-first, database last) by :class:`~supportchat.service.OrderedMultiService`.
+first, database then the watchdog last) by :class:`~supportchat.service.OrderedMultiService`.
 Which parts exist depends on the node's roles and on Redis mode."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from twisted.application.strports import service as strports_service
 from twisted.internet.defer import Deferred
 
 from supportchat.service import ChatService, DatabaseService, OrderedMultiService
+from supportchat.watchdog import ReactorWatchdog
 
 if TYPE_CHECKING:
     from supportchat.server import SupportChatServer
@@ -29,6 +30,9 @@ def build_service(server: SupportChatServer) -> IService:
     gateway = "gateway" in roles
     top = OrderedMultiService()
     top.setName("supportchat")
+    watchdog = ReactorWatchdog(reactor, server.get_metrics().reactor_lag.observe, config.server.stall_warning)
+    watchdog.setName("reactor-watchdog")
+    watchdog.setServiceParent(top)
     db_service = DatabaseService(server.get_database(), server.get_store())
     db_service.setName("database")
     db_service.setServiceParent(top)

@@ -42,6 +42,9 @@ class ServerConfig:
     request_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_body_bytes: int = 65536
+    # The reactor-stall watchdog (supportchat/watchdog.py): log a warning,
+    # naming what ran, for a reactor turn of this many seconds or more.
+    stall_warning: float = 0.1
 
     def validate(self, check: "_Checker") -> None:
         check.that(bool(self.listen), "listen", "at least one endpoint is required")
@@ -50,6 +53,7 @@ class ServerConfig:
         check.that(self.request_timeout > 0, "request_timeout", "must be positive")
         check.that(self.idle_timeout > 0, "idle_timeout", "must be positive")
         check.that(0 <= self.max_body_bytes <= 64 * 1024 * 1024, "max_body_bytes", "must be between 0 and 67108864")
+        check.that(0 <= self.stall_warning <= 60, "stall_warning", "must be between 0 and 60 (0: no warnings)")
         if self.public_url:
             check.that(
                 self.public_url.startswith(("http://", "https://")),
