@@ -116,12 +116,12 @@ class ReactorWatchdog(Service):
         now = self._clock.seconds()
         tick, due = self._due
         lag = max(0.0, now - due)
+        self._schedule(now)  # first: a log observer may stop the service
         self._observe(lag)
         if self.threshold > 0 and lag >= self.threshold:
             stack = self._stack
             self._stack = None
             self._stalled(lag, stack[1] if stack is not None and stack[0] == tick else None, now)
-        self._schedule(now)
 
     def _stalled(self, lag: float, stack: str | None, now: float) -> None:
         self.stalls += 1
