@@ -4,6 +4,7 @@ real SQLite. The handshake guard, the wire protocol, the limits."""
 from __future__ import annotations
 
 import gc
+import gc
 import json
 import os
 import time
@@ -389,6 +390,13 @@ class ProtocolTests(unittest.TestCase):
         self.assertIn("messages_acknowledged_total 1.0", text)
         self.assertIn('handshake_rejections_total{reason="no_token"} 1.0', text)
         self.assertIn("message_ack_latency_seconds_count 1.0", text)
+        # The per-hop latency budget and the reactor watchdog are exported.
+        for name in ("frame_parse_seconds", "message_append_seconds", "append_queue_seconds",
+                     "append_commit_seconds", "message_publish_seconds", "message_deliver_seconds"):
+            count = re.search(rf"^{name}_count (\S+)$", text, re.M)
+            assert count is not None, name
+            self.assertGreaterEqual(float(count.group(1)), 1.0, name)
+        self.assertIn("reactor_lag_seconds_count", text)
 
 
 class HttpTests(unittest.TestCase):
