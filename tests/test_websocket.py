@@ -4,9 +4,9 @@ real SQLite. The handshake guard, the wire protocol, the limits."""
 from __future__ import annotations
 
 import gc
-import gc
 import json
 import os
+import re
 import time
 import zlib
 from typing import Any
