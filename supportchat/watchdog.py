@@ -16,8 +16,9 @@ and a counter when nothing is late; the warning is rate limited to one
 every ``log_every`` seconds (the lines held back are counted in the next).
 
 Limits: a turn shorter than ``threshold + interval`` may be seen only in
-part (the timer fell due in its middle); a stall that ends between two of
-the sampler's looks is logged without a stack ("not sampled"). The lag is
+part (the timer fell due in its middle); the sampler looks every
+``threshold / 2`` seconds, so a stall that ends before it looks is logged
+without a stack ("not sampled"). The lag is
 measured with the reactor's own clock (what its timers use).
 """
 
@@ -155,7 +156,10 @@ class ReactorWatchdog(Service):
         return True
 
     def _run_sampler(self) -> None:
-        period = min(self.threshold / 4, 0.025)
+        # Half the threshold: a stall is caught between 1 and 1.5 thresholds
+        # past the timer's due time, with few wake-ups (each one contends for
+        # the interpreter lock with the reactor and the database threads).
+        period = max(self.threshold / 2, 0.01)
         while not self._stop.wait(period):
             try:
                 self.check()
