@@ -131,27 +131,24 @@ class Metrics:
             "(a long turn) when it was due.", buckets=LAG_BUCKETS, registry=r,
         )
         # The per-hop latency budget of a message (docs/benchmarks.md).
-        self.hop_parse = Hop(Histogram(
-            "frame_parse_seconds", "WebSocket edge: a client frame's text to its typed frame (JSON and checks).",
-            buckets=HOP_BUCKETS, registry=r), now)
-        self.hop_append = Hop(Histogram(
+        def hop(name: str, documentation: str) -> Hop:
+            return Hop(Histogram(name, documentation, buckets=HOP_BUCKETS, registry=r), now)
+
+        self.hop_parse = hop(
+            "frame_parse_seconds", "WebSocket edge: a client frame's text to its typed frame (JSON and checks).")
+        self.hop_append = hop(
             "message_append_seconds",
-            "Message writer: an append handed to the chat store until it is stored (queue wait and commit).",
-            buckets=HOP_BUCKETS, registry=r), now)
-        self.hop_append_queue = Hop(Histogram(
+            "Message writer: an append handed to the chat store until it is stored (queue wait and commit).")
+        self.hop_append_queue = hop(
             "append_queue_seconds",
-            "SQL group commit: an append waiting for its batch's transaction to start (one per message).",
-            buckets=HOP_BUCKETS, registry=r), now)
-        self.hop_append_commit = Hop(Histogram(
+            "SQL group commit: an append waiting for its batch's transaction to start (one per message).")
+        self.hop_append_commit = hop(
             "append_commit_seconds",
             "SQL group commit: one batch's transaction, from handing it to the database pool to its commit "
-            "(one per batch; includes waiting for the pool's thread).",
-            buckets=HOP_BUCKETS, registry=r), now)
-        self.hop_publish = Hop(Histogram(
+            "(one per batch; includes waiting for the pool's thread).")
+        self.hop_publish = hop(
             "message_publish_seconds",
-            "Message writer: publishing a stored message on the bus (embedded: includes the local deliver).",
-            buckets=HOP_BUCKETS, registry=r), now)
-        self.hop_deliver = Hop(Histogram(
+            "Message writer: publishing a stored message on the bus (embedded: includes the local deliver).")
+        self.hop_deliver = hop(
             "message_deliver_seconds",
-            "A bus delivery encoded and pushed to this node's recipient connections (deliveries with any).",
-            buckets=HOP_BUCKETS, registry=r), now)
+            "A bus delivery encoded and pushed to this node's recipient connections (deliveries with any).")
