@@ -3,7 +3,7 @@ what a stalled reactor thread was running."""
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -120,16 +120,18 @@ class WatchdogClockTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
 
-def _block_the_reactor() -> None:
-    """What a bad callback looks like: 0.3 s of the reactor thread's time."""
-    time.sleep(0.3)
+def _block_the_reactor(sampled: threading.Event) -> None:
+    """What a bad callback looks like: it holds the reactor thread, here
+    until the watchdog's sampler has seen it stalled (bounded)."""
+    sampled.wait(5.0)
 
 
 class WatchdogRealReactorTests(unittest.TestCase):
     @inlineCallbacks
     def test_warning_names_the_function_that_blocked_the_reactor(self) -> Any:
         """On the real reactor, with the sampling thread, a callback that
-        blocks the reactor for 0.3 s is logged as a stall naming that function."""
+        holds the reactor past the threshold is logged as a stall naming
+        that function, and the stall is in the lag histogram."""
         from twisted.internet import reactor
 
         warned: Deferred[str] = Deferred()
@@ -141,9 +143,19 @@ class WatchdogRealReactorTests(unittest.TestCase):
         self.patch(watchdog_module, "log", Logger(observer=observe))
         metrics = Metrics()
         dog = ReactorWatchdog(reactor, metrics.reactor_lag.observe, threshold=0.1, interval=0.05)
+        sampled = threading.Event()
+        check = dog.check
+
+        def checked() -> bool:
+            took = check()
+            if took:
+                sampled.set()  # the stall has been seen: the blocker may let go
+            return took
+
+        dog.check = checked  # type: ignore[method-assign]
         dog.startService()
         self.addCleanup(lambda: dog.stopService() if dog.running else None)
-        blocker = reactor.callLater(0.06, _block_the_reactor)
+        blocker = reactor.callLater(0.06, _block_the_reactor, sampled)
         self.addCleanup(lambda: blocker.cancel() if blocker.active() else None)
         line = yield warned.addTimeout(5, reactor)
         self.assertIn("reactor stalled", line)
@@ -151,5 +163,5 @@ class WatchdogRealReactorTests(unittest.TestCase):
         dog.stopService()
         self.assertGreaterEqual(metrics.registry.get_sample_value("reactor_lag_seconds_count") or 0, 1)
         self.assertGreaterEqual(
-            metrics.registry.get_sample_value("reactor_lag_seconds_sum") or 0, 0.15, "the 0.3 s stall is in the lag"
+            metrics.registry.get_sample_value("reactor_lag_seconds_sum") or 0, 0.1, "the stall is in the lag"
         )
