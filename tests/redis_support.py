@@ -21,6 +21,8 @@ from twisted.internet import defer, task
 from tests.support import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
+# trial's class-level ``skip`` for tests that start their own Redis processes.
+REDIS_SKIP = None if REDIS_SERVER else "redis-server is not installed"
 
 
 class PrivateRedis:

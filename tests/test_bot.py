@@ -36,6 +36,7 @@ from supportchat.handlers.writer import MessageWriter
 from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
+from tests.redis_support import REDIS_SKIP
 from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
 from supportchat.wire.frames import parse_frame
 from tests.dbs import threadless_db
@@ -284,12 +285,12 @@ class MariadbBotStateTests(_SqlBotState, unittest.TestCase):
 
 
 class RedisBotStateTests(BotStateStoreContract, unittest.TestCase):
+    skip = REDIS_SKIP
+
     @inlineCallbacks
     def setUp(self) -> Any:
-        from tests.redis_support import REDIS_SERVER, connected_client, shared
+        from tests.redis_support import connected_client, shared
 
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
         server = shared()
         server.cli("FLUSHALL")
         self.redis = yield connected_client(self, server.url)

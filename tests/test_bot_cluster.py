@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.redis_support import REDIS_SERVER
+from tests.redis_support import REDIS_SKIP
 from tests.support import ServerProcess, close_client, connect, is_chat, online_agent, token
 from tests.test_cluster import Cluster
 
@@ -19,9 +19,7 @@ from tests.test_cluster import Cluster
 class BotClusterTests(unittest.TestCase):
     timeout = 240
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def bot(self, cluster: Cluster, name: str) -> Any:

@@ -14,7 +14,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.redis_support import REDIS_SERVER, PrivateRedis
+from tests.redis_support import REDIS_SKIP, PrivateRedis
 from tests.support import (
     ConnectionRefused, ServerProcess, close_client, connect, free_port, http_client, online_agent, token,
 )
@@ -106,9 +106,7 @@ def open_conversation(cust_port: int, agent_port: int, customer: str = "cust", a
 class ClusterTests(unittest.TestCase):
     timeout = 240
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def test_customer_and_agent_on_different_gateways(self) -> Any:

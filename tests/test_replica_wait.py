@@ -15,7 +15,7 @@ from supportchat.redis.connection import RedisUnavailable
 from supportchat.redis.replicas import ReplicasBehind, ReplicaWait
 from supportchat.storage.models import EVENT
 from supportchat.storage.sql import SqlConversationStore
-from tests.redis_support import REDIS_SERVER, PrivateRedis, connected_client
+from tests.redis_support import REDIS_SKIP, PrivateRedis, connected_client
 from tests.test_storage_contract import msg, threadless_sqlite
 
 
@@ -111,11 +111,10 @@ class StoreWithReplicaTests(unittest.TestCase):
     """RedisChatStore on a private primary with one replica."""
 
     timeout = 60
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
         self.primary = PrivateRedis()
         self.primary.start()
         self.addCleanup(self.primary.cleanup)

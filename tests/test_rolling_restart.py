@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
-from tests.redis_support import REDIS_SERVER
+from tests.redis_support import REDIS_SKIP
 from tests.support import ServerProcess, close_client, free_port
 from tests.test_cluster import Cluster, open_conversation
 from tests.traffic import Talker, synced, until
@@ -24,9 +24,7 @@ from tests.traffic import Talker, synced, until
 class RollingRestartTests(unittest.TestCase):
     timeout = 240
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def start(self, cluster: Cluster, role: str, name: str, port: int | None = None) -> Any:

@@ -19,7 +19,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
-from tests.redis_support import REDIS_SERVER, PrivateRedis, PrivateSentinel
+from tests.redis_support import REDIS_SKIP, PrivateRedis, PrivateSentinel
 from tests.support import ServerProcess, close_client, free_port, http_client
 from tests.test_cluster import open_conversation
 from tests.traffic import Talker, pause, synced, until
@@ -111,9 +111,7 @@ def _backlog(redis: PrivateRedis) -> int:
 class SentinelFailoverTests(unittest.TestCase):
     timeout = 240
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def test_primary_killed_under_traffic_loses_nothing_acknowledged(self) -> Any:
@@ -266,9 +264,7 @@ class SentinelClientTests(unittest.TestCase):
 
     timeout = 60
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def test_only_a_primary_is_used_and_readonly_reconnects(self) -> Any:

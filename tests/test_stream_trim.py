@@ -11,15 +11,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from supportchat.redis.persister import GROUP, trim_stream
-from tests.redis_support import REDIS_SERVER
+from tests.redis_support import REDIS_SKIP
 
 STREAM = "trimtest:stream"
 
 
 class TrimTests(unittest.TestCase):
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def fill(self) -> Any:

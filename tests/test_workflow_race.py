@@ -14,7 +14,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.redis_support import REDIS_SERVER
+from tests.redis_support import REDIS_SKIP
 from tests.support import start_server
 from tests.test_cluster import Cluster
 from tests.workflow_race import check_race, lifecycle_logs, run_race
@@ -56,9 +56,7 @@ class EmbeddedRaceTests(unittest.TestCase):
 class RedisRaceTests(unittest.TestCase):
     timeout = 300
 
-    def setUp(self) -> None:
-        if REDIS_SERVER is None:
-            raise unittest.SkipTest("redis-server is not installed")
+    skip = REDIS_SKIP
 
     @inlineCallbacks
     def test_assignment_race_two_gateways_redis(self) -> Any:
