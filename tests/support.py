@@ -415,3 +415,28 @@ class ServerProcess:
             return defer.succeed(None)
         self.signal("KILL")
         return self.ended()
+
+
+class Api:
+    """JSON calls to a running server's REST API (``/api/v1``)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}/api/v1"
+        self.http = http_client()
+
+    @defer.inlineCallbacks
+    def exchange(self, method: str, path: str, bearer: str | None = None, body: Any = None) -> Any:
+        """(the response, its decoded JSON body or None)."""
+        headers = {b"content-type": [b"application/json"]}
+        if bearer:
+            headers[b"authorization"] = [f"Bearer {bearer}".encode()]
+        data = None if body is None else json.dumps(body).encode()
+        r = yield self.http.request(method, self.base + path, headers=headers, data=data)
+        text = yield r.text()
+        return r, json.loads(text) if text else None
+
+    @defer.inlineCallbacks
+    def call(self, method: str, path: str, bearer: str | None = None, body: Any = None) -> Any:
+        """(the status code, the decoded JSON body or None)."""
+        r, data = yield self.exchange(method, path, bearer, body)
+        return r.code, data

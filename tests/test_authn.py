@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from supportchat.auth import AuthError, Principal, account_refusal
 from supportchat.http.authn import Authenticator
 from supportchat.workflow.models import Agent
-from tests.support import connect, http_client, raw_handshake, start_server, token
+from tests.support import Api, connect, raw_handshake, start_server, token
 
 PASSWORD = "correct horse battery"
 
@@ -93,21 +93,13 @@ class OnePathTests(unittest.TestCase):
 
     timeout = 120
 
-    @inlineCallbacks
     def call(self, method: str, path: str, bearer: str | None = None, body: Any = None) -> Any:
-        headers = {b"content-type": [b"application/json"]}
-        if bearer:
-            headers[b"authorization"] = [f"Bearer {bearer}".encode()]
-        data = None if body is None else json.dumps(body).encode()
-        r = yield self.http.request(method, self.base + path, headers=headers, data=data)
-        text = yield r.text()
-        return r, json.loads(text) if text else None
+        return self.api.exchange(method, path, bearer, body)
 
     @inlineCallbacks
     def setUp(self) -> Any:
         self.server = yield start_server(self)
-        self.base = f"http://127.0.0.1:{self.server.port}/api/v1"
-        self.http = http_client()
+        self.api = Api(self.server.port)
         self.boss = token("boss", "admin")  # an integrator's token: no account row, valid
         r, _ = yield self.call("POST", "/teams", self.boss, {"id": "sales", "name": "Sales"})
         self.assertEqual(r.code, 201)
@@ -205,14 +197,11 @@ class OnePathTests(unittest.TestCase):
         yield store.create_agent(Agent("dis", "dis", "Dis", "admin", created_at=1.0))
         yield store.update_agent("dis", {"disabled": True}, 2.0)
         bad = token("dis", "admin")
-        base, self.base = self.base, f"http://127.0.0.1:{off.port}/api/v1"
-        try:
-            r, _ = yield self.call("GET", "/admin/customers/cust1/export", bad)
-            self.assertEqual(r.code, 401)
-            r, _ = yield self.call("GET", "/admin/customers/cust1/export", token("other", "admin"))
-            self.assertEqual(r.code, 200)
-        finally:
-            self.base = base
+        api = Api(off.port)
+        r, _ = yield api.exchange("GET", "/admin/customers/cust1/export", bad)
+        self.assertEqual(r.code, 401)
+        r, _ = yield api.exchange("GET", "/admin/customers/cust1/export", token("other", "admin"))
+        self.assertEqual(r.code, 200)
         status, _, _ = yield raw_handshake(off.port, headers={"Authorization": f"Bearer {bad}"})
         self.assertEqual(status, 401)
 

@@ -12,25 +12,9 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from tests.support import ConnectionRefused, ask_bot, close_client, connect, http_client, is_chat, start_server, token
+from tests.support import Api, ConnectionRefused, ask_bot, close_client, connect, is_chat, start_server, token
 
 PASSWORD = "correct horse battery"
-
-
-class Api:
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}/api/v1"
-        self.http = http_client()
-
-    @inlineCallbacks
-    def call(self, method: str, path: str, bearer: str | None = None, body: Any = None) -> Any:
-        headers = {b"content-type": [b"application/json"]}
-        if bearer:
-            headers[b"authorization"] = [f"Bearer {bearer}".encode()]
-        data = None if body is None else json.dumps(body).encode()
-        r = yield self.http.request(method, self.base + path, headers=headers, data=data)
-        text = yield r.text()
-        return r.code, json.loads(text) if text else None
 
 
 class WorkflowTests(unittest.TestCase):
