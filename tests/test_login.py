@@ -25,7 +25,7 @@ from supportchat.workflow import passwords
 from supportchat.workflow.memory import MemoryWorkflowStore
 from supportchat.workflow.models import Agent
 from supportchat.workflow.passwords import LOG2_N, P, R, PasswordHasher, hash_password
-from tests.support import http_client, start_server, token
+from tests.support import Api, start_server, token
 
 SECRET = "s" * 48
 PASSWORD = "correct horse battery"
@@ -208,17 +208,10 @@ class LoginOverHttpTests(unittest.TestCase):
         seventh 429 JSON with Retry-After (before: forty in a row were all
         401)."""
         server = yield start_server(self)
-        http = http_client()
-        base = f"http://127.0.0.1:{server.port}/api/v1"
+        api = Api(server.port)
 
-        @inlineCallbacks
         def call(path: str, body: Any, bearer: str | None = None) -> Any:
-            headers = {b"content-type": [b"application/json"]}
-            if bearer:
-                headers[b"authorization"] = [f"Bearer {bearer}".encode()]
-            r = yield http.request("POST", base + path, headers=headers, data=json.dumps(body).encode())
-            text = yield r.text()
-            return r, json.loads(text)
+            return api.exchange("POST", path, bearer, body)
 
         r, body = yield call("/agents", {"login": "ann", "password": PASSWORD}, token("boss", "admin"))
         self.assertEqual(r.code, 201, body)
