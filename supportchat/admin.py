@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     if options.subCommand == "rotate-profile-keys":
         from supportchat.storage.engines import DatabaseUnavailable, UnsupportedDatabase
-        from supportchat.workflow.profiles import ProfileKeyError
+        from supportchat.keyring import ProfileKeyError
 
         try:
             return _rotate_profile_keys(sub, config)
@@ -299,7 +299,8 @@ def _rotate_profile_keys(sub: Any, config: Config) -> int:
     from twisted.internet.defer import Deferred
 
     from supportchat.storage.copy import _now
-    from supportchat.workflow.profiles import Keyring, ProfileKeyError, ProfileService, SqlProfileStore
+    from supportchat.keyring import Keyring, ProfileKeyError
+    from supportchat.workflow.profiles import ProfileService, SqlProfileStore
 
     cfg = config.profile
     keyring = Keyring.load(cfg.keyring, cfg.keyring_file)

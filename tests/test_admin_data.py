@@ -16,7 +16,8 @@ from supportchat.storage.engines import SqliteEngine, engine_from_url
 from supportchat.storage.history import SqlHistoryStore
 from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
 from supportchat.storage.sql import SqlConversationStore
-from supportchat.workflow.profiles import Keyring, ProfileService, SqlProfileStore
+from supportchat.keyring import Keyring
+from supportchat.workflow.profiles import ProfileService, SqlProfileStore
 from tests import dbs
 from tests.test_admin import _AdminCase
 from tests.test_profiles import keyring_data

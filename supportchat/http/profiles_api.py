@@ -27,7 +27,8 @@ from supportchat.http.authn import Authenticator
 from supportchat.http.history import HttpError, str_arg
 from supportchat.http.workflow_api import WorkflowResource, _path, read_json
 from supportchat.storage.models import customer_key
-from supportchat.workflow.profiles import ProfileInvalid, ProfileKeyError, ProfileService, validate
+from supportchat.keyring import ProfileKeyError
+from supportchat.workflow.profiles import ProfileInvalid, ProfileService, validate
 from supportchat.workflow.store import WorkflowStore
 
 log = Logger()
