@@ -152,3 +152,20 @@ class Metrics:
         self.hop_deliver = hop(
             "message_deliver_seconds",
             "A bus delivery encoded and pushed to this node's recipient connections (deliveries with any).")
+        # Attachments (issue 16).
+        self.attachment_uploads = Counter(
+            "attachment_uploads_total", "Attachment uploads by outcome (stored, or the error code refusing them).",
+            ["outcome"], registry=r,
+        )
+        self.attachment_bytes = Counter(
+            "attachment_stored_bytes_total", "Bytes of attachments stored (after re-encoding, thumbnails excluded).",
+            registry=r,
+        )
+        self.attachment_scans = Counter(
+            "attachment_scans_total", "Virus scans of uploads by result: clean, infected, unavailable.",
+            ["result"], registry=r,
+        )
+        self.attachment_image_seconds = Histogram(
+            "attachment_image_seconds", "Decoding, re-encoding and the thumbnail of one uploaded image.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r,
+        )

@@ -44,6 +44,10 @@ from supportchat.ws.options import websocket_options
 from supportchat.ws.protocol import ChatServerFactory
 
 if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from supportchat.attachments.links import LinkSigner
+    from supportchat.attachments.service import AttachmentService
     from supportchat.bot.http import HttpExternalBot
     from supportchat.bot.node import BotNode
     from supportchat.bot.state import BotStateStore
@@ -205,7 +209,60 @@ class SupportChatServer:
     def get_writer(self) -> MessageWriter:
         """The one path for a message: append, then publish (chat, workflow, bot)."""
         return self._once("writer", lambda: MessageWriter(
-            self.reactor, self.get_chat_store(), self.get_bus(), self.get_metrics()))
+            self.reactor, self.get_chat_store(), self.get_bus(), self.get_metrics(), self.get_links()))
+
+    # -- attachments -------------------------------------------------------
+    def get_links(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """What adds fresh signed links to a message's attachments (None when off)."""
+        return self.get_link_signer().decorate if self.config.attachments.enabled else None
+
+    def get_link_signer(self) -> LinkSigner:
+        from supportchat.attachments.links import LinkSigner
+
+        return self._once("link_signer", lambda: LinkSigner(
+            self.get_secret(), self.config.attachments.link_ttl, self.reactor.seconds, self.config.server.public_url))
+
+    def get_attachment_pool(self) -> ThreadPool:
+        """The threads that decode images and scan uploads (started by the service tree)."""
+        from twisted.python.threadpool import ThreadPool
+
+        return self._once("attachment_pool", lambda: ThreadPool(
+            minthreads=0, maxthreads=self.config.attachments.workers, name="attachments"))
+
+    def get_attachments(self) -> AttachmentService:
+        """Uploads, claims by messages, downloads and the sweep (supportchat/attachments/)."""
+        def make() -> AttachmentService:
+            from supportchat.attachments.blobs import FileBlobStore
+            from supportchat.attachments.models import Limits
+            from supportchat.attachments.scan import ClamdScanner
+            from supportchat.attachments.service import AttachmentService, Policy
+            from supportchat.attachments.store import SqlAttachmentStore
+
+            cfg = self.config.attachments
+            pool = self.get_attachment_pool()
+
+            def run(f: Callable[..., Any], *args: Any) -> Any:
+                return deferToThreadPool(self.reactor, pool, f, *args)
+
+            blobs = FileBlobStore(cfg.directory or os.path.join(self.config.server.data_dir, "attachments"), run)
+            blobs.clean_spool(3600.0, self.reactor.seconds())  # what a crash left mid-upload
+            history = self.get_history_store()
+
+            async def can_read(conversation_id: str, key: str, role: str) -> bool:
+                return await history.visible_conversation(conversation_id, key, role) is not None
+
+            return AttachmentService(
+                self.reactor, SqlAttachmentStore(self.get_database()), blobs, run, blobs.spool_dir(),
+                Limits(max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, allowed_types=tuple(cfg.allowed_types),
+                       thumbnail_size=cfg.thumbnail_size),
+                ClamdScanner(cfg.scanner, cfg.scan_timeout) if cfg.scanner else None,
+                self.get_link_signer(), self.get_metrics(), can_read,
+                Policy(upload_rate=cfg.upload_rate, upload_burst=cfg.upload_burst, daily_bytes=cfg.daily_bytes,
+                       per_conversation=cfg.per_conversation, orphan_grace=cfg.orphan_grace,
+                       accept_unscanned=cfg.scanner_down == "accept"),
+            )
+
+        return self._once("attachments", make)
 
     def get_handler(self) -> FrameRouter:
         return self._once(
@@ -222,6 +279,8 @@ class SupportChatServer:
                 heartbeat=self.config.websocket.heartbeat,
                 writer=self.get_writer(),
                 queue=self.get_workflow() if self.config.workflow.enabled else None,
+                attachments=self.get_attachments() if self.config.attachments.enabled else None,
+                links=self.get_links(),
             ),
         )
 

@@ -48,11 +48,12 @@ class ChannelBoundsTests(unittest.SynchronousTestCase):
         root.putChild(b"small", self.echo)
         root.putChild(b"ws", self.echo)
         root.putChild(b"nobody", self.echo)
+        root.putChild(b"upload", self.echo)
         self.refusals: list[str] = []
         self.site = BoundedSite(
             root, self.clock, request_timeout=10.0, handshake_timeout=4.0, idle_timeout=60.0,
             body_limits=BodyLimits(1000, {"/small": 100, "/nobody": 0}), websocket_paths=("/ws",),
-            on_refusal=self.refusals.append,
+            on_refusal=self.refusals.append, long_deadlines={"/upload": 60.0},
         )
 
     def connect(self) -> tuple[GuardedHTTPChannel, StringTransport]:
@@ -106,6 +107,19 @@ class ChannelBoundsTests(unittest.SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         channel.dataReceived(b"Host: x\r\n")
         self.clock.advance(0.1)
+        self.assertEqual(split_response(transport.value())[0], 408)
+        self.assertTrue(transport.disconnecting)
+
+    def test_upload_route_has_its_own_deadline(self) -> None:
+        """A route with a long deadline (attachment uploads) may take it
+        whole, counted from the accept, and is cut there."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
+        for _ in range(59):
+            channel.dataReceived(b"a")
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
         self.assertEqual(split_response(transport.value())[0], 408)
         self.assertTrue(transport.disconnecting)
 

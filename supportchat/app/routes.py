@@ -124,7 +124,9 @@ NO_BODY = 1024
 def body_limits(config: Config) -> BodyLimits:
     """The largest request body of each route, in one place. Every route
     not listed gets ``[server] max_body_bytes``; the JSON endpoints of the
-    console read at most ``workflow_api.MAX_BODY``; routes that read no body
+    console read at most ``workflow_api.MAX_BODY``; an upload to
+    ``/api/v1/attachments`` ``[attachments] max_bytes`` plus its multipart
+    wrapping; routes that read no body
     at all tolerate a stray one of ``NO_BODY`` bytes (so a wrong method still
     gets its 405). A larger ``Content-Length`` is answered 413 before the
     body is read (supportchat/http/site.py)."""
@@ -136,6 +138,11 @@ def body_limits(config: Config) -> BodyLimits:
         "/api/v1/login", "/api/v1/refresh", "/api/v1/agents", "/api/v1/teams", "/api/v1/canned",
         "/api/v1/customers",
     )}
+    if config.attachments.enabled:
+        from supportchat.http.attachments_api import MULTIPART_OVERHEAD
+
+        # An upload: the file plus what multipart/form-data wraps it in.
+        routes["/api/v1/attachments"] = config.attachments.max_bytes + MULTIPART_OVERHEAD
     routes.update({path: min(NO_BODY, default) for path in (
         config.websocket.path, "/api/v1/conversations", "/api/v1/search", "/api/v1/me", "/api/v1/admin",
         "/api/v1/inbox", "/api/v1/csat", "/api/v1/openapi.json", "/healthz", "/readyz", "/metrics",
@@ -158,6 +165,8 @@ def build_site(server: SupportChatServer, root: IResource, log_formatter: Any) -
         websocket_paths=paths,
         on_refusal=lambda reason: refusals.labels(reason).inc(),
         logFormatter=log_formatter,
+        long_deadlines={"/api/v1/attachments": config.attachments.upload_timeout}
+        if config.attachments.enabled else None,
     )
 
 
@@ -170,10 +179,15 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
         config.auth.visitors_enabled, server.get_allowed_origins(),
     ))
     authn = server.get_authenticator()  # every route below authenticates through it
+    links = server.get_links()
     v1.putChild(b"conversations", ConversationsApi(
-        authn, server.get_history_store(), config.chat.sync_limit_max))
-    v1.putChild(b"search", SearchApi(authn, server.get_history_store()))
+        authn, server.get_history_store(), config.chat.sync_limit_max, links=links))
+    v1.putChild(b"search", SearchApi(authn, server.get_history_store(), links=links))
     v1.putChild(b"me", MeApi(authn, server.get_allowed_origins()))
+    if config.attachments.enabled:
+        from supportchat.http.attachments_api import AttachmentsApi
+
+        v1.putChild(b"attachments", AttachmentsApi(authn, server.get_attachments(), server.get_allowed_origins()))
     if config.workflow.enabled:
         _mount_workflow_api(server, v1)
     from supportchat.http.openapi import OpenApiResource

@@ -41,6 +41,13 @@ def build_service(server: SupportChatServer) -> IService:
         if gateway or server.bot_enabled:
             server.get_redis_subscriber().service.setServiceParent(top)
         _timer(top, "cluster-monitor", config.redis.monitor_interval, lambda: _monitor_tick(server), reactor)
+    if gateway and config.attachments.enabled:
+        from supportchat.attachments.service import ThreadPoolService
+
+        pool = ThreadPoolService(server.get_attachment_pool())
+        pool.setName("attachment-workers")
+        pool.setServiceParent(top)
+        _timer(top, "attachment-sweep", PURGE_INTERVAL, lambda: _sweep_tick(server), reactor)
     if gateway:
         _timer(top, "idempotency-purge", PURGE_INTERVAL, lambda: _purge_tick(server), reactor)
         if config.database.retention_days > 0:
@@ -83,6 +90,11 @@ def _purge_tick(server: SupportChatServer) -> None:
     server.get_background().run(
         "idempotency_purge", server.get_idempotency_store().purge, server.reactor.seconds()
     )
+
+
+def _sweep_tick(server: SupportChatServer) -> None:
+    attachments = server.get_attachments()
+    server.get_background().run("attachment_sweep", lambda: Deferred.fromCoroutine(attachments.sweep()))
 
 
 def _retention_tick(server: SupportChatServer) -> None:

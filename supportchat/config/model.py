@@ -365,6 +365,63 @@ class ProfileConfig:
                 check.that(False, "keyring" if self.keyring else "keyring_file", str(e))
 
 
+# What [attachments] allowed_types may name (types the server can sniff).
+ATTACHMENT_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf", "text/plain")
+
+
+@dataclass
+class AttachmentsConfig:
+    """Images and files sent in chat (docs/protocol.md, "Attachments")."""
+
+    enabled: bool = True
+    # Where the bytes are stored; empty: <data_dir>/attachments.
+    directory: str = ""
+    max_bytes: int = 10 * 1024 * 1024
+    # A whole upload request must arrive within this many seconds (instead
+    # of [server] request_timeout, which is too short for 10 MiB on a slow uplink).
+    upload_timeout: float = 300.0
+    max_pixels: int = 24_000_000
+    allowed_types: list[str] = field(default_factory=lambda: list(ATTACHMENT_TYPES))
+    thumbnail_size: int = 320
+    # Lifetime of the signed links minted in each response.
+    link_ttl: float = 900.0
+    # Threads decoding images and scanning (never the reactor thread).
+    workers: int = 2
+    # clamd's socket (unix:PATH or tcp:HOST:PORT); empty: no virus scan.
+    scanner: str = ""
+    scan_timeout: float = 30.0
+    # When the scanner cannot answer: "refuse" the upload (503) or "accept" it flagged.
+    scanner_down: str = "refuse"
+    # Per user: uploads per second (token bucket) and bytes per 24 hours.
+    upload_rate: float = 0.5
+    upload_burst: int = 10
+    daily_bytes: int = 200 * 1024 * 1024
+    per_conversation: int = 200
+    # Uploads no message has claimed are removed after this many seconds.
+    orphan_grace: float = 86400.0
+
+    def validate(self, check: "_Checker") -> None:
+        check.that(1024 <= self.max_bytes <= 1024 * 1024 * 1024, "max_bytes", "must be between 1024 and 1073741824")
+        check.that(1 <= self.upload_timeout <= 3600, "upload_timeout", "must be between 1 and 3600 seconds")
+        check.that(1 <= self.max_pixels <= 200_000_000, "max_pixels", "must be between 1 and 200000000")
+        check.that(bool(self.allowed_types) and all(t in ATTACHMENT_TYPES for t in self.allowed_types),
+                   "allowed_types", "must name some of " + ", ".join(ATTACHMENT_TYPES))
+        check.that(16 <= self.thumbnail_size <= 2048, "thumbnail_size", "must be between 16 and 2048")
+        check.that(10 <= self.link_ttl <= 7 * 86400, "link_ttl", "must be between 10 and 604800 seconds")
+        check.that(1 <= self.workers <= 64, "workers", "must be between 1 and 64")
+        check.that(self.scan_timeout > 0, "scan_timeout", "must be positive")
+        check.that(self.scanner_down in ("refuse", "accept"), "scanner_down", "must be refuse or accept")
+        if self.scanner:
+            kind, _, rest = self.scanner.partition(":")
+            check.that((kind == "unix" and bool(rest)) or (kind == "tcp" and rest.rpartition(":")[2].isdigit()),
+                       "scanner", "must be unix:PATH or tcp:HOST:PORT (clamd's socket)")
+        check.that(self.upload_rate > 0, "upload_rate", "must be positive")
+        check.that(self.upload_burst >= 1, "upload_burst", "must be at least 1")
+        check.that(self.daily_bytes >= self.max_bytes, "daily_bytes", "must be at least max_bytes")
+        check.that(self.per_conversation >= 1, "per_conversation", "must be at least 1")
+        check.that(self.orphan_grace >= 60, "orphan_grace", "must be at least 60 seconds")
+
+
 @dataclass
 class Config:
     """The whole configuration."""
@@ -378,6 +435,7 @@ class Config:
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     bot: BotConfig = field(default_factory=BotConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     source: str = "<defaults>"
 
     def database_url(self) -> str:
@@ -387,7 +445,7 @@ class Config:
         return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
 
 
-SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile")
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile", "attachments")
 
 
 class _Checker:
@@ -568,4 +626,5 @@ def _section_classes() -> dict[str, type]:
         "workflow": WorkflowConfig,
         "bot": BotConfig,
         "profile": ProfileConfig,
+        "attachments": AttachmentsConfig,
     }

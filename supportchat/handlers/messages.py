@@ -3,7 +3,7 @@ and ``typing``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -24,11 +24,36 @@ def not_found(ref: Any) -> FrameError:
     return FrameError("not_found", "no such conversation", ref)
 
 
+class AttachmentClaims(Protocol):
+    """How a message takes its uploads (``supportchat.attachments.service``)."""
+
+    async def claim(self, sender_key: str, conversation_id: str, client_msg_id: str,
+                    ids: tuple[str, ...]) -> list[dict[str, Any]]:
+        """What the message stores about each upload, once claimed for it;
+        ``StoreError`` (``not_found`` for unknown, foreign or taken ids)."""
+
+
+class NoAttachments:
+    """Attachments off: every id is unknown."""
+
+    async def claim(self, sender_key: str, conversation_id: str, client_msg_id: str,
+                    ids: tuple[str, ...]) -> list[dict[str, Any]]:
+        raise FrameError("not_found", "no such attachment")
+
+
+def _same(frame: dict[str, Any]) -> dict[str, Any]:
+    return frame
+
+
 class MessageFrames:
     """Sending, catching up, read receipts and typing."""
 
     def __init__(self, clock: IReactorTime, store: ChatStore, writer: MessageWriter, bus: MessageBus,
-                 metrics: Metrics, config: ChatConfig, hooks: WorkflowHooks) -> None:
+                 metrics: Metrics, config: ChatConfig, hooks: WorkflowHooks,
+                 attachments: AttachmentClaims | None = None,
+                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self._attachments: AttachmentClaims = attachments or NoAttachments()
+        self._links = links or _same
         self._clock = clock
         self._store = store
         self._writer = writer
@@ -51,6 +76,9 @@ class MessageFrames:
         self._metrics.messages_received.inc()
         if session.role == "customer":
             await self._hooks.before_customer_message(session, frame.conversation, frame.ref)
+        data = None
+        if frame.attachments:
+            data = {"attachments": await self._claim(session, frame)}
         request = AppendRequest(
             conversation_id=frame.conversation,
             sender_id=session.user_id,
@@ -60,6 +88,7 @@ class MessageFrames:
             ts=received,
             client_msg_id=frame.client_msg_id,
             idempotency_window=float(self._config.idempotency_window),
+            data=data,
         )
         try:
             await self._writer.write(request, exclude_connection=session.id,
@@ -68,6 +97,20 @@ class MessageFrames:
             if e.code == "not_found":
                 raise not_found(frame.ref) from None
             raise
+
+    async def _claim(self, session: ClientSession, frame: SendMessage) -> list[dict[str, Any]]:
+        """The uploads of ``frame``, claimed for it: only a participant's,
+        only their own, each by one message (the same message again, a
+        retry, claims them again). Unknown, foreign and taken ids all get
+        the same ``not_found``."""
+        await self.authorize(session, frame.conversation, frame.ref, write=True)
+        try:
+            return await self._attachments.claim(session.user_id, frame.conversation, frame.client_msg_id,
+                                                 frame.attachments)
+        except StoreError as e:
+            if e.code == "not_found":
+                raise FrameError("not_found", "no such attachment", frame.ref) from None
+            raise FrameError(e.code, str(e), frame.ref) from None
 
     def _ack(self, session: ClientSession, frame: SendMessage, result: AppendResult, received: float) -> None:
         """The sender learns the message is durable: its seq, and whether it
@@ -105,7 +148,7 @@ class MessageFrames:
         history: dict[str, Any] = {
             "type": "history",
             "conversation": frame.conversation,
-            "messages": [m.to_wire() for m in msgs[: frame.limit]],
+            "messages": [self._links(m.to_wire()) for m in msgs[: frame.limit]],
             "has_more": len(msgs) > frame.limit,
         }
         if not history["has_more"]:

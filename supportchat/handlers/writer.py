@@ -16,7 +16,9 @@ the bot's replies. So one set of rules holds for all of them:
   when they already are one, the producer chooses to record the event
   anyway (``if_joined="record"``) or to write nothing (``"skip"``);
 - metrics: every append is counted by kind and result (new or duplicate),
-  and timed (``message_append_seconds``, ``message_publish_seconds``).
+  and timed (``message_append_seconds``, ``message_publish_seconds``);
+- a message with attachments is published with fresh signed links
+  (``links``: ``supportchat.attachments.links.LinkSigner.decorate``).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ IfJoined = Literal["record", "skip"]
 class MessageWriter:
     """Append, then publish: the only component that does both."""
 
-    def __init__(self, clock: IReactorTime, store: ConversationStore, bus: MessageBus, metrics: Metrics) -> None:
+    def __init__(self, clock: IReactorTime, store: ConversationStore, bus: MessageBus, metrics: Metrics,
+                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self._clock = clock
         self._store = store
         self._bus = bus
         self._metrics = metrics
+        self._links = links
 
     async def write(self, request: AppendRequest, exclude_connection: str | None = None,
                     if_joined: IfJoined = "record", republish: bool = False,
@@ -69,8 +73,11 @@ class MessageWriter:
         if result.duplicate and not republish:
             return result
         started = publish.now()
+        frame = result.message.to_wire()
+        if self._links is not None and "attachments" in frame:
+            frame = self._links(frame)
         await self._bus.publish(Delivery(
-            frame=result.message.to_wire(),
+            frame=frame,
             user_ids=tuple(p.user_id for p in result.participants),
             exclude_connection=exclude_connection,
         ))

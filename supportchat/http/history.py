@@ -31,6 +31,11 @@ log = Logger()
 SEARCH_MAX_CHARS = 200
 
 
+def _same(frame: dict[str, Any]) -> dict[str, Any]:
+    """No attachment links to mint (the default of the history routes)."""
+    return frame
+
+
 class HttpError(Exception):
     """An error answer: status, code and message (and extra headers)."""
 
@@ -144,11 +149,13 @@ class ConversationsApi(AsyncJsonResource):
 
     routes = {b"GET": "get"}
 
-    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int) -> None:
+    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int,
+                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         self._authn = authn
         self._history = history
         self._max_limit = max_limit
+        self._links = links or _same
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await authenticate(request, self._authn)
@@ -169,7 +176,7 @@ class ConversationsApi(AsyncJsonResource):
             page = page[1:] if backwards else page[:limit]
         return 200, {
             "conversation": conv.to_wire(),
-            "messages": [m.to_wire() for m in page],
+            "messages": [self._links(m.to_wire()) for m in page],
             "has_more": has_more,
         }
 
@@ -179,11 +186,13 @@ class SearchApi(AsyncJsonResource):
 
     routes = {b"GET": "get"}
 
-    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int = 100) -> None:
+    def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int = 100,
+                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         self._authn = authn
         self._history = history
         self._max_limit = max_limit
+        self._links = links or _same
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await authenticate(request, self._authn)
@@ -198,4 +207,4 @@ class SearchApi(AsyncJsonResource):
         assert limit is not None
         scope = None if principal.role == "admin" else principal.key
         found = await self._history.search(scope, q, limit)
-        return 200, {"query": q, "messages": [m.to_wire() for m in found]}
+        return 200, {"query": q, "messages": [self._links(m.to_wire()) for m in found]}

@@ -73,9 +73,12 @@ PROFILE = _obj({"customer_id": _S, "name": _S, "email": _S, "phone": _S, "attrib
                 "updated_at": _N})
 PROFILE_EDIT = _obj({"name": {"type": "string", "maxLength": 200}, "email": {"type": "string", "maxLength": 320},
                      "phone": {"type": "string", "maxLength": 40}, "attributes": PROFILE_ATTRS})
+_NULL_I, _NULL_S = {"type": "integer", "nullable": True}, {"type": "string", "nullable": True}
+ATTACHMENT = _obj({"id": _S, "name": _S, "content_type": _S, "size": _I, "width": _NULL_I, "height": _NULL_I,
+                   "url": _S, "thumbnail_url": _NULL_S})
 MESSAGE = _obj({"conversation": _S, "msg_id": _S, "seq": _I, "client_msg_id": {"type": "string", "nullable": True},
                 "sender": _obj({"id": _S, "role": _S}), "kind": {"type": "string", "enum": ["text", "event"]},
-                "body": _S, "ts": _N, "event": _ANY_OBJ})
+                "body": _S, "ts": _N, "event": _ANY_OBJ, "attachments": {"type": "array", "items": ATTACHMENT}})
 TOKENS = _obj({"access_token": _S, "refresh_token": _S, "token_type": _S, "expires_in": _N, "agent": AGENT})
 AGENT_EDIT = {"name": _S, "role": {"type": "string", "enum": ["agent", "admin"]}, "team": _S, "capacity": _I,
               "password": {"type": "string", "minLength": 8, "maxLength": 1024, "format": "password"}}
@@ -167,6 +170,33 @@ def openapi_document() -> dict[str, Any]:
                        errors=(401, 403, 404, 500), tag="customers"),
             "put": _op("Replace a customer's profile (admins, integrator tokens with role admin)",
                        ok_schema=PROFILE, body=PROFILE_EDIT, errors=(401, 403, 500), tag="customers"),
+        },
+        "/api/v1/attachments": {"post": dict(_op(
+            "Upload an image or file (multipart/form-data: file, optional conversation); send it with a message "
+            "frame's attachments. Size limit enforced while reading (413), type sniffed from the bytes (415), "
+            "images decoded under a pixel limit and re-encoded (422)", 201,
+            _obj({"id": _S, "name": _S, "content_type": _S, "size": _I, "sha256": _S, "width": _NULL_I,
+                  "height": _NULL_I, "url": _S, "thumbnail_url": _NULL_S}),
+            errors=(401, 404, 413, 415, 422, 429, 503), tag="attachments"),
+            requestBody={"required": True, "content": {"multipart/form-data": {"schema": _obj(
+                {"file": {"type": "string", "format": "binary"}, "conversation": _S}, ("file",))}}})},
+        "/api/v1/attachments/{id}": {
+            "parameters": [_p("id", "attachment id")],
+            "get": dict(_op(
+                "Download: a signed link's exp and sig, or a bearer token (uploader; once sent, participants and "
+                "staff). nosniff, sandbox CSP, attachment disposition but for images, Range, ETag",
+                errors=(401, 403, 404, 416), tag="attachments",
+                params=[_q("exp", _I, "link expiry (Unix seconds)"), _q("sig", _S, "link signature")]),
+                responses={"200": {"description": "the bytes"}, "206": {"description": "a byte range"},
+                           "304": {"description": "not modified (If-None-Match)"}, "401": _ERR, "403": _ERR,
+                           "404": _ERR, "416": _ERR}),
+        },
+        "/api/v1/attachments/{id}/thumbnail": {
+            "parameters": [_p("id", "attachment id")],
+            "get": dict(_op("An image's thumbnail (JPEG, or PNG with transparency); the same access rules",
+                            errors=(401, 403, 404), tag="attachments",
+                            params=[_q("exp", _I), _q("sig", _S)]),
+                        responses={"200": {"description": "the thumbnail"}, "401": _ERR, "403": _ERR, "404": _ERR}),
         },
         "/api/v1/conversations/{id}/messages": {
             "parameters": [_p("id", "conversation id")],

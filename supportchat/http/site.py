@@ -5,7 +5,8 @@ time and every request body in size.
   within ``[server] request_timeout`` seconds, counted from the TCP accept
   for the first request and from the first byte of each later one. The
   WebSocket opening handshake (a request to ``[websocket] path``) gets
-  ``[websocket] open_handshake_timeout`` instead. The deadline is absolute:
+  ``[websocket] open_handshake_timeout`` instead, and an upload to
+  ``/api/v1/attachments`` ``[attachments] upload_timeout``. The deadline is absolute:
   unlike Twisted's idle timer it does not restart on every byte, so a
   client trickling one byte a second is cut at the deadline. The answer is
   ``408`` with a JSON body, then the connection closes.
@@ -140,13 +141,14 @@ class GuardedHTTPChannel(HTTPChannel):
             return
         super().lineReceived(line)
         path = getattr(self, "_path", None)
-        if (path is not None and self._deadline is not None and not self._deadline_for_handshake
-                and self.site.is_websocket_path(path)):
-            # The opening handshake has its own (documented) deadline, from
-            # the same start.
-            self._deadline_for_handshake = True
-            left = self._deadline_started + self.site.handshake_timeout - self.site.reactor.seconds()
-            self._deadline.reset(max(0.0, left))
+        if path is not None and self._deadline is not None and not self._deadline_for_handshake:
+            # The opening handshake and uploads have their own (documented)
+            # deadlines, from the same start.
+            own = self.site.handshake_timeout if self.site.is_websocket_path(path) else self.site.long_deadline(path)
+            if own is not None:
+                self._deadline_for_handshake = True
+                left = self._deadline_started + own - self.site.reactor.seconds()
+                self._deadline.reset(max(0.0, left))
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.refused:
@@ -249,6 +251,7 @@ class BoundedSite(Site):
         websocket_paths: tuple[str, ...] = (),
         on_refusal: Callable[[str], None] | None = None,
         logFormatter: Any = None,
+        long_deadlines: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(resource, requestFactory=LimitedRequest, timeout=idle_timeout, reactor=reactor,
                          **({"logFormatter": logFormatter} if logFormatter is not None else {}))
@@ -257,9 +260,16 @@ class BoundedSite(Site):
         self.body_limits = body_limits
         self._ws_paths = tuple(p.rstrip("/").encode() for p in websocket_paths)
         self._on_refusal = on_refusal
+        # Routes whose whole request may take longer than request_timeout
+        # (uploads), by exact path.
+        self._long = {p.rstrip("/").encode(): t for p, t in (long_deadlines or {}).items()}
 
     def logPrefix(self) -> str:
         return "Site"  # the "Site starting on PORT" line operators and tests look for
+
+    def long_deadline(self, target: bytes) -> float | None:
+        """The deadline of a route that has its own (an upload), or None."""
+        return self._long.get(target_path(target).rstrip(b"/"))
 
     def is_websocket_path(self, target: bytes) -> bool:
         return target_path(target).rstrip(b"/") in self._ws_paths

@@ -112,7 +112,14 @@ class Message:
             "ts": self.ts,
         }
         if self.data is not None:
-            frame["event"] = self.data
+            if self.kind == EVENT:
+                frame["event"] = self.data
+            elif "attachments" in self.data:
+                # What the message stores; links are added per response
+                # (supportchat/attachments/links.py).
+                frame["attachments"] = self.data["attachments"]
+            else:
+                frame["event"] = self.data
         return frame
 
 

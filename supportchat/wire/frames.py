@@ -58,6 +58,8 @@ class SendMessage:
     client_msg_id: str
     body: str
     ref: Any = None
+    # Upload ids (POST /api/v1/attachments), at most MAX_ATTACHMENTS.
+    attachments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Rate:
 
 
 MAX_NOTE_CHARS = 4000
+MAX_ATTACHMENTS = 10
 ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate]
 
 
@@ -218,15 +221,16 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     if kind == "message":
         conversation = _str(data, "conversation", ref)
         client_msg_id = _str(data, "client_msg_id", ref)
-        body = data.get("body")
+        attachments = _attachments(data, ref)
+        body = data.get("body", "" if attachments else None)
         if not isinstance(body, str):
             raise FrameError("bad_request", "'body' must be a string", ref)
-        if not body.strip():
+        if not body.strip() and not attachments:
             raise FrameError("bad_request", "'body' must not be empty", ref)
         if len(body) > max_body_chars:
             raise FrameError("too_large", f"'body' is longer than {max_body_chars} characters", ref)
         _check_text("body", body, ref)
-        return SendMessage(conversation, client_msg_id, body, ref)
+        return SendMessage(conversation, client_msg_id, body, ref, attachments)
     if kind == "sync":
         conversation = _str(data, "conversation", ref)
         after = _int(data, "after_seq", ref, default=0)
@@ -239,6 +243,21 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     if kind in ("status", "take", "transfer", "close", "rate"):
         return _parse_workflow(kind, data, ref)
     raise FrameError("bad_request", f"unknown frame type {kind[:40]!r}", ref)
+
+
+def _attachments(data: dict[str, Any], ref: Any) -> tuple[str, ...]:
+    """A message's ``attachments``: distinct upload ids, at most MAX_ATTACHMENTS."""
+    value = data.get("attachments")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise FrameError("bad_request", "'attachments' must be a list of ids", ref)
+    if len(value) > MAX_ATTACHMENTS:
+        raise FrameError("too_large", f"at most {MAX_ATTACHMENTS} attachments per message", ref)
+    ids = tuple(_str({"attachments": v}, "attachments", ref) for v in value)
+    if len(set(ids)) != len(ids):
+        raise FrameError("bad_request", "'attachments' lists an id twice", ref)
+    return ids
 
 
 def _optional_str(data: dict[str, Any], key: str, ref: Any, max_len: int) -> str | None:
