@@ -28,6 +28,8 @@ ROUTES: dict[bytes, list[tuple[str, str, Any]]] = {
     b"search": [("GET", "/search?q=hello", None)],
     b"admin": [("GET", "/admin/customers/cust1/export", None), ("DELETE", "/admin/customers/cust1", None)],
     b"me": [("GET", "/me", None)],
+    b"attachments": [("GET", "/attachments/a1", None), ("GET", "/attachments/a1/thumbnail", None),
+                     ("POST", "/attachments", {"file": "x"})],
     b"agents": [("GET", "/agents", None), ("GET", "/agents/ann", None),
                 ("POST", "/agents", {"login": "eve", "password": PASSWORD}),
                 ("PATCH", "/agents/ann", {"capacity": 4})],

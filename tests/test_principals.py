@@ -230,7 +230,7 @@ class MigrationContract:
         _old_schema(engine)
         _rows_of_old_version(engine)
         version, applied = migrate_blocking(engine)
-        self.assertEqual([n.split(".")[0] for n in applied], ["009_principals"])
+        self.assertEqual([n.split(".")[0] for n in applied][0], "009_principals")  # then any later ones
         db = Database(engine, reactor=None, threadless=True)
         db.start()
         self.addCleanup(db.close)
