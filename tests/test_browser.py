@@ -23,6 +23,7 @@ from tests.support import REPO, python_env
 CHROMIUM = "/usr/bin/chromium"
 SCRIPT = os.path.join(REPO.path, "tests", "browser", "ui_scenario.py")
 AUTH_SCRIPT = os.path.join(REPO.path, "tests", "browser", "auth_scenario.py")
+ATTACH_SCRIPT = os.path.join(REPO.path, "tests", "browser", "attachments_scenario.py")
 ARTIFACTS = os.path.join(REPO.path, "test-artifacts", "browser")
 SCREENSHOTS = os.path.join(REPO.path, "docs", "screenshots")
 
@@ -77,6 +78,19 @@ class BrowserTests(unittest.TestCase):
         result = yield self.scenario(AUTH_SCRIPT)
         self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, "console-signin-again.png")) > 1000)
         self.assertIn("server killed and restarted: the console reconnects", " ".join(result["checks"]))
+
+    @inlineCallbacks
+    def test_visitor_and_agent_exchange_a_screenshot_and_a_pdf(self) -> Any:
+        """A visitor pastes a screenshot into the widget: it is uploaded and
+        sent, the agent's console shows its thumbnail and opens the full
+        image through its signed link; the agent attaches a PDF and the
+        visitor gets a file card that downloads it; an executable named
+        .png and an SVG are refused with the reason in the visitor's
+        language (English, Chinese)."""
+        result = yield self.scenario(ATTACH_SCRIPT)
+        self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, "console-attachments.png")) > 1000)
+        self.assertIn("the agent opens it: the full screenshot (1000 x 720) through its signed link",
+                      result["checks"])
 
     @inlineCallbacks
     def scenario(self, script: str) -> Any:

@@ -2,7 +2,7 @@
 // sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
 import { SupportChatClient, formatDuration, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { setText, t } from "./sc-i18n.js";
+import { setText, t, uploadErrorKey } from "./sc-i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sc-console:token";
@@ -291,6 +291,7 @@ function renderConv() {
   $("older").hidden = !c.hasOlder;
   pinnedScroll($("scroll"), () => renderMessages($("messages"), c, {
     me: client.user,
+    server: client.server,
     pending: client.pending(c.id),
     onRetry: (cid) => client.retry(cid),
     onDiscard: (cid) => client.discard(cid),
@@ -389,6 +390,23 @@ function insertCanned(x) {
   $("composer-input").focus();
 }
 
+async function attachFiles(files) {
+  const note = $("upload-note");
+  for (const file of files) {
+    const conv = selected;
+    if (!conv) return;
+    setText(note, "attach.uploading");
+    try {
+      const up = await client.upload(file, conv);
+      client.send(conv, "", { attachments: [up.id] });
+      note.textContent = "";
+      renderConv();
+    } catch (e) {
+      setText(note, uploadErrorKey(e.code));
+    }
+  }
+}
+
 function sendReply() {
   const input = $("composer-input");
   const body = input.value;
@@ -485,6 +503,23 @@ function wire() {
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     sendReply();
+  });
+  // Attachments: the file picker, or images pasted into the reply box.
+  const attachBtn = $("attach-btn");
+  attachBtn.setAttribute("aria-label", t("attach.button"));
+  attachBtn.title = t("attach.button");
+  attachBtn.addEventListener("click", () => $("attach-input").click());
+  $("attach-input").addEventListener("change", () => {
+    const files = [...$("attach-input").files];
+    $("attach-input").value = "";
+    attachFiles(files);
+  });
+  $("composer-input").addEventListener("paste", (e) => {
+    const files = [...((e.clipboardData && e.clipboardData.files) || [])];
+    if (files.length) {
+      e.preventDefault();
+      attachFiles(files);
+    }
   });
   const input = $("composer-input");
   input.addEventListener("input", () => {

@@ -162,7 +162,7 @@ export class SupportChatClient extends EventTarget {
     if (!this.storage) return;
     try {
       const raw = JSON.parse(this.storage.getItem(this._outboxKey()) || "[]");
-      for (const m of raw) if (m && m.client_msg_id && m.body) this._outbox.push(Object.assign(m, { state: m.state === "failed" ? "failed" : "pending" }));
+      for (const m of raw) if (m && m.client_msg_id && (m.body || (m.extra && m.extra.attachments))) this._outbox.push(Object.assign(m, { state: m.state === "failed" ? "failed" : "pending" }));
     } catch (e) {
       this._outbox = [];
     }
@@ -615,10 +615,22 @@ export class SupportChatClient extends EventTarget {
         _acked: true,
       });
       if (!o) this.syncConversation(c.id); // body unknown (another tab's copy): fetch it
+      else if (o.extra && o.extra.attachments) this._refetch(c, f.seq); // links only the server mints
     }
     c.readSeq = Math.max(c.readSeq, f.seq);
     c.unread = 0;
     this._changed(c, "ack");
+  }
+
+  /** Read one stored message again (a sent message's attachments, with their links). */
+  async _refetch(c, seq) {
+    try {
+      const h = await this.request({ type: "sync", conversation: c.id, after_seq: seq - 1, limit: 1 });
+      for (const m of h.messages || []) if (m.seq === seq) c.messages.set(seq, m);
+      this._changed(c, "sync");
+    } catch (e) {
+      /* shown without links until the next sync */
+    }
   }
 
   _on_history() {}
@@ -830,6 +842,32 @@ export class SupportChatClient extends EventTarget {
     if (conversation === "new") this._flushOutbox();
     else this._flushOne(entry);
     return entry;
+  }
+
+  /**
+   * Upload a file (a File or Blob) for a later send(conversation, body,
+   * {attachments: [id]}): POST /api/v1/attachments as multipart/form-data.
+   * Resolves with the server's answer (id, name, content_type, size, url,
+   * thumbnail_url...); rejects with an Error carrying `code` (too_large,
+   * unsupported_type, infected, ...) and `status`.
+   */
+  async upload(file, conversation = null) {
+    const token = await this._token_();
+    const form = new FormData();
+    form.append("file", file, file.name || "file");
+    if (conversation && conversation !== "new") form.append("conversation", conversation);
+    let r, data;
+    try {
+      r = await fetch(this.server + "/api/v1/attachments", { method: "POST", headers: { authorization: "Bearer " + token }, body: form });
+      data = await r.json().catch(() => ({}));
+    } catch (e) {
+      throw Object.assign(new Error("network error"), { code: "unavailable", status: 0 });
+    }
+    if (r.status !== 201) {
+      const err = (data && data.error) || {};
+      throw Object.assign(new Error(err.message || "upload refused"), { code: err.code || "unavailable", status: r.status });
+    }
+    return data;
   }
 
   /** Drop a failed pending message. */

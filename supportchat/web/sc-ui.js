@@ -3,6 +3,7 @@
 // by client_msg_id), so whatever order frames arrive in, each message is on
 // screen exactly once.
 import { formatTime, isOwn, senderLabel } from "./sc-client.js";
+import { t } from "./sc-i18n.js";
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -51,7 +52,7 @@ export function renderMessages(list, conv, opts) {
     if (pending) status = m.state === "failed" ? "failed" : "sending";
     else if (own && m.kind === "text") status = m.seq === lastOwnSeen ? "seen" : "sent";
     const qr = !pending && lastText === m ? quickReplies(m) : [];
-    const sig = [status, m.body, qr.length, m.kind].join("|");
+    const sig = [status, m.body, qr.length, m.kind, attachmentsOf(m).map((a) => a.id + (a.url ? "+" : "")).join(",")].join("|");
     let node = existing.get(item.key);
     if (!node || node.dataset.sig !== sig) {
       const fresh = buildMessage(item, own, status, qr, opts);
@@ -81,6 +82,8 @@ function buildMessage(item, own, status, qr, opts) {
   });
   const meta = el("div", { class: "sc-meta" }, el("span", { class: "sc-who", text: who }), el("span", { class: "sc-time", text: pending ? "" : formatTime(m.ts) }));
   li.append(meta, el("div", { class: "sc-body", text: m.body }));
+  const files = attachmentsOf(m);
+  if (files.length) li.append(attachmentList(files, opts.server));
   if (status) {
     const label = { sending: "Sending…", failed: "Not sent", sent: "Sent", seen: "Seen" }[status];
     const st = el("div", { class: `sc-status sc-status-${status}` }, el("span", { text: label }));
@@ -93,6 +96,34 @@ function buildMessage(item, own, status, qr, opts) {
   }
   if (qr.length) li.append(quickReplyBar(qr, opts));
   return li;
+}
+
+/** The attachments of a message that the server has shown (objects with links). */
+function attachmentsOf(m) {
+  return Array.isArray(m.attachments) ? m.attachments.filter((a) => a && typeof a === "object" && a.id) : [];
+}
+
+function sizeText(n) {
+  if (n >= 1048576) return (n / 1048576).toFixed(1) + " MB";
+  if (n >= 1024) return Math.round(n / 1024) + " KB";
+  return n + " B";
+}
+
+/** Images as thumbnails that open the full image; other files as cards with a download link. */
+export function attachmentList(files, server) {
+  const abs = (u) => (u ? new URL(u, server || globalThis.location.href).href : null);
+  const box = el("div", { class: "sc-files" });
+  for (const a of files) {
+    const url = abs(a.url);
+    if (a.thumbnail_url) {
+      const img = el("img", { src: abs(a.thumbnail_url), alt: a.name, class: "sc-thumb", loading: "lazy" });
+      box.append(el("a", { href: url, target: "_blank", rel: "noopener", class: "sc-image", title: t("attach.open") + " " + a.name }, img));
+    } else {
+      box.append(el("a", { href: url, target: "_blank", rel: "noopener", class: "sc-file", download: a.name },
+        el("span", { class: "sc-file-name", text: a.name }), el("span", { class: "sc-file-size", text: sizeText(a.size || 0) })));
+    }
+  }
+  return box;
 }
 
 function quickReplyBar(qr, opts) {

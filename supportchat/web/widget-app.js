@@ -2,7 +2,7 @@
 // root so the host page's CSS cannot break it, and vice versa.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { setText } from "./sc-i18n.js";
+import { setText, t, uploadErrorKey } from "./sc-i18n.js";
 
 const CSS = `
 :host { all: initial; }
@@ -54,6 +54,13 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 .stars button[aria-checked=true], .stars button.lit { color: #d4a72c; }
 form { display: flex; gap: 6px; padding: 10px; border-top: 1px solid #d0d7de; background: #fff; }
 textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px; font-size: 14px; height: 40px; max-height: 120px; }
+.attach { background: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 0 8px; cursor: pointer; color: #57606a; display: flex; align-items: center; }
+.sc-upload { font-size: 12px; color: #57606a; padding: 0 14px; margin: 0; min-height: 0; background: #f6f8fa; }
+.sc-upload:empty { display: none; }
+.sc-files { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.sc-thumb { max-width: 200px; max-height: 200px; border-radius: 6px; display: block; }
+.sc-file { display: inline-flex; gap: 8px; padding: 6px 10px; border: 1px solid #d0d7de; border-radius: 8px; background: #fff; color: #0969da; font-size: 13px; }
+.sc-file-size { color: #57606a; }
 .send { background: #1f6feb; color: #fff; border: 0; border-radius: 8px; padding: 0 14px; cursor: pointer; font-weight: 600; }
 .restart { margin: 8px auto; display: block; }
 .auth { margin: 10px; padding: 10px 12px; border: 1px solid #d4a72c; border-left-width: 4px; border-radius: 8px; background: #fff8c5; color: #1f2328; }
@@ -67,6 +74,7 @@ textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px;
 }
 `;
 
+const CLIP = '<svg viewBox="0 0 24 24" width="18" height="18" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 11.5l-8.6 8.6a5 5 0 0 1-7.1-7.1l8.6-8.6a3.3 3.3 0 0 1 4.7 4.7l-8.6 8.6a1.7 1.7 0 0 1-2.4-2.4l7.9-7.9"/></svg>';
 const ICON = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
 
 const visitorKey = (server) => `sc:visitor:${server}`;
@@ -133,14 +141,18 @@ export function mount(opts) {
   const rating = el("div", { class: "rating", hidden: true }, ratingNote, stars);
   const input = el("textarea", { rows: "1", "aria-label": "Type your message", placeholder: "Type your message…", maxlength: "4000" });
   const sendBtn = el("button", { type: "submit", class: "send", text: "Send" });
-  const form = el("form", { "aria-label": "Send a message" }, input, sendBtn);
+  const fileInput = el("input", { type: "file", accept: "image/*,application/pdf,text/plain", multiple: true, hidden: true });
+  const attachBtn = el("button", { type: "button", class: "attach", "aria-label": t("attach.button"), title: t("attach.button") });
+  attachBtn.innerHTML = CLIP;
+  const uploadNote = el("p", { class: "sc-upload", role: "status" });
+  const form = el("form", { "aria-label": "Send a message" }, attachBtn, fileInput, input, sendBtn);
   const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: "Start a new conversation" });
   // The server refused the token and no new one could be had: say so, offer to start again.
   const authText = el("p", {});
   const authBtn = el("button", { type: "button", class: "sc-chip" });
   const authBox = el("div", { class: "auth", role: "alert", hidden: true }, authText, authBtn);
   const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": opts.title + " chat", hidden: true },
-    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, form);
+    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, uploadNote, form);
   root.append(launcher, panel);
 
   const client = new SupportChatClient({
@@ -170,6 +182,7 @@ export function mount(opts) {
     const pending = client._outbox.filter((o) => o.conversation === convId || o.conversation === "new");
     pinnedScroll(scroll, () => renderMessages(list, c, {
       me: client.user,
+      server: client.server,
       pending,
       onQuickReply: (v) => send(v),
       onRetry: (id) => client.retry(id),
@@ -262,6 +275,35 @@ export function mount(opts) {
     send(input.value);
     input.value = "";
     input.focus();
+  });
+  // Attachments: the button's file picker, or images pasted into the text box.
+  async function attach(files) {
+    for (const file of files) {
+      setText(uploadNote, "attach.uploading");
+      try {
+        const up = await client.upload(file);
+        pickConversation();
+        const c = current();
+        client.send(c && !isClosed(c) ? c.id : "new", "", { attachments: [up.id] });
+        uploadNote.textContent = "";
+        render();
+      } catch (e) {
+        setText(uploadNote, uploadErrorKey(e.code));
+      }
+    }
+  }
+  attachBtn.addEventListener("click", () => fileInput.click());
+  fileInput.addEventListener("change", () => {
+    const files = [...fileInput.files];
+    fileInput.value = "";
+    attach(files);
+  });
+  input.addEventListener("paste", (e) => {
+    const files = [...((e.clipboardData && e.clipboardData.files) || [])];
+    if (files.length) {
+      e.preventDefault();
+      attach(files);
+    }
   });
   input.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
