@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from PIL import Image
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -464,6 +464,77 @@ class PostgresAttachmentStoreTests(AttachmentStoreContract, unittest.TestCase):
 class MariadbAttachmentStoreTests(AttachmentStoreContract, unittest.TestCase):
     def make_store(self) -> Any:
         return SqlAttachmentStore(threadless_db(self, "mariadb"))
+
+
+# -- the service on a Clock, with the twins ------------------------------------------------
+class ServiceTests(unittest.TestCase):
+    """AttachmentService on task.Clock with MemoryAttachmentStore,
+    MemoryBlobStore and the work run inline."""
+
+    def setUp(self) -> None:
+        from supportchat.attachments.service import AttachmentService, Policy
+        from supportchat.metrics import Metrics
+
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.spool = self.mktemp()
+        os.makedirs(self.spool)
+        self.store, self.blobs = MemoryAttachmentStore(), MemoryBlobStore()
+
+        async def can_read(conversation: str, key: str, role: str) -> bool:
+            return conversation == "conv1"
+
+        self.metrics = Metrics()
+        self.service = AttachmentService(
+            self.clock, self.store, self.blobs, lambda f, *a: maybeDeferred(f, *a), self.spool, Limits(), None,
+            LinkSigner("s" * 40, 900, self.clock.seconds), self.metrics, can_read,
+            Policy(upload_rate=1.0, upload_burst=2, daily_bytes=5000, orphan_grace=3600))
+
+    def upload(self, user: str, data: bytes) -> Any:
+        from supportchat.auth import Principal
+
+        body, ctype = files.multipart([("file", "x.png", data, "image/png")])
+        d = Deferred.fromCoroutine(
+            self.service.upload(Principal(user, "customer"), io.BytesIO(body), ctype.encode()))
+        return d
+
+    def test_sweep_removes_unclaimed_uploads_after_the_grace(self) -> None:
+        """An upload no message claimed is removed (row and bytes) once
+        orphan_grace has passed on the clock; a claimed one and a blob
+        another row shares stay."""
+        png = files.image("PNG")
+        a = self.successResultOf(self.upload("alice", png))
+        b = self.successResultOf(self.upload("bob", png))  # the same bytes: one blob
+        self.clock.advance(1.0)
+        c = self.successResultOf(self.upload("alice", files.image("GIF")))
+        self.successResultOf(Deferred.fromCoroutine(
+            self.service.claim("c:bob", "conv1", "k1", (b["id"],))))
+        self.clock.advance(3599.5)
+        sweep = Deferred.fromCoroutine
+        self.assertEqual(self.successResultOf(sweep(self.service.sweep())), 1)  # a only: c is 0.5 s younger
+        self.assertIsNone(self.store.rows.get(a["id"]))
+        self.assertIn(b["sha256"], self.blobs.blobs)  # still b's
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(sweep(self.service.sweep())), 1)
+        self.assertNotIn(c["sha256"], self.blobs.blobs)
+        self.assertEqual(set(self.store.rows), {b["id"]})
+
+    def test_rate_and_daily_bytes(self) -> None:
+        """Past the burst uploads are 429 rate_limited until the bucket
+        refills on the clock; past daily_bytes 429 quota_exceeded."""
+        png = files.image("PNG")
+        self.successResultOf(self.upload("alice", png))
+        self.successResultOf(self.upload("alice", png))
+        e = self.failureResultOf(self.upload("alice", png), AttachmentError).value
+        self.assertEqual((e.status, e.code), (429, "rate_limited"))
+        self.clock.advance(1.0)
+        big = b"x" * 4800
+        self.successResultOf(self.upload("alice", big))
+        self.clock.advance(5.0)
+        e = self.failureResultOf(self.upload("alice", png), AttachmentError).value
+        self.assertEqual((e.status, e.code), (429, "quota_exceeded"))
+        self.clock.advance(86400.0)
+        self.successResultOf(self.upload("alice", png))
 
 
 # -- clamd -------------------------------------------------------------------------------

@@ -284,6 +284,35 @@ class AttachmentsEndToEndTests(unittest.TestCase):
         self.assertEqual((r.code, body), (304, b""))
 
     @inlineCallbacks
+    def test_export_erase_and_sweep(self) -> Any:
+        """The export lists a customer's uploads; erasing the customer makes
+        their attachments unreadable at once (links and bearer: 404), and
+        the next sweep removes rows and bytes."""
+        cust, agent, conv = yield self.pair()
+        _, up = yield self.upload("cust", files.image("PNG"))
+        cust.send({"type": "message", "ref": "m", "conversation": conv, "client_msg_id": "k1",
+                   "attachments": [up["id"]]})
+        ack = yield cust.next_frame("ack")
+        yield self.rest_message(conv, ack["msg_id"])  # stored in SQL (Redis mode: flushed)
+        r, body = yield self.fetch("/api/v1/admin/customers/cust/export", "boss", "admin")
+        self.assertEqual([a["id"] for a in json.loads(body)["attachments"]], [up["id"]])
+        service = self.server.server.get_attachments()
+        self.assertTrue((yield service.blobs.exists(up["sha256"])))
+        r = yield self.http.request("DELETE", self.base + "/api/v1/admin/customers/cust",
+                                    headers={b"authorization": [f"Bearer {token('boss', 'admin')}".encode()]})
+        yield r.content()
+        self.assertEqual(r.code, 200)
+        r, _ = yield self.fetch(up["url"])
+        self.assertEqual(r.code, 404)
+        r, _ = yield self.fetch(f"/api/v1/attachments/{up['id']}", "ann", "agent")
+        self.assertEqual(r.code, 404)
+        removed = yield defer.Deferred.fromCoroutine(service.sweep())
+        self.assertEqual(removed, 1)
+        self.assertIsNone((yield service.store.get(up["id"])))
+        self.assertFalse((yield service.blobs.exists(up["sha256"])))
+        self.assertFalse((yield service.blobs.exists(up["sha256"] + ".thumb")))
+
+    @inlineCallbacks
     def test_upload_refusals(self) -> Any:
         """401 without a token; an executable declared image/png 415; a
         20,000 x 20,000 PNG 422; a body that is not multipart 400; each a

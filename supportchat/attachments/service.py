@@ -173,7 +173,7 @@ class AttachmentService:
         if not valid:
             raise AttachmentError(403, "forbidden", "this link is not valid")
         attachment = await self.store.get(attachment_id)
-        if attachment is None:
+        if attachment is None or not attachment.uploader:  # gone, or retired by erase or retention
             raise AttachmentError(404, "not_found", "no such attachment")
         return attachment
 

@@ -101,12 +101,28 @@ def _delete_conversations_batch_txn(cur: Cursor, ids: list[str], batch: int) -> 
         deleted += cur.rowcount
     if len(msg_ids) < batch:
         # Every message of these conversations is gone: the rest is small.
+        # Their attachments can no longer be read or sent, and the
+        # attachment sweep removes rows and bytes (supportchat/attachments/).
+        _retire_attachments_txn(cur, "conversation_id", ids)
         for table, column in (("participants", "conversation_id"), ("idempotency_keys", "conversation_id"),
                               ("work_notes", "conversation_id"), ("work_items", "conversation_id"),
                               ("bot_states", "conversation_id"), ("conversations", "id")):
             cur.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             deleted += cur.rowcount
     return deleted
+
+
+# An attachment retired by erase or retention: no uploader (no principal key
+# is empty), no conversation, created at 0: nobody may read or send it, and
+# the next attachment sweep deletes the row and its bytes.
+RETIRED_UPLOADER = ""
+
+
+def _retire_attachments_txn(cur: Cursor, column: str, values: list[str]) -> int:
+    cur.execute(f"UPDATE attachments SET uploader = ?, conversation_id = NULL, claim = NULL, claimed_at = NULL, "
+                f"created_at = 0 WHERE {column} IN ({_placeholders(len(values))}) AND uploader <> ?",
+                (RETIRED_UPLOADER, *values, RETIRED_UPLOADER))
+    return cur.rowcount
 
 
 def retention_batch_txn(cur: Cursor, cutoff: float, batch: int) -> int:
@@ -141,6 +157,7 @@ def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
     for table in ("idempotency_keys",):
         cur.execute(f"DELETE FROM {table} WHERE sender_id = ?", (customer_id,))
         deleted += cur.rowcount
+    deleted += _retire_attachments_txn(cur, "uploader", [customer_id])
     for table, column in (("participants", "user_id"), ("work_items", "customer_id")):
         cur.execute(f"DELETE FROM {table} WHERE {column} = ?", (customer_id,))
         deleted += cur.rowcount
@@ -165,7 +182,11 @@ def export_customer_txn(cur: Cursor, customer_id: str) -> dict[str, Any]:
         entry["messages"] = messages
         entry["workflow"] = _work_item_export_txn(cur, conv.id)
         out.append(entry)
-    return {"customer_id": wire_id(customer_id), "conversations": out}
+    cur.execute("SELECT id, name, content_type, size, sha256, width, height, created_at, conversation_id "
+                "FROM attachments WHERE uploader = ? ORDER BY created_at, id", (customer_id,))
+    uploads = [dict(zip(("id", "name", "content_type", "size", "sha256", "width", "height", "created_at",
+                         "conversation"), r)) for r in cur.fetchall()]
+    return {"customer_id": wire_id(customer_id), "conversations": out, "attachments": uploads}
 
 
 _WORK_COLS = ("team_id", "state", "agent_id", "queued_at", "assigned_at", "closed_at", "rating", "rating_comment",
