@@ -411,3 +411,84 @@ def _tick() -> "defer.Deferred[None]":
     from twisted.internet import task
 
     return task.deferLater(reactor, 0.05, lambda: None)
+
+
+class KillDuringUploadTests(unittest.TestCase):
+    """SIGKILL of a real server process while uploads are arriving and being
+    processed: afterwards every attachment row points at a whole blob
+    (its bytes hash to its key and sha256), no file in the blob tree outside
+    ``tmp/`` is partial, and the restarted server serves and accepts uploads."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_kill_9_leaves_no_reference_to_a_partial_file(self) -> Any:
+        import sqlite3
+
+        from tests.support import ServerProcess, free_port
+
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        port = free_port()
+        server = ServerProcess(data_dir, port)
+        yield server.start()
+        self.addCleanup(server.kill)
+        base = f"http://127.0.0.1:{port}"
+        http = http_client()
+        # Some whole uploads first, then several large ones in flight when the process is killed.
+        stored = []
+        for i in range(3):
+            body, ctype = files.multipart([("file", f"p{i}.png", files.image("PNG", (50 + i, 40)), "image/png")])
+            r = yield http.request("POST", base + "/api/v1/attachments", data=body, headers={
+                b"authorization": [f"Bearer {token('cust')}".encode()], b"content-type": [ctype.encode()]})
+            stored.append(json.loads((yield r.text())))
+            self.assertEqual(r.code, 201)
+        big = [files.multipart([("file", f"big{i}.txt", (b"line %d\n" % i) * 900_000, "text/plain")]) for i in range(3)]
+        in_flight = [http.request("POST", base + "/api/v1/attachments", data=body, headers={
+            b"authorization": [f"Bearer {token('cust')}".encode()], b"content-type": [ctype.encode()]})
+            for body, ctype in big]
+        for d in in_flight:
+            d.addErrback(lambda _: None)  # the server dies under them
+        # Kill while the server is spooling one of them (its worker thread is
+        # writing to attachments/tmp/): a bounded wait for that condition.
+        spool = os.path.join(data_dir, "attachments", "tmp")
+        for _ in range(500):
+            if any(n.startswith("upload-") for n in os.listdir(spool)):
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        server.signal("KILL")
+        yield server.ended()
+        for d in in_flight:
+            yield d
+
+        root = os.path.join(data_dir, "attachments")
+        self.assertTrue(os.listdir(spool), "the kill did not happen mid-upload")
+        db = sqlite3.connect(os.path.join(data_dir, "supportchat.db"))
+        rows = db.execute("SELECT id, size, sha256, blob_key, thumb_key FROM attachments").fetchall()
+        db.close()
+        self.assertGreaterEqual(len(rows), 3)
+        for aid, size, sha, blob_key, thumb_key in rows:
+            path = os.path.join(root, blob_key[:2], blob_key)
+            data = open(path, "rb").read()
+            self.assertEqual((len(data), hashlib.sha256(data).hexdigest(), blob_key), (size, sha, sha), aid)
+            if thumb_key:
+                self.assertTrue(os.path.exists(os.path.join(root, thumb_key[:2], thumb_key)))
+        for folder in os.listdir(root):
+            if folder == "tmp":
+                continue
+            for name in os.listdir(os.path.join(root, folder)):
+                data = open(os.path.join(root, folder, name), "rb").read()
+                if not name.endswith(".thumb"):
+                    self.assertEqual(hashlib.sha256(data).hexdigest(), name, "a partial blob")
+
+        restarted = ServerProcess(data_dir, port)
+        yield restarted.start()
+        self.addCleanup(restarted.kill)
+        r = yield http.request("GET", base + stored[0]["url"])
+        self.assertEqual((r.code, hashlib.sha256((yield r.content())).hexdigest()), (200, stored[0]["sha256"]))
+        body, ctype = files.multipart([("file", "after.txt", b"after the crash\n", "text/plain")])
+        r = yield http.request("POST", base + "/api/v1/attachments", data=body, headers={
+            b"authorization": [f"Bearer {token('cust')}".encode()], b"content-type": [ctype.encode()]})
+        self.assertEqual(r.code, 201, (yield r.text()))
+        restarted.signal("TERM")
+        yield restarted.ended()
