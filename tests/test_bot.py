@@ -125,7 +125,8 @@ class DialogueTests(unittest.SynchronousTestCase):
         d = dialogue()
         out = say(d, BotState("c"), "when are you open?", 2)
         self.assertEqual(out.replies[0].body, KNOWLEDGE.greeting.get("en"))
-        self.assertEqual(out.replies[0].data["quick_replies"][2], {"label": "Talk to a human", "text": "human"})
+        self.assertEqual(out.replies[0].data["quick_replies"][2],
+                         {"label": "Talk to a human", "text": "human", "i18n": {"zh": {"label": "转人工", "text": "人工"}}})
         self.assertIn("Monday to Friday", out.replies[1].body)
         self.assertEqual(out.answered, "hours")
         out2 = say(d, out.state, "怎么退款", 4)

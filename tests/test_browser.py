@@ -4,13 +4,18 @@ browser. The scenario itself is tests/browser/ui_scenario.py, run as a
 subprocess (Playwright's sync API brings its own event loop) against a
 ``twistd supportchat run`` process that it starts, kills with SIGKILL
 mid-conversation and starts again. Screenshots and WebSocket frame logs land
-in test-artifacts/browser/; with SUPPORTCHAT_TEST_UPDATE_SCREENSHOTS=1 the README's
-copies in docs/screenshots/ are refreshed too."""
+in test-artifacts/browser/ (with axe.json: every axe-core finding per page);
+with SUPPORTCHAT_TEST_UPDATE_SCREENSHOTS=1 the README's copies in
+docs/screenshots/ are refreshed too. axe-core comes from the npm registry:
+the test runs `npm ci` in tests/browser (pinned by its package-lock.json)
+into the git-ignored tests/browser/node_modules."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +31,23 @@ AUTH_SCRIPT = os.path.join(REPO.path, "tests", "browser", "auth_scenario.py")
 ATTACH_SCRIPT = os.path.join(REPO.path, "tests", "browser", "attachments_scenario.py")
 ARTIFACTS = os.path.join(REPO.path, "test-artifacts", "browser")
 SCREENSHOTS = os.path.join(REPO.path, "docs", "screenshots")
+BROWSER_DIR = os.path.join(REPO.path, "tests", "browser")
+AXE_JS = os.path.join(BROWSER_DIR, "node_modules", "axe-core", "axe.min.js")
+
+
+def _install_axe() -> str | None:
+    """axe-core from the npm registry into tests/browser/node_modules (git-ignored),
+    exactly as pinned by tests/browser/package-lock.json; an error text, or None."""
+    if os.path.exists(AXE_JS):
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is missing: the browser tests install axe-core with it (apt-get install npm)"
+    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=BROWSER_DIR,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 or not os.path.exists(AXE_JS):
+        return "npm ci in tests/browser failed:\n" + done.stdout[-2000:] + done.stderr[-2000:]
+    return None
 
 
 def _missing() -> str | None:
@@ -36,7 +58,7 @@ def _missing() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "playwright for Python is missing (`make test` installs it from requirements/test.txt)"
-    return None
+    return _install_axe()
 
 
 class BrowserTests(unittest.TestCase):
@@ -58,9 +80,14 @@ class BrowserTests(unittest.TestCase):
         both sides, restarted, and both screens converge on exactly the
         server's history (nothing lost, nothing doubled); an offline message
         survives two page reloads; the widget fills a 390 px mobile screen;
-        screenshots of both pages are saved."""
+        agents' names on their messages, safe links, dir=auto bodies; then a
+        zh-CN visitor and agent (widget, bot greeting, quick reply and events
+        in Chinese; the console in Chinese) and an Arabic widget laid out
+        right to left; axe-core finds no serious or critical violation on
+        the demo page, the open widget and the console (desktop and 390 px,
+        English and Chinese); screenshots of both pages in both languages."""
         result = yield self.scenario(SCRIPT)
-        for name in ("widget.png", "console.png", "widget-mobile.png"):
+        for name in ("widget.png", "console.png", "widget-mobile.png", "widget-zh.png", "console-zh.png", "widget-ar.png"):
             self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, name)) > 1000, name)
         self.assertIn("both screens show exactly the server's", " ".join(result["checks"]))
 

@@ -1,6 +1,7 @@
 """The web UI's message catalogs (supportchat/web/sc-i18n.js): English and
-Simplified Chinese have the same keys, and every key a page passes to t() or
-setText() is in both."""
+Simplified Chinese have the same keys, Arabic (the right-to-left proof)
+covers the widget and nothing English lacks, and every key a page names is
+in them; no page carries user-visible English outside the catalogs."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class CatalogTests(unittest.TestCase):
         """en and zh-Hans have the same keys; each catalog key a page script
         names (t("auth.expired"), setText(node, "widget.auth.state")...) is in them."""
         cats = catalogs()
-        self.assertEqual(set(cats), {"en", "zh-Hans"})
+        self.assertEqual(set(cats), {"en", "zh-Hans", "ar"})
         self.assertTrue(cats["en"])
         self.assertEqual(cats["en"], cats["zh-Hans"])
         # every quoted "namespace.key" in a page script, namespaces being the catalogs' (auth., widget.)
@@ -40,3 +41,22 @@ class CatalogTests(unittest.TestCase):
                     used |= set(re.findall(rf'"((?:{spaces})\.[A-Za-z][\w.]*)"', f.read()))
         self.assertTrue(used)
         self.assertLessEqual(used, cats["en"], used - cats["en"])
+
+    def test_arabic_covers_the_widget(self) -> None:
+        """The right-to-left catalog has no key English lacks, and every
+        widget text and every shared message text (conn., msg.) is in it."""
+        cats = catalogs()
+        self.assertLessEqual(cats["ar"], cats["en"], cats["ar"] - cats["en"])
+        widget = {k for k in cats["en"] if k.startswith(("widget.", "conn.", "msg.")) and not k.startswith("widget.auth.")}
+        self.assertLessEqual(widget - {"msg.note"}, cats["ar"], widget - cats["ar"])
+
+    def test_console_page_texts_come_from_the_catalogs(self) -> None:
+        """Every text of console.html is marked data-i18n (so it is
+        translated at load), and every data-i18n key is in the catalogs."""
+        with open(os.path.join(WEB_DIR, "console.html"), encoding="utf-8") as f:
+            html = f.read()
+        keys = set(re.findall(r'data-i18n(?:-[a-z-]+)?="([\w.]+)"', html))
+        self.assertLessEqual(keys, catalogs()["en"], keys - catalogs()["en"])
+        body = re.sub(r"<code>.*?</code>", "", html.split("<body>", 1)[1], flags=re.S)
+        for tag, text in re.findall(r"<(\w+)([^<>]*)>[^<>]*[A-Za-z]{3,}", body):
+            self.assertIn("data-i18n=", text, f"<{tag}{text}> has a text without data-i18n")

@@ -63,9 +63,16 @@ class Dialogue:
     def classify(self, text: str) -> Match | None:
         return self.matcher.best(text)
 
-    def greeting(self) -> Reply:
+    def greeting(self, lang: str = "en") -> Reply:
+        """The greeting in ``lang``, with the quick replies and the greeting in
+        every other language (``texts``): at a conversation's start the
+        customer's language is not known yet, so the client picks."""
         k = self.knowledge
-        return Reply(TEXT, k.greeting.get("en"), _buttons(k.quick_replies))
+        data = _buttons(k.quick_replies) or {}
+        others = {code: text for code, text in sorted(k.greeting.by_lang.items()) if code != lang}
+        if others:
+            data["texts"] = others
+        return Reply(TEXT, k.greeting.get(lang), data or None)
 
     def needs_external(self, state: BotState, match: Match | None) -> bool:
         """Whether an external service should be asked (nothing local fits)."""
@@ -80,7 +87,7 @@ class Dialogue:
         replies: list[Reply] = []
         changes: dict[str, Any] = {"last_seq": seq, "last_msg_id": msg_id, "updated_at": now, "lang": lang}
         if not state.greeted:
-            replies.append(self.greeting())
+            replies.append(self.greeting(lang))
             changes["greeted"] = True
         handoff: str | None = None
         answered: str | None = None

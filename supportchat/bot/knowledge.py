@@ -33,11 +33,20 @@ class Text:
 
 @dataclass(frozen=True)
 class QuickReply:
+    """A button: ``label`` is shown, ``text`` sent when clicked (English, or
+    the only language given); ``other`` holds the same per further language
+    (``{"zh": ("转人工", "人工")}``), so a client shows the visitor's language
+    and the click keeps the bot in it."""
+
     label: str
     text: str
+    other: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, str]:
-        return {"label": self.label, "text": self.text}
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "text": self.text}
+        if self.other:
+            out["i18n"] = {lang: {"label": label, "text": text} for lang, (label, text) in sorted(self.other.items())}
+        return out
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,15 @@ def parse_knowledge(raw: dict[str, Any], source: str = "<knowledge>") -> Knowled
         if not isinstance(value, list):
             raise fail(where, "expected a list of { label, text }")
         for i, b in enumerate(value):
-            if not isinstance(b, dict) or not isinstance(b.get("label"), str) or not isinstance(b.get("text"), str):
+            if not isinstance(b, dict):
                 raise fail(f"{where}[{i}]", "expected { label = \"...\", text = \"...\" }")
-            out.append(QuickReply(b["label"], b["text"]))
+            label = text(b.get("label"), f"{where}[{i}].label")
+            said = text(b.get("text"), f"{where}[{i}].text")
+            if set(label.by_lang) != set(said.by_lang):
+                raise fail(f"{where}[{i}]", "label and text need the same languages")
+            first = "en" if "en" in label.by_lang else next(iter(label.by_lang))
+            other = {lang: (label.by_lang[lang], said.by_lang[lang]) for lang in label.by_lang if lang != first}
+            out.append(QuickReply(label.by_lang[first], said.by_lang[first], other))
         return tuple(out)
 
     faq = []

@@ -1,8 +1,8 @@
 // The agent console. Plain ES module; talks to the server only through
 // sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
-import { SupportChatClient, formatDuration, jwtClaims } from "./sc-client.js";
+import { SupportChatClient, jwtClaims } from "./sc-client.js";
 import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { setText, t, uploadErrorKey } from "./sc-i18n.js";
+import { LANG, dir, formatDateTime, formatDuration, setText, t, translatePage, uploadErrorKey } from "./sc-i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sc-console:token";
@@ -66,7 +66,7 @@ const profiles = new Map(); // customer id -> {at, profile: object | null}
 let canned = DEFAULT_CANNED;
 let blink = null;
 let unseenCount = 0;
-const baseTitle = document.title;
+const baseTitle = () => t("console.title") + " · supportchat";
 
 function validToken(t) {
   const c = t && jwtClaims(t);
@@ -89,34 +89,34 @@ async function passwordLogin(e) {
   const username = $("login-user").value.trim();
   const password = $("login-password").value;
   if (!username || !password) {
-    $("login-error").textContent = "Enter your user name and password.";
+    $("login-error").textContent = t("console.needLogin");
     return;
   }
   try {
     const r = await fetch("/api/v1/login", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ login: username, password }) });
     const body = await r.json().catch(() => ({}));
     if (r.status === 404 && !body.token) {
-      $("login-error").textContent = "Password sign-in is not available on this server; sign in with a token.";
+      $("login-error").textContent = t("console.noPassword");
       $("token-login").open = true;
       return;
     }
     const token = body.access_token || body.token;
     if (!r.ok || !token) {
-      $("login-error").textContent = (body.error && body.error.message) || `Sign-in failed (HTTP ${r.status}).`;
+      $("login-error").textContent = (body.error && body.error.message) || t("console.signInFailed", { status: r.status });
       return;
     }
     if (body.refresh_token) localStorage.setItem(REFRESH_KEY, body.refresh_token);
     else localStorage.removeItem(REFRESH_KEY);
     useToken(token, true);
   } catch (err) {
-    $("login-error").textContent = "Cannot reach the server.";
+    $("login-error").textContent = t("console.unreachable");
   }
 }
 
 function useToken(token, fromPassword = false) {
   token = token.trim();
   if (!validToken(token)) {
-    $("login-error").textContent = "That is not a valid, unexpired agent or admin token.";
+    $("login-error").textContent = t("console.badToken");
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
@@ -147,7 +147,7 @@ function startApp(token) {
     $("conn").dataset.state = s;
     $("conn").removeAttribute("lang");
     if (s === "unauthorized") setText($("conn"), "auth.state");
-    else $("conn").textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    else $("conn").textContent = t(s === "open" ? "console.conn.open" : s === "offline" ? "conn.offline" : "conn.connecting");
     renderSide();
   });
   client.addEventListener("authfailed", (e) => signInAgain(e.detail.reason));
@@ -214,16 +214,17 @@ function renderSide() {
   queue.replaceChildren(...q.map((info) => {
     const wait = formatDuration(Date.now() / 1000 - (info.queued_at || info.created_at || Date.now() / 1000));
     const who = customerLabel(info.customer_id, info.id);
-    const accept = el("button", { type: "button", class: "accept", "aria-label": `Accept conversation with ${who}`, text: "Accept", onclick: (ev) => {
+    const accept = el("button", { type: "button", class: "accept", "aria-label": t("console.acceptWho", { name: who }), text: t("console.accept"), onclick: (ev) => {
       ev.stopPropagation();
       acceptConv(info.id);
     } });
     return el("li", { "data-id": info.id, class: "queue-item" },
       el("div", { class: "grow" }, el("div", { class: "title", text: who }),
-        el("div", { class: "sub wait", "data-created": info.queued_at || info.created_at, text: `waiting ${wait}` + (info.last_seq ? ` · ${info.last_seq} messages` : "") })),
+        el("div", { class: "sub" }, el("span", { class: "wait", "data-created": info.queued_at || info.created_at, text: t("console.waiting", { time: wait }) }),
+          info.last_seq ? " · " + t("console.count", { n: info.last_seq }) : "")),
       accept);
   }));
-  if (!q.length) queue.append(el("li", { class: "sub", text: "Nobody is waiting." }));
+  if (!q.length) queue.append(el("li", { class: "sub", text: t("console.nobody") }));
   const mine = $("mine");
   const items = sortedMine();
   mine.replaceChildren(...items.map((c) => {
@@ -241,13 +242,13 @@ function renderSide() {
         }
       },
     }, el("div", { class: "grow" },
-      el("div", { class: "title", text: customerLabel(c.info.customer_id, c.id) + (["closed", "left", "transferred"].includes(c.info.status) ? " (closed)" : "") }),
-      el("div", { class: "sub", text: lastText(c) })));
-    if (c.unread) li.append(el("span", { class: "unread", "aria-label": `${c.unread} unread`, text: String(c.unread) }));
+      el("div", { class: "title", text: ["closed", "left", "transferred"].includes(c.info.status) ? t("console.closedMark", { name: customerLabel(c.info.customer_id, c.id) }) : customerLabel(c.info.customer_id, c.id) }),
+      el("div", { class: "sub", dir: "auto", text: lastText(c) })));
+    if (c.unread) li.append(el("span", { class: "unread", "aria-label": t("console.unread", { n: c.unread }), text: String(c.unread) }));
     return li;
   }));
   // in a listbox every item is an option (axe aria-required-children), the placeholder a disabled one
-  if (!items.length) mine.append(el("li", { class: "sub", role: "option", "aria-disabled": "true", "aria-selected": "false", text: "No conversations yet." }));
+  if (!items.length) mine.append(el("li", { class: "sub", role: "option", "aria-disabled": "true", "aria-selected": "false", text: t("console.none") }));
 }
 
 async function acceptConv(id) {
@@ -256,7 +257,7 @@ async function acceptConv(id) {
     await client.accept(id);
     select(id);
   } catch (e) {
-    $("conv-error").textContent = `Could not accept: ${e.message || e.code}`;
+    $("conv-error").textContent = t("console.acceptFailed", { error: e.message || e.code });
     if (e.code === "not_found") {
       client.queue.delete(id);
       renderSide();
@@ -281,8 +282,9 @@ function renderConv() {
   $("conv").hidden = !c;
   if (!c) return;
   $("conv-title").textContent = customerLabel(c.info.customer_id, c.id);
+  if (c.info.customer_id) c.names[c.info.customer_id] = customerLabel(c.info.customer_id, c.id); // on their messages
   const status = c.info.status || "open";
-  $("conv-status").textContent = status;
+  $("conv-status").textContent = t("conv." + status);
   $("conv-status").dataset.status = status;
   const closed = ["closed", "left", "transferred"].includes(status);
   $("close-btn").disabled = closed;
@@ -297,12 +299,12 @@ function renderConv() {
     onDiscard: (cid) => client.discard(cid),
   }));
   const typers = client.typers(c.id);
-  $("typing").textContent = typers.length ? "Customer is typing…" : "";
+  $("typing").textContent = typers.length ? t("console.typing") : "";
   renderProfile(c);
   const notes = $("notes");
   notes.hidden = !(c.notes && c.notes.length);
   notes.replaceChildren(...(c.notes || []).map((n) => el("p", { class: "note" },
-    el("strong", { text: `Internal note from ${(n.author && (n.author.name || n.author.id)) || "a colleague"}: ` }), n.body)));
+    el("strong", { text: t("console.noteFrom", { name: (n.author && (n.author.name || n.author.id)) || t("console.colleague") }) + " " }), el("span", { dir: "auto", text: n.body }))));
   if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
 }
 
@@ -330,27 +332,31 @@ async function loadProfile(customerId, force = false) {
   if (name !== (known && known.profile && known.profile.name)) renderSide();
 }
 
-/** The customer's name from their profile when there is one, else the id. */
+/** The customer's name from their profile when there is one, else a
+ * friendly visitor label made from the end of the id ("Visitor #3F2A"). */
 function customerLabel(customerId, fallback) {
   const known = profiles.get(customerId);
   if (!known || Date.now() - known.at >= PROFILE_TTL) loadProfile(customerId);
-  return (known && known.profile && known.profile.name) || customerId || fallback;
+  const name = known && known.profile && known.profile.name;
+  if (name) return name;
+  const id = String(customerId || fallback || "");
+  return t("console.visitor", { tag: "#" + id.replace(/[^A-Za-z0-9]/g, "").slice(-4).toUpperCase() });
 }
 
 function renderProfile(c) {
   const dl = $("profile");
-  const rows = [["Customer id", c.info.customer_id], ["Conversation", c.id], ["Started", c.info.created_at ? new Date(c.info.created_at * 1000).toLocaleString() : ""]];
+  const rows = [[t("console.customerId"), c.info.customer_id, false, "id"], [t("console.conversation"), c.id, false, "conversation"], [t("console.started"), formatDateTime(c.info.created_at), false, "started"]];
   const known = profiles.get(c.info.customer_id);
   const p = known && known.profile;
   if (p) {
     // values arrive masked by the server where this agent may not see them
     const masked = new Set(p.masked || []);
-    for (const [k, label] of [["name", "Name"], ["email", "Email"], ["phone", "Phone"]]) if (p[k]) rows.push([label, p[k], masked.has(k)]);
-    for (const [k, v] of Object.entries(p.attributes || {})) if (typeof v !== "object") rows.push([k, v, masked.has(k)]);
+    for (const [k, label] of [["name", "Name"], ["email", "Email"], ["phone", "Phone"]]) if (p[k]) rows.push([t("console." + k), p[k], masked.has(k), label]);
+    for (const [k, v] of Object.entries(p.attributes || {})) if (typeof v !== "object") rows.push([k, v, masked.has(k), k]);
   }
-  dl.replaceChildren(...rows.flatMap(([k, v, sensitive]) => [
+  dl.replaceChildren(...rows.flatMap(([k, v, sensitive, field]) => [
     el("dt", { text: k }),
-    el("dd", { class: sensitive ? "masked" : null, "aria-label": sensitive ? `${k} (masked)` : null, "data-field": k, text: String(v ?? "") }),
+    el("dd", { class: sensitive ? "masked" : null, dir: "auto", "aria-label": sensitive ? t("console.masked", { field: k }) : null, "data-field": field, text: String(v ?? "") }),
   ]));
   loadProfile(c.info.customer_id);
 }
@@ -426,9 +432,9 @@ function notify(conv, message) {
     let on = false;
     blink = setInterval(() => {
       on = !on;
-      document.title = on ? `(${unseenCount}) New message` : baseTitle;
+      document.title = on ? t("console.newMessage", { n: unseenCount }) : baseTitle();
     }, 1000);
-    document.title = `(${unseenCount}) New message`;
+    document.title = t("console.newMessage", { n: unseenCount });
   }
   if ($("sound").checked) beep();
 }
@@ -437,7 +443,7 @@ function stopBlink() {
   if (blink) clearInterval(blink);
   blink = null;
   unseenCount = 0;
-  document.title = baseTitle;
+  document.title = baseTitle();
   if (client && selected) renderConv();
 }
 
@@ -461,7 +467,7 @@ async function workflow(type, fields, what) {
     return await client.call(type, fields);
   } catch (e) {
     const unsupported = e.code === "bad_request" && /type/i.test(e.message || "");
-    $("conv-error").textContent = unsupported ? `This server does not support ${what} yet.` : `Could not ${what}: ${e.message || e.code}`;
+    $("conv-error").textContent = unsupported ? t("console.unsupported", { what: t(what) }) : t("console.failed", { what: t(what), error: e.message || e.code });
     return null;
   }
 }
@@ -479,14 +485,14 @@ function wire() {
     showLogin();
   });
   $("sound").addEventListener("change", () => localStorage.setItem(SOUND_KEY, $("sound").checked ? "1" : "0"));
-  $("agent-status").addEventListener("change", () => workflow("status", { status: $("agent-status").value }, "change your status"));
+  $("agent-status").addEventListener("change", () => workflow("status", { status: $("agent-status").value }, "console.doStatus"));
   $("older").addEventListener("click", async () => {
     const box = $("scroll");
     const before = box.scrollHeight;
     await client.loadOlder(selected);
     box.scrollTop += box.scrollHeight - before;
   });
-  $("close-btn").addEventListener("click", () => workflow("close", { conversation: selected }, "close the conversation"));
+  $("close-btn").addEventListener("click", () => workflow("close", { conversation: selected }, "console.doClose"));
   $("transfer-btn").addEventListener("click", () => {
     $("transfer-box").hidden = false;
     $("transfer-to").focus();
@@ -497,7 +503,7 @@ function wire() {
     if (!to) return;
     const note = $("transfer-note").value.trim();
     const target = to.startsWith("team:") ? { to_team: to.slice(5) } : { to_agent: to };
-    const r = await workflow("transfer", Object.assign({ conversation: selected }, target, note ? { note } : {}), "transfer the conversation");
+    const r = await workflow("transfer", Object.assign({ conversation: selected }, target, note ? { note } : {}), "console.doTransfer");
     if (r) $("transfer-box").hidden = true;
   });
   $("composer").addEventListener("submit", (e) => {
@@ -551,15 +557,19 @@ function wire() {
   setInterval(() => {
     for (const w of document.querySelectorAll("#queue .wait")) {
       const created = Number(w.dataset.created);
-      if (created) w.textContent = w.textContent.replace(/^waiting [^·]*/, `waiting ${formatDuration(Date.now() / 1000 - created)} `).replace(/\s+·/, " ·");
+      if (created) w.textContent = t("console.waiting", { time: formatDuration(Date.now() / 1000 - created) });
     }
     if (client && selected) {
       const c = client.conversations.get(selected);
-      if (c) $("typing").textContent = client.typers(c.id).length ? "Customer is typing…" : "";
+      if (c) $("typing").textContent = client.typers(c.id).length ? t("console.typing") : "";
     }
   }, 1000);
 }
 
+document.documentElement.lang = LANG;
+document.documentElement.dir = dir();
+document.title = baseTitle();
+translatePage(document.body);
 wire();
 // A saved token, even expired: the client renews it with the refresh token,
 // or asks to sign in again saying why.

@@ -74,6 +74,8 @@ class Conversation {
     this.readSeq = 0; // my read position
     this.unread = 0;
     this.readBy = {}; // user_id -> seq (other participants)
+    this.names = {}; // user_id -> display name, learnt from the lifecycle events
+    this.joinedSeq = 0; // staff: the seq of the event that gave me this conversation
     this.typing = {}; // user_id -> expiry ms
     this.syncing = false;
     this.hasOlder = false;
@@ -574,6 +576,11 @@ export class SupportChatClient extends EventTarget {
 
   _applyEvent(c, m) {
     const name = m.event.name;
+    const e = m.event;
+    for (const u of [e.user, e.to, e.by, e.from]) if (u && u.id && u.name) c.names[u.id] = u.name;
+    if (m.sender && m.sender.id && m.sender.name) c.names[m.sender.id] = m.sender.name;
+    const mine = this.user && this.user.role !== "customer" && [e.user, e.to].some((u) => u && u.id === this.user.id);
+    if (mine && ["assigned", "joined", "transferred"].includes(name)) c.joinedSeq = Math.max(c.joinedSeq, m.seq);
     if (name === "closed") c.info.status = "closed";
     if (name === "reopened") c.info.status = "open";
     if (name === "joined" || name === "assigned" || name === "closed") c.queuePosition = null;
@@ -777,10 +784,13 @@ export class SupportChatClient extends EventTarget {
     }
   }
 
+  /** Unread: the others' text messages after my read position; for staff,
+   * only those after the conversation came to me (not the bot's whole talk). */
   _recountUnread(c) {
     if (!this.user) return;
-    if (c.low !== null && c.low <= c.readSeq + 1) {
-      c.unread = c.list().filter((m) => m.seq > c.readSeq && m.kind === "text" && m.sender && !isOwn(m.sender, this.user)).length;
+    const from = Math.max(c.readSeq, c.joinedSeq);
+    if (c.low !== null && c.low <= from + 1) {
+      c.unread = c.list().filter((m) => m.seq > from && m.kind === "text" && m.sender && !isOwn(m.sender, this.user)).length;
     }
   }
 

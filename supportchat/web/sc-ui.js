@@ -2,8 +2,8 @@
 // is rebuilt from the client's state (confirmed messages by seq, pending ones
 // by client_msg_id), so whatever order frames arrive in, each message is on
 // screen exactly once.
-import { formatTime, isOwn, senderLabel } from "./sc-client.js";
-import { t } from "./sc-i18n.js";
+import { isOwn } from "./sc-client.js";
+import { LANG, formatDateTime, formatTime, formatWhen, t } from "./sc-i18n.js";
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -18,11 +18,84 @@ export function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-/** Quick replies carried by a message, in any of the shapes a bot may use. */
+/** The short language code the server's texts use ("zh" for zh-Hans). */
+export const serverLang = () => LANG.split("-")[0];
+
+/** Quick replies carried by a message, in any of the shapes a bot may use;
+ * the label and text in the viewer's language when the reply has them
+ * (`i18n: {zh: {label, text}}`), so a click keeps the bot in that language. */
 export function quickReplies(m) {
   const q = m.quick_replies || m.buttons || (m.event && (m.event.quick_replies || m.event.buttons)) || (m.meta && m.meta.quick_replies);
   if (!Array.isArray(q)) return [];
-  return q.map((x) => (typeof x === "string" ? { label: x, value: x } : { label: x.label || x.title || x.text || x.value, value: x.value || x.payload || x.text || x.label })).filter((x) => x.label);
+  return q.map((x) => {
+    if (typeof x === "string") return { label: x, value: x };
+    const own = (x.i18n && x.i18n[serverLang()]) || {};
+    const label = own.label || x.label || x.title || x.text || x.value;
+    return { label, value: own.text || x.value || x.payload || x.text || x.label };
+  }).filter((x) => x.label);
+}
+
+/** A message's text in the viewer's language when it carries several
+ * (the bot's greeting: `event.texts` {zh: "..."}), else its body. */
+export function bodyText(m) {
+  const texts = m.event && m.event.texts;
+  return (texts && typeof texts[serverLang()] === "string" && texts[serverLang()]) || m.body;
+}
+
+/** A participant's display name: the message's own, else one learnt from the
+ * conversation's events, else what they are (agent, assistant...). */
+export function personName(sender, conv) {
+  if (!sender) return "";
+  const known = conv && conv.names && conv.names[sender.id];
+  if (sender.name || known) return sender.name || known;
+  return t({ bot: "msg.bot", agent: "msg.agent", admin: "msg.agent", customer: "msg.customer", system: "msg.system" }[sender.role] || "msg.agent");
+}
+
+/** Who wrote a message, as the viewer should read it. */
+export function senderLabel(m, me, conv) {
+  if (!m.sender) return "";
+  if (isOwn(m.sender, me)) return t("msg.you");
+  return personName(m.sender, conv);
+}
+
+/** A lifecycle event in the viewer's language, from its name and data (never the server's prose). */
+export function eventText(m, conv) {
+  const e = m.event || {};
+  const who = (u) => (u && (u.name || (conv && conv.names && conv.names[u.id]))) || t("ev.someone");
+  switch (e.name) {
+    case "created": return t("ev.created");
+    case "queued": return e.reason === "agent_disabled" || e.reason === "agent_offline" ? t("ev.requeued", { name: who(e.from) }) : t("ev.queued");
+    case "assigned":
+    case "joined": return t("ev.joined", { name: who(e.user || m.sender) });
+    case "transferred": return e.to ? t("ev.transferredAgent", { name: who(e.to) }) : t("ev.transferredTeam");
+    case "closed": return t("ev.closed");
+    case "reopened": return t("ev.reopened");
+    case "after_hours": return t("ev.afterHours", { when: formatWhen(e.next_open) });
+    case "handoff": return e.reason === "after_hours" ? t("ev.handoffAfterHours") : t("ev.handoff");
+    case "left": return t("ev.left", { name: who(e.user || m.sender) });
+    default: return t("ev.other");
+  }
+}
+
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+
+/** Text with its http(s) links as anchors (opened in a new tab, no opener, no referrer). */
+export function linkify(text) {
+  const out = [];
+  let last = 0;
+  for (const match of String(text || "").matchAll(URL_RE)) {
+    let href = match[0].replace(/[.,;:!?)\]}'"]+$/, "");
+    let url = null;
+    try {
+      url = new URL(href);
+    } catch (e) {}
+    if (!url || (url.protocol !== "http:" && url.protocol !== "https:")) continue;
+    if (match.index > last) out.push(text.slice(last, match.index));
+    out.push(el("a", { href: url.href, target: "_blank", rel: "noopener noreferrer", text: href }));
+    last = match.index + href.length;
+  }
+  if (last < String(text || "").length) out.push(String(text).slice(last));
+  return out;
 }
 
 /**
@@ -52,10 +125,11 @@ export function renderMessages(list, conv, opts) {
     if (pending) status = m.state === "failed" ? "failed" : "sending";
     else if (own && m.kind === "text") status = m.seq === lastOwnSeen ? "seen" : "sent";
     const qr = !pending && lastText === m ? quickReplies(m) : [];
-    const sig = [status, m.body, qr.length, m.kind, attachmentsOf(m).map((a) => a.id + (a.url ? "+" : "")).join(",")].join("|");
+    const sig = [status, bodyText(m), qr.length, m.kind, m.kind === "event" ? eventText(m, conv) : senderLabel(m, me, conv),
+      attachmentsOf(m).map((a) => a.id + (a.url ? "+" : "")).join(",")].join("|");
     let node = existing.get(item.key);
     if (!node || node.dataset.sig !== sig) {
-      const fresh = buildMessage(item, own, status, qr, opts);
+      const fresh = buildMessage(item, own, status, qr, opts, conv);
       fresh.dataset.key = item.key;
       fresh.dataset.sig = sig;
       if (node) node.replaceWith(fresh);
@@ -65,14 +139,14 @@ export function renderMessages(list, conv, opts) {
   });
 }
 
-function buildMessage(item, own, status, qr, opts) {
+function buildMessage(item, own, status, qr, opts, conv) {
   const { m, pending } = item;
   if (!pending && m.kind === "event") {
-    const li = el("li", { class: "sc-event", "data-seq": m.seq, "data-event": (m.event && m.event.name) || "" }, el("span", { text: m.body || (m.event && m.event.name) || "event" }));
+    const li = el("li", { class: "sc-event", "data-seq": m.seq, "data-event": (m.event && m.event.name) || "" }, el("span", { text: eventText(m, conv) }));
     if (qr.length) li.append(quickReplyBar(qr, opts));
     return li;
   }
-  const who = pending ? "You" : senderLabel(m, opts.me);
+  const who = pending ? t("msg.you") : senderLabel(m, opts.me, conv);
   const role = pending ? "me" : m.sender && m.sender.role;
   const li = el("li", {
     class: `sc-msg ${own ? "sc-own" : "sc-other"} sc-role-${role}${pending ? " sc-pending" : ""}`,
@@ -80,17 +154,18 @@ function buildMessage(item, own, status, qr, opts) {
     "data-cid": m.client_msg_id || null,
     "data-status": status || null,
   });
-  const meta = el("div", { class: "sc-meta" }, el("span", { class: "sc-who", text: who }), el("span", { class: "sc-time", text: pending ? "" : formatTime(m.ts) }));
-  li.append(meta, el("div", { class: "sc-body", text: m.body }));
+  const time = pending || !m.ts ? null : el("time", { class: "sc-time", datetime: new Date(m.ts * 1000).toISOString(), title: formatDateTime(m.ts), text: formatTime(m.ts) });
+  const meta = el("div", { class: "sc-meta" }, el("span", { class: "sc-who", text: who }), time);
+  li.append(meta, el("div", { class: "sc-body", dir: "auto" }, ...linkify(bodyText(m))));
   const files = attachmentsOf(m);
   if (files.length) li.append(attachmentList(files, opts.server));
   if (status) {
-    const label = { sending: "Sending…", failed: "Not sent", sent: "Sent", seen: "Seen" }[status];
+    const label = t({ sending: "msg.sending", failed: "msg.failed", sent: "msg.sent", seen: "msg.seen" }[status]);
     const st = el("div", { class: `sc-status sc-status-${status}` }, el("span", { text: label }));
     if (status === "failed") {
       if (m.error) st.append(el("span", { class: "sc-err", text: " (" + m.error + ")" }));
-      st.append(el("button", { type: "button", class: "sc-link", text: "Retry", onclick: () => opts.onRetry && opts.onRetry(m.client_msg_id) }));
-      st.append(el("button", { type: "button", class: "sc-link", text: "Discard", onclick: () => opts.onDiscard && opts.onDiscard(m.client_msg_id) }));
+      st.append(el("button", { type: "button", class: "sc-link", text: t("msg.retry"), onclick: () => opts.onRetry && opts.onRetry(m.client_msg_id) }));
+      st.append(el("button", { type: "button", class: "sc-link", text: t("msg.discard"), onclick: () => opts.onDiscard && opts.onDiscard(m.client_msg_id) }));
     }
     li.append(st);
   }
@@ -127,8 +202,8 @@ export function attachmentList(files, server) {
 }
 
 function quickReplyBar(qr, opts) {
-  const bar = el("div", { class: "sc-quick", role: "group", "aria-label": "Suggested replies" });
-  for (const q of qr) bar.append(el("button", { type: "button", class: "sc-chip", text: q.label, onclick: () => opts.onQuickReply && opts.onQuickReply(q.value, q) }));
+  const bar = el("div", { class: "sc-quick", role: "group", "aria-label": t("msg.suggested") });
+  for (const q of qr) bar.append(el("button", { type: "button", class: "sc-chip", dir: "auto", text: q.label, onclick: () => opts.onQuickReply && opts.onQuickReply(q.value, q) }));
   return bar;
 }
 

@@ -1,8 +1,8 @@
 // The customer widget (loaded by widget.js). Everything lives in a shadow
 // root so the host page's CSS cannot break it, and vice versa.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
-import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { setText, t, uploadErrorKey } from "./sc-i18n.js";
+import { el, personName, pinnedScroll, renderMessages } from "./sc-ui.js";
+import { LANG, dir, setLanguage, setText, t, uploadErrorKey } from "./sc-i18n.js";
 
 const CSS = `
 :host { all: initial; }
@@ -21,10 +21,10 @@ const CSS = `
   overflow: hidden; z-index: 2147483000; font-size: 14px; }
 .panel.left { left: 20px; right: auto; }
 .panel[hidden] { display: none; }
-header { background: #1f6feb; color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 8px; }
-header h2 { font-size: 16px; margin: 0; flex: 1; }
+.head { background: #1f6feb; color: #fff; padding: 12px 14px; display: flex; align-items: center; gap: 8px; }
+.head h2 { font-size: 16px; margin: 0; flex: 1; }
 .conn { font-size: 12px; }
-.conn::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: #ffb000; margin-right: 5px; }
+.conn::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: #ffb000; margin-inline-end: 5px; }
 .conn[data-state=open]::before { background: #3fb950; }
 .conn[data-state=offline]::before { background: #f85149; }
 .x { background: transparent; border: 0; color: #fff; font-size: 22px; cursor: pointer; line-height: 1; padding: 2px 6px; border-radius: 6px; }
@@ -37,9 +37,12 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 .sc-pending { opacity: .7; }
 .sc-meta { font-size: 11px; color: #57606a; display: flex; gap: 6px; margin-bottom: 2px; }
 .sc-body { white-space: pre-wrap; word-wrap: break-word; }
-.sc-status { font-size: 11px; color: #57606a; text-align: right; margin-top: 2px; }
+.sc-status { font-size: 11px; color: #57606a; text-align: end; margin-top: 2px; }
+.sc-body a { color: #0550ae; }
+.counter { font-size: 11px; color: #57606a; padding: 0 12px 6px; text-align: end; background: #fff; }
+.rating textarea { width: 100%; height: 48px; }
 .sc-status-failed { color: #d1242f; }
-.sc-status-seen { color: #1a7f37; }
+.sc-status-seen { color: #116329; }
 .sc-link { background: none; border: 0; color: #0969da; cursor: pointer; text-decoration: underline; font-size: 11px; }
 .sc-event { align-self: center; font-size: 12px; color: #57606a; text-align: center; }
 .sc-event[data-event="created"] { display: none; } /* the customer started it: nothing to tell */
@@ -76,6 +79,8 @@ textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px;
 
 const CLIP = '<svg viewBox="0 0 24 24" width="18" height="18" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 11.5l-8.6 8.6a5 5 0 0 1-7.1-7.1l8.6-8.6a3.3 3.3 0 0 1 4.7 4.7l-8.6 8.6a1.7 1.7 0 0 1-2.4-2.4l7.9-7.9"/></svg>';
 const ICON = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
+
+const MAX_BODY = 4000; // characters: the server's message body limit
 
 const visitorKey = (server) => `sc:visitor:${server}`;
 
@@ -118,41 +123,47 @@ function renewVisitor(server) {
 }
 
 export function mount(opts) {
-  const host = el("div", { id: "supportchat-widget" });
+  setLanguage(opts.lang);
+  const host = el("div", { id: "supportchat-widget", lang: LANG, dir: dir() });
   document.body.append(host);
   const root = host.attachShadow({ mode: "open" });
   root.append(el("style", { text: CSS }));
   const side = opts.position === "left" ? " left" : "";
 
   const badge = el("span", { class: "badge", hidden: true, "aria-hidden": "true" });
-  const launcher = el("button", { type: "button", class: "launcher" + side, "aria-label": "Open support chat", "aria-expanded": "false", "aria-controls": "sc-panel" });
+  const launcher = el("button", { type: "button", class: "launcher" + side, "aria-label": t("widget.open"), "aria-expanded": "false", "aria-controls": "sc-panel" });
   launcher.innerHTML = ICON;
   launcher.append(badge);
-  const conn = el("span", { class: "conn", "data-state": "connecting", role: "status", text: "Connecting…" });
-  const closeBtn = el("button", { type: "button", class: "x", "aria-label": "Close chat", text: "×" });
+  const conn = el("span", { class: "conn", "data-state": "connecting", role: "status", text: t("conn.connecting") });
+  const closeBtn = el("button", { type: "button", class: "x", "aria-label": t("widget.close"), text: "×" });
   // a list may not take role=log (axe aria-allowed-role): the log is its wrapper
   const list = el("ol", { class: "messages" });
-  const scroll = el("div", { class: "scroll" }, el("p", { class: "intro", text: opts.greeting }),
-    el("div", { role: "log", "aria-live": "polite", "aria-label": "Conversation" }, list));
+  // focusable, so a keyboard can scroll it (axe scrollable-region-focusable)
+  const scroll = el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": t("widget.log") },
+    el("p", { class: "intro", dir: "auto", text: opts.greeting || t("widget.greeting") }),
+    el("div", { role: "log", "aria-live": "polite" }, list));
   const typing = el("div", { class: "typing", "aria-live": "polite" });
   const queue = el("div", { class: "queue", role: "status" });
-  const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": "Rate this conversation" });
-  const ratingNote = el("p", { class: "sc-note", text: "How did we do?" });
-  const rating = el("div", { class: "rating", hidden: true }, ratingNote, stars);
-  const input = el("textarea", { rows: "1", "aria-label": "Type your message", placeholder: "Type your message…", maxlength: "4000" });
-  const sendBtn = el("button", { type: "submit", class: "send", text: "Send" });
+  const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": t("widget.rateGroup") });
+  const ratingNote = el("p", { class: "sc-note", text: t("widget.rateAsk") });
+  const comment = el("textarea", { class: "comment", dir: "auto", rows: "2", maxlength: "1000", "aria-label": t("widget.comment"), placeholder: t("widget.comment") });
+  const rating = el("div", { class: "rating", hidden: true }, ratingNote, stars, comment);
+  const input = el("textarea", { class: "input", rows: "1", dir: "auto", "aria-label": t("widget.input"), placeholder: t("widget.placeholder"), maxlength: String(MAX_BODY) });
+  const counter = el("div", { class: "counter", "aria-live": "polite", hidden: true });
+  const sendBtn = el("button", { type: "submit", class: "send", text: t("widget.send") });
   const fileInput = el("input", { type: "file", accept: "image/*,application/pdf,text/plain", multiple: true, hidden: true });
   const attachBtn = el("button", { type: "button", class: "attach", "aria-label": t("attach.button"), title: t("attach.button") });
   attachBtn.innerHTML = CLIP;
   const uploadNote = el("p", { class: "sc-upload", role: "status" });
-  const form = el("form", { "aria-label": "Send a message" }, attachBtn, fileInput, input, sendBtn);
-  const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: "Start a new conversation" });
+  const form = el("form", { "aria-label": t("widget.form") }, attachBtn, fileInput, input, sendBtn);
+  const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: t("widget.restart") });
   // The server refused the token and no new one could be had: say so, offer to start again.
   const authText = el("p", {});
   const authBtn = el("button", { type: "button", class: "sc-chip" });
   const authBox = el("div", { class: "auth", role: "alert", hidden: true }, authText, authBtn);
-  const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": opts.title + " chat", hidden: true },
-    el("header", {}, el("h2", { text: opts.title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, uploadNote, form);
+  const title = opts.title || t("widget.title");
+  const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": t("widget.dialog", { title }), hidden: true },
+    el("div", { class: "head" }, el("h2", { text: title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, uploadNote, counter, form);
   root.append(launcher, panel);
 
   const client = new SupportChatClient({
@@ -191,13 +202,14 @@ export function mount(opts) {
     const unread = [...client.conversations.values()].reduce((n, x) => n + (x.unread || 0), 0);
     badge.hidden = isOpen || unread === 0;
     badge.textContent = unread > 9 ? "9+" : String(unread);
-    launcher.setAttribute("aria-label", unread && !isOpen ? `Open support chat, ${unread} unread` : "Open support chat");
+    launcher.setAttribute("aria-label", unread && !isOpen ? t("widget.openUnread", { n: unread }) : t("widget.open"));
     const typers = c ? client.typers(c.id) : [];
-    typing.textContent = typers.length ? "Agent is typing…" : "";
+    typing.textContent = typers.length ? t("widget.typing", { name: personName({ id: typers[0], role: "agent" }, c) }) : "";
     queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
     const closed = isClosed(c);
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
     stars.hidden = !!c?.rating;
+    comment.hidden = !!c?.rating;
     const refused = client.state === "unauthorized";
     authBox.hidden = !refused;
     restart.hidden = !closed || refused;
@@ -206,8 +218,8 @@ export function mount(opts) {
   }
 
   function queueText(q) {
-    if (q.position === 1) return "You are next in line for an agent.";
-    return `You are number ${q.position} in the queue for an agent.`;
+    if (q.position === 1) return t("widget.queueNext");
+    return t("widget.queuePos", { n: q.position });
   }
 
   function send(text) {
@@ -220,7 +232,7 @@ export function mount(opts) {
   }
 
   for (let i = 1; i <= 5; i++) {
-    const b = el("button", { type: "button", role: "radio", "aria-checked": "false", "aria-label": `${i} star${i > 1 ? "s" : ""}`, text: "★", "data-score": i });
+    const b = el("button", { type: "button", role: "radio", "aria-checked": "false", "aria-label": t("widget.star", { n: i }), text: "★", "data-score": i });
     b.addEventListener("click", () => rate(i));
     b.addEventListener("keydown", (e) => {
       if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
@@ -237,12 +249,13 @@ export function mount(opts) {
     if (!c) return;
     [...stars.children].forEach((b, j) => b.setAttribute("aria-checked", String(j + 1 === score)));
     try {
-      await client.call("rate", { conversation: c.id, rating: score });
+      const note = comment.value.trim();
+      await client.call("rate", Object.assign({ conversation: c.id, rating: score }, note ? { comment: note } : {}));
       rated.add(c.id);
       c.rating = score;
-      ratingNote.textContent = "Thank you for your feedback!";
+      ratingNote.textContent = t("widget.rated");
     } catch (e) {
-      ratingNote.textContent = "Could not send the rating: " + (e.message || e.code);
+      ratingNote.textContent = t("widget.rateFailed", { error: e.message || e.code });
     }
     render();
   }
@@ -263,7 +276,25 @@ export function mount(opts) {
   closeBtn.addEventListener("click", () => setOpen(false));
   panel.addEventListener("keydown", (e) => {
     if (e.key === "Escape") setOpen(false);
+    if (e.key === "Tab") keepFocusInside(e);
   });
+
+  /** Tab from the last control goes to the first, Shift+Tab from the first to the last. */
+  function keepFocusInside(e) {
+    const focusable = [...panel.querySelectorAll("button, textarea, a[href], [tabindex='0']")]
+      .filter((n) => !n.disabled && n.offsetParent !== null && !n.closest("[hidden]"));
+    if (!focusable.length) return;
+    const first = focusable[0];
+    const last = focusable[focusable.length - 1];
+    const active = root.activeElement;
+    if (e.shiftKey && (active === first || !panel.contains(active))) {
+      last.focus();
+      e.preventDefault();
+    } else if (!e.shiftKey && (active === last || !panel.contains(active))) {
+      first.focus();
+      e.preventDefault();
+    }
+  }
   restart.addEventListener("click", () => {
     convId = null;
     client.conversations.forEach((c) => isClosed(c) && client.conversations.delete(c.id));
@@ -312,6 +343,9 @@ export function mount(opts) {
     }
   });
   input.addEventListener("input", () => {
+    const n = input.value.length;
+    counter.hidden = n < MAX_BODY - 500;
+    counter.textContent = t("widget.counter", { n, max: MAX_BODY });
     const c = current();
     if (c && input.value.trim()) client.typing(c.id);
   });
@@ -324,7 +358,7 @@ export function mount(opts) {
     conn.dataset.state = s;
     conn.removeAttribute("lang");
     if (s === "unauthorized") setText(conn, "widget.auth.state");
-    else conn.textContent = s === "open" ? "Online" : s === "offline" ? "Offline, reconnecting…" : "Connecting…";
+    else conn.textContent = t(s === "open" ? "conn.open" : s === "offline" ? "conn.offline" : "conn.connecting");
     render();
   });
   client.addEventListener("authfailed", (e) => {

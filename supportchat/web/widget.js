@@ -1,6 +1,7 @@
 /* supportchat customer widget: embed with one tag (see README):
  *   <script src="https://chat.example/widget.js" async
- *           data-title="Support" data-token="(optional integrator-signed JWT)"></script>
+ *           data-title="Support" data-lang="zh-CN"
+ *           data-token="(optional integrator-signed JWT)"></script>
  * Without data-token the widget asks the server for an anonymous visitor
  * token (POST /api/v1/visitors) and keeps it in localStorage.
  * API: window.SupportChat.open(), .close(), .setToken(jwt), .client */
@@ -14,8 +15,9 @@
   var opts = {
     server: d.server || src.origin,
     token: d.token || null,
-    title: d.title || "Support",
-    greeting: d.greeting || "Hi! Ask us anything, we usually answer in a few minutes.",
+    title: d.title || null, // null: "Support" in the visitor's language
+    greeting: d.greeting || null,
+    lang: d.lang || null, // the page's choice; else the browser's languages
     open: d.open === "true",
     position: d.position || "right",
   };

@@ -26,13 +26,11 @@ sys.path.insert(0, REPO)
 
 import jwt  # noqa: E402
 
-from tests.browser.ui_scenario import CHROMIUM, CHROMIUM_ARGS, WAIT, Server, run_scenario, workflow_enabled  # noqa: E402
+from tests.browser.ui_scenario import (  # noqa: E402
+    CHROMIUM, CHROMIUM_ARGS, WAIT, Server, axe_check, run_scenario, workflow_enabled)
 from tests.support import free_port, token  # noqa: E402
 
 PASSWORD = "correct horse battery"
-# axe-core is not a dependency: point SUPPORTCHAT_AXE_JS at an axe.min.js
-# (npm install axe-core) and the new messages are checked with it too.
-AXE_JS = os.environ.get("SUPPORTCHAT_AXE_JS")
 EN = {
     "expired": "Your session has expired. Please sign in again.",
     "refused": "The server no longer accepts your sign-in. Please sign in again.",
@@ -137,7 +135,7 @@ class Scenario:
     # -- helpers ---------------------------------------------------------
     def page(self, browser: Any, locale: str = "en-US") -> tuple[Any, Any, list[str]]:
         """A fresh browser context and page; the list collects its WebSocket URLs."""
-        ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale=locale, bypass_csp=bool(AXE_JS))
+        ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale=locale, bypass_csp=True)
         page = ctx.new_page()
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         sockets: list[str] = []
@@ -157,13 +155,8 @@ class Scenario:
             page.screenshot(path=os.path.join(self.shots, name))
 
     def axe(self, page: Any, what: str) -> None:
-        """No axe-core violations on the page as it is (when SUPPORTCHAT_AXE_JS is set)."""
-        if not AXE_JS:
-            return
-        page.add_script_tag(path=AXE_JS)
-        found = page.evaluate("async () => (await axe.run(document)).violations"
-                              ".map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)")
-        assert not found, (what, found)
+        """No axe-core violation at all on the page as it is (axe-core from tests/browser/node_modules)."""
+        axe_check(page, what, {}, strict=True)
         self.check(f"axe-core finds no violations: {what}")
 
     def assert_stopped(self, page: Any, reason: str) -> None:
@@ -214,7 +207,7 @@ class Scenario:
                    "with the reason, no reconnecting")
         page.locator("#login-token").fill(token("alice", "agent", name="Alice"))
         page.locator("#token-submit").click()
-        expect(page.locator("#conn")).to_have_text("Online")
+        expect(page.locator("#conn")).to_have_text("Connected")
         expect(page.locator("#login-notice")).to_be_hidden()
         self.check("signing in again with a good token connects")
         self.axe(page, "console, signed in again")
@@ -233,7 +226,7 @@ class Scenario:
         ctx, page, sockets = self.page(browser)
         expired = token("ann", "agent", ttl=60, now=time.time() - 3600, name="Ann")
         self.console_with(page, {"sc-console:token": expired, "sc-console:refresh": tokens["refresh_token"]})
-        expect(page.locator("#conn")).to_have_text("Online")
+        expect(page.locator("#conn")).to_have_text("Connected")
         expect(page.locator("#login")).to_be_hidden()
         saved = page.evaluate("() => localStorage.getItem('sc-console:token')")
         assert saved != expired and jwt.decode(saved, options={"verify_signature": False})["sub"] == "ann"
@@ -245,7 +238,7 @@ class Scenario:
         page.locator("#login-user").fill("ann")
         page.locator("#login-password").fill(PASSWORD)
         page.locator("#login-submit").click()
-        expect(page.locator("#conn")).to_have_text("Online")
+        expect(page.locator("#conn")).to_have_text("Connected")
         code, body = self.api("PATCH", "/agents/ann", admin, {"disabled": True})
         assert code == 200, (code, body)
         expect(page.locator("#login-notice")).to_have_text(EN["disabled"])
@@ -304,12 +297,12 @@ class Scenario:
         expect = self.expect
         ctx, page, sockets = self.page(browser)
         self.console_with(page, {"sc-console:token": token("alice", "agent", name="Alice")})
-        expect(page.locator("#conn")).to_have_text("Online")
+        expect(page.locator("#conn")).to_have_text("Connected")
         self.server.kill()
         expect(page.locator("#conn")).to_have_text("Offline, reconnecting…")
         page.wait_for_function("(n) => window.scConsole._attempt >= n", arg=2, timeout=WAIT)  # failed connects, probed
         self.server.start()
-        expect(page.locator("#conn")).to_have_text("Online", timeout=40_000)
+        expect(page.locator("#conn")).to_have_text("Connected", timeout=40_000)
         expect(page.locator("#login-notice")).to_be_hidden()
         self.check("server killed and restarted: the console reconnects, no sign-in message")
         ctx.close()

@@ -38,16 +38,39 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 WAIT = 20_000  # ms, the bound on every wait for a page condition
+# axe-core from the npm registry, pinned by tests/browser/package-lock.json and
+# installed by tests/test_browser.py (`npm ci` into the git-ignored node_modules).
+AXE_JS = os.path.join(REPO, "tests", "browser", "node_modules", "axe-core", "axe.min.js")
+AXE_RUN = """async () => {
+  const r = await axe.run(document, { resultTypes: ["violations"] });
+  return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.map((n) => n.target.map((t) => [].concat(t).join(" >> ")).join(" ")) }));
+}"""
+
+
+def axe_check(page: Any, what: str, log: dict[str, Any], strict: bool = False) -> list[dict[str, Any]]:
+    """Run axe-core on the page as it is (shadow roots included); every
+    violation goes to ``log[what]``; a serious or critical one (any one when
+    ``strict``) fails."""
+    if not page.evaluate("() => typeof axe !== 'undefined'"):
+        page.add_script_tag(path=AXE_JS)
+    found: list[dict[str, Any]] = page.evaluate(AXE_RUN)
+    log[what] = found
+    bad = [v for v in found if strict or v["impact"] in ("serious", "critical")]
+    assert not bad, (what, bad)
+    return found
 
 WIDGET_MESSAGES = """() => {
   const root = document.querySelector('#supportchat-widget').shadowRoot;
   return [...root.querySelectorAll('ol.messages > li')].map((li) => ({
     seq: li.dataset.seq ? Number(li.dataset.seq) : null, cls: li.className,
-    status: li.dataset.status || null, body: (li.querySelector('.sc-body') || li).textContent }));
+    status: li.dataset.status || null,
+    body: li.dataset.event !== undefined ? 'event:' + li.dataset.event : (li.querySelector('.sc-body') || li).textContent }));
 }"""
 CONSOLE_MESSAGES = """() => [...document.querySelectorAll('#messages > li')].map((li) => ({
     seq: li.dataset.seq ? Number(li.dataset.seq) : null, cls: li.className,
-    status: li.dataset.status || null, body: (li.querySelector('.sc-body') || li).textContent }))"""
+    status: li.dataset.status || null,
+    body: li.dataset.event !== undefined ? 'event:' + li.dataset.event : (li.querySelector('.sc-body') || li).textContent }))"""
 
 
 def bot_enabled() -> bool:
@@ -125,9 +148,18 @@ class Scenario:
         self.artifacts = artifacts
         self.shots = shots
         self.checks: list[str] = []
+        self.axe_log: dict[str, Any] = {}
 
     def check(self, what: str) -> None:
         self.checks.append(what)
+
+    def axe(self, page: Any, what: str) -> None:
+        """No serious or critical axe-core violation on the page as it is (all are logged)."""
+        found = axe_check(page, what, self.axe_log)
+        with open(os.path.join(self.artifacts, "axe.json"), "w", encoding="utf-8") as f:
+            json.dump(self.axe_log, f, indent=1, ensure_ascii=False)
+        minor = f" ({len(found)} moderate/minor: {', '.join(sorted({v['id'] for v in found}))})" if found else ""
+        self.check(f"axe-core: no serious or critical violations on {what}{minor}")
 
     def run(self) -> None:
         from playwright.sync_api import expect, sync_playwright
@@ -183,7 +215,7 @@ class Scenario:
             assert r.status == 200, r.status
 
     def customer_send(self, page: Any, text: str) -> None:
-        box = page.locator("#supportchat-widget textarea")
+        box = page.locator("#supportchat-widget textarea.input")
         box.fill(text)
         box.press("Enter")
 
@@ -195,8 +227,8 @@ class Scenario:
     # -- the scenario ----------------------------------------------------
     def conversation(self, browser: Any) -> None:
         expect = self.expect
-        cust_ctx = browser.new_context(viewport={"width": 1000, "height": 720})
-        agent_ctx = browser.new_context(viewport={"width": 1100, "height": 720})
+        cust_ctx = browser.new_context(viewport={"width": 1000, "height": 720}, locale="en-US", bypass_csp=True)
+        agent_ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale="en-US", bypass_csp=True)
         cust = cust_ctx.new_page()
         agent = agent_ctx.new_page()
         errors: list[str] = []
@@ -208,6 +240,7 @@ class Scenario:
         cust.goto(self.base + "/")
         launcher = cust.locator("#supportchat-widget .launcher")
         expect(launcher).to_be_visible()
+        self.axe(cust, "the demo page, widget closed (en, 1000 px)")
         expect(launcher).to_have_attribute("aria-expanded", "false")
         launcher.focus()
         cust.keyboard.press("Enter")  # keyboard opens it
@@ -240,16 +273,19 @@ class Scenario:
             else:
                 self.customer_send(cust, "human")
             expect(cust.locator("#supportchat-widget li.sc-own", has_text="human")).to_have_attribute("data-status", re.compile("sent|seen"))
-            expect(cust.locator("#supportchat-widget li.sc-event[data-event=handoff]")).to_have_count(1)
-            self.check("a quick reply hands the conversation over to a human")
+            expect(cust.locator("#supportchat-widget li.sc-event[data-event=handoff]")).to_have_text(
+                "Connecting you with a human agent")
+            self.check("a quick reply hands the conversation over to a human; the handoff reads as the UI's own text")
+        self.axe(cust, "the open widget with a conversation (en, 1000 px)")
 
         # The console: token sign-in, queue, accept.
         agent.goto(self.base + "/console")
         expect(agent.locator("#login")).to_be_visible()
+        self.axe(agent, "the console's sign-in page (en)")
         agent.locator("#token-login summary").click()
         agent.locator("#login-token").fill(token("alice", "agent", name="Alice"))
         agent.locator("#token-submit").click()
-        expect(agent.locator("#conn")).to_have_text("Online")
+        expect(agent.locator("#conn")).to_have_text("Connected")
         item = agent.locator("#queue li.queue-item")
         expect(item).to_have_count(1)
         expect(item).to_contain_text("waiting")
@@ -278,7 +314,7 @@ class Scenario:
 
         # Typing and a reply.
         agent.locator("#composer-input").press_sequentially("Let me check", delay=20)
-        expect(cust.locator("#supportchat-widget .typing")).to_have_text("Agent is typing…")
+        expect(cust.locator("#supportchat-widget .typing")).to_have_text("Alice is typing…")
         self.check("customer sees the agent typing")
         agent.locator("#composer-input").fill("Let me check that for you.")
         agent.locator("#composer-input").press("Enter")
@@ -286,9 +322,13 @@ class Scenario:
         reply = agent.locator("#messages li.sc-own", has_text="Let me check that for you.")
         expect(reply).to_have_attribute("data-status", "seen")
         self.check("agent's reply reaches the customer, and the agent sees the read receipt")
-        cust.locator("#supportchat-widget textarea").press_sequentially("Thanks", delay=20)
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Let me check that for you.").locator(".sc-who")
+               ).to_have_text("Alice")
+        expect(cust.locator("#supportchat-widget li.sc-event[data-event=joined]")).to_have_text("Alice joined the conversation")
+        self.check("the visitor sees the agent's name on the agent's messages, not \"Agent\"")
+        cust.locator("#supportchat-widget textarea.input").press_sequentially("Thanks", delay=20)
         expect(agent.locator("#typing")).to_have_text("Customer is typing…")
-        cust.locator("#supportchat-widget textarea").press("Enter")
+        cust.locator("#supportchat-widget textarea.input").press("Enter")
         expect(cust.locator("#supportchat-widget li.sc-own", has_text="Thanks")).to_have_attribute("data-status", "seen")
         self.check("customer typing shows in the console; customer's message is read by the agent")
 
@@ -301,6 +341,18 @@ class Scenario:
         box.press("Enter")
         expect(cust.locator("#supportchat-widget li.sc-other", has_text="Could you share your order number")).to_have_count(1)
         self.check("canned reply inserted by its /shortcut and sent")
+
+        # Links: http(s) only, opened safely; message bodies lay out by their own direction.
+        self.agent_send(agent, "Track it at https://example.com/track?id=7. Not a link: javascript:alert(1)")
+        linked = cust.locator("#supportchat-widget li.sc-other", has_text="Track it at")
+        link = linked.locator("a")
+        expect(link).to_have_count(1)
+        expect(link).to_have_attribute("href", "https://example.com/track?id=7")
+        expect(link).to_have_attribute("rel", "noopener noreferrer")
+        expect(link).to_have_attribute("target", "_blank")
+        expect(linked.locator(".sc-body")).to_have_attribute("dir", "auto")
+        assert agent.evaluate("() => [...document.querySelectorAll('#messages .sc-body')].every((b) => b.dir === 'auto')")
+        self.check("links are linkified (http/https only, rel=noopener noreferrer); every body has dir=auto")
 
         # Unread badge while the panel is closed.
         cust.locator("#supportchat-widget .x").click()
@@ -327,7 +379,7 @@ class Scenario:
         self.check("while the server is down, unsent messages stay on screen as pending")
         self.server.start()
         expect(cust.locator("#supportchat-widget .conn")).to_have_text("Online", timeout=40_000)
-        expect(agent.locator("#conn")).to_have_text("Online", timeout=40_000)
+        expect(agent.locator("#conn")).to_have_text("Connected", timeout=40_000)
         for page, sel in ((cust, "#supportchat-widget li.sc-msg"), (agent, "#messages li.sc-msg")):
             expect(page.locator(sel + ".sc-pending")).to_have_count(0)
             for text in ("Sent just before the crash", "Sent while the server was down", "Agent reply while down"):
@@ -374,7 +426,8 @@ class Scenario:
         req = urllib.request.Request(f"{self.base}/api/v1/conversations/{conv}/messages?limit=500",
                                      headers={"Authorization": "Bearer " + token("alice", "agent")})
         stored = json.load(urllib.request.urlopen(req, timeout=10))["messages"]
-        want = [(m["seq"], m["body"]) for m in stored]
+        # events are shown in the viewer's language: compared by their names
+        want = [(m["seq"], m["body"] if m["kind"] != "event" else "event:" + m["event"]["name"]) for m in stored]
         seqs = [s for s, _ in want]
         assert seqs == list(range(1, len(seqs) + 1)), seqs
         bodies = [b for _, b in want]
@@ -390,6 +443,12 @@ class Scenario:
         # History paging in the console, read receipts kept, screenshots.
         self.shot(cust, "widget.png")
         self.shot(agent, "console.png")
+        self.axe(agent, "the console with a conversation open (en, 1100 px)")
+        agent.set_viewport_size({"width": 390, "height": 800})
+        expect(agent.locator("#composer-input")).to_be_visible()
+        self.axe(agent, "the console with a conversation open (en, 390 px)")
+        agent.screenshot(path=os.path.join(self.artifacts, "console-mobile.png"))
+        agent.set_viewport_size({"width": 1100, "height": 720})
         mobile = cust_ctx.new_page()
         mobile.set_viewport_size({"width": 390, "height": 720})
         mobile.goto(self.base + "/")
@@ -399,8 +458,11 @@ class Scenario:
         assert width == 390, width
         self.shot(mobile, "widget-mobile.png")
         self.check("at a 390 px mobile width the widget fills the screen and shows the same conversation")
+        self.axe(mobile, "the open widget (en, 390 px)")
         if workflow_enabled():
             self.transfer_close_rate(browser, cust, agent, errors)
+        self.chinese(browser, errors)
+        self.arabic(browser, errors)
         assert not errors, errors
         self.check("no JavaScript errors on any page")
 
@@ -408,7 +470,7 @@ class Scenario:
         """Issue 5's workflow through the UI: Alice transfers to Bob with an
         internal note, Bob answers and closes, the customer rates."""
         expect = self.expect
-        bob_ctx = browser.new_context(viewport={"width": 1100, "height": 720})
+        bob_ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale="en-US", bypass_csp=True)
         bob = bob_ctx.new_page()
         bob.on("pageerror", lambda e: errors.append(f"bob: {e}"))
         self.log_frames(bob, "bob")
@@ -416,12 +478,12 @@ class Scenario:
         bob.locator("#token-login summary").click()
         bob.locator("#login-token").fill(token("bob", "agent", name="Bob"))
         bob.locator("#token-submit").click()
-        expect(bob.locator("#conn")).to_have_text("Online")
+        expect(bob.locator("#conn")).to_have_text("Connected")
         alice.locator("#transfer-btn").click()
         alice.locator("#transfer-to").fill("bob")
         alice.locator("#transfer-note").fill("VIP customer, be nice")
         alice.locator("#transfer-go").click()
-        expect(alice.locator("#conv-status")).to_have_text("transferred")
+        expect(alice.locator("#conv-status")).to_have_attribute("data-status", "transferred")
         mine = bob.locator("#mine li.mine-item")
         expect(mine).to_have_count(1)
         mine.click()
@@ -433,7 +495,7 @@ class Scenario:
         self.agent_send(bob, "Hi, Bob here. All sorted!")
         expect(cust.locator("#supportchat-widget li.sc-other", has_text="Bob here")).to_have_count(1)
         bob.locator("#close-btn").click()
-        expect(bob.locator("#conv-status")).to_have_text("closed")
+        expect(bob.locator("#conv-status")).to_have_attribute("data-status", "closed")
         expect(cust.locator("#supportchat-widget li.sc-event[data-event=closed]")).to_have_count(1)
         stars = cust.locator("#supportchat-widget .stars [role=radio]")
         expect(stars).to_have_count(5)
@@ -444,6 +506,95 @@ class Scenario:
         expect(cust.locator("#supportchat-widget .restart")).to_be_visible()
         self.check("the agent closes; the customer rates 5 stars from the keyboard")
         self.shot(bob, "console-transfer.png", readme=False)
+
+    def chinese(self, browser: Any, errors: list[str]) -> None:
+        """A visitor and an agent whose browsers ask for zh-CN: the widget and
+        the console in Simplified Chinese end to end, the bot in Chinese
+        (its quick replies send Chinese), events in Chinese, the agent's name."""
+        expect = self.expect
+        cust_ctx = browser.new_context(viewport={"width": 1000, "height": 720}, locale="zh-CN", bypass_csp=True)
+        agent_ctx = browser.new_context(viewport={"width": 1100, "height": 720}, locale="zh-CN", bypass_csp=True)
+        cust, agent = cust_ctx.new_page(), agent_ctx.new_page()
+        for who, page in (("customer-zh", cust), ("agent-zh", agent)):
+            page.on("pageerror", lambda e, who=who: errors.append(f"{who}: {e}"))
+            self.log_frames(page, who)
+        w = "#supportchat-widget"
+        cust.goto(self.base + "/")
+        launcher = cust.locator(w + " .launcher")
+        expect(launcher).to_have_attribute("aria-label", "打开在线客服")
+        self.axe(cust, "the demo page, widget closed (zh-CN)")
+        launcher.click()
+        expect(cust.locator(w + " textarea.input")).to_have_attribute("placeholder", "请输入消息…")
+        expect(cust.locator(w + " .conn")).to_have_text("在线")
+        self.customer_send(cust, "你好")
+        expect(cust.locator(w + " li.sc-own", has_text="你好").locator(".sc-who")).to_have_text("我")
+        if bot_enabled():
+            expect(cust.locator(w + " li.sc-role-bot").first).to_contain_text("您好！我是智能客服")
+            chip = cust.locator(w + " .sc-chip", has_text="转人工")
+            expect(chip.first).to_be_visible()
+            chip.first.click()
+            expect(cust.locator(w + " li.sc-own", has_text="人工")).to_have_attribute("data-status", re.compile("sent|seen"))
+            expect(cust.locator(w + " li.sc-event[data-event=handoff]")).to_have_text("正在为您转接人工客服")
+            self.check("zh-CN: the bot greets in Chinese; its quick reply shows and sends Chinese; the handoff reads in Chinese")
+        if workflow_enabled():
+            expect(cust.locator(w + " li.sc-event[data-event=queued]")).to_have_text("正在等待客服接入")
+        self.axe(cust, "the open widget with a conversation (zh-CN)")
+
+        agent.goto(self.base + "/console")
+        expect(agent.locator("#login-title")).to_have_text("客服工作台")
+        expect(agent.locator("html")).to_have_attribute("lang", "zh-Hans")
+        self.axe(agent, "the console's sign-in page (zh-CN)")
+        agent.locator("#token-login summary").click()
+        agent.locator("#login-token").fill(token("chen", "agent", name="陈静"))
+        agent.locator("#token-submit").click()
+        expect(agent.locator("#conn")).to_have_text("已连接")
+        item = agent.locator("#queue li.queue-item", has_text="访客")
+        expect(item).to_have_count(1)
+        expect(item).to_contain_text("已等待")
+        expect(item.locator("button.accept")).to_have_text("接入")
+        item.locator("button.accept").click()
+        expect(agent.locator("#messages li.sc-msg", has_text="你好")).to_have_count(1)
+        expect(cust.locator(w + " li.sc-event[data-event=joined]")).to_have_text("陈静 已加入会话")
+        self.agent_send(agent, "您好，我来帮您查一下。请看 https://example.com/zh")
+        answer = cust.locator(w + " li.sc-other", has_text="我来帮您查一下")
+        expect(answer.locator(".sc-who")).to_have_text("陈静")
+        expect(answer.locator("a")).to_have_attribute("href", "https://example.com/zh")
+        expect(agent.locator("#messages li.sc-own", has_text="我来帮您查一下")).to_have_attribute("data-status", "seen")
+        expect(agent.locator("#messages li.sc-own", has_text="我来帮您查一下").locator(".sc-status")).to_have_text("已读")
+        self.check("zh-CN: the console in Chinese (sign-in, connection, queue with a visitor label and waiting time, "
+                   "accept); the visitor sees 陈静's name and join in Chinese; read receipt in Chinese")
+        self.shot(cust, "widget-zh.png")
+        self.shot(agent, "console-zh.png")
+        self.axe(agent, "the console with a conversation open (zh-CN, 1100 px)")
+        agent.set_viewport_size({"width": 390, "height": 800})
+        self.axe(agent, "the console with a conversation open (zh-CN, 390 px)")
+        cust.set_viewport_size({"width": 390, "height": 800})
+        self.axe(cust, "the open widget (zh-CN, 390 px)")
+        cust_ctx.close()
+        agent_ctx.close()
+
+    def arabic(self, browser: Any, errors: list[str]) -> None:
+        """An Arabic browser: the widget lays out right to left, in Arabic;
+        a message body takes its own direction (dir=auto)."""
+        expect = self.expect
+        ctx = browser.new_context(viewport={"width": 1000, "height": 720}, locale="ar", bypass_csp=True)
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(f"customer-ar: {e}"))
+        w = "#supportchat-widget"
+        page.goto(self.base + "/")
+        page.locator(w + " .launcher").click()
+        expect(page.locator(w + " .send")).to_have_text("إرسال")
+        self.customer_send(page, "مرحبا، أين طلبي؟")
+        body = page.locator(w + " li.sc-own .sc-body", has_text="مرحبا")
+        expect(body).to_have_count(1)
+        direction = page.evaluate("""() => { const r = document.querySelector('#supportchat-widget').shadowRoot;
+            return [getComputedStyle(r.querySelector('.panel')).direction,
+                    getComputedStyle(r.querySelector('li.sc-own .sc-body')).direction]; }""")
+        assert direction == ["rtl", "rtl"], direction
+        self.axe(page, "the open widget (ar, right to left)")
+        self.shot(page, "widget-ar.png", readme=False)
+        self.check("ar: the widget is in Arabic and right to left; message bodies take their own direction")
+        ctx.close()
 
 
 def run_scenario(make: Any) -> int:
