@@ -265,6 +265,8 @@ class Scenario:
                 """(own) => [...document.querySelector('#supportchat-widget').shadowRoot
                      .querySelectorAll('li.sc-role-bot')].some((li) => Number(li.dataset.seq) > own)""",
                 arg=own, timeout=WAIT)
+            # the answer to the question (not only the greeting) is on screen: its buttons are the last ones
+            expect(cust.locator('#supportchat-widget li.sc-role-bot[data-cid^="bot:m"]').first).to_be_visible()
             self.check("the bot greets and answers")
             chip = cust.locator("#supportchat-widget .sc-chip", has_text="Talk to a human")
             if chip.count():
@@ -530,6 +532,7 @@ class Scenario:
         expect(cust.locator(w + " li.sc-own", has_text="你好").locator(".sc-who")).to_have_text("我")
         if bot_enabled():
             expect(cust.locator(w + " li.sc-role-bot").first).to_contain_text("您好！我是智能客服")
+            expect(cust.locator(w + ' li.sc-role-bot[data-cid^="bot:m"]').first).to_be_visible()  # the answer, with the last buttons
             chip = cust.locator(w + " .sc-chip", has_text="转人工")
             expect(chip.first).to_be_visible()
             chip.first.click()
