@@ -34,7 +34,7 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 .sc-msg { max-width: 82%; padding: 8px 10px; border-radius: 12px; background: #fff; border: 1px solid #d0d7de; align-self: flex-start; }
 .sc-own { align-self: flex-end; background: #ddf4ff; border-color: #b6e3ff; }
 .sc-role-bot { background: #fff8c5; border-color: #eedc82; }
-.sc-pending { opacity: .7; }
+.sc-pending { border-style: dashed; } /* not opacity: the text keeps its contrast */
 .sc-meta { font-size: 11px; color: #57606a; display: flex; gap: 6px; margin-bottom: 2px; }
 .sc-body { white-space: pre-wrap; word-wrap: break-word; }
 .sc-status { font-size: 11px; color: #57606a; text-align: end; margin-top: 2px; }

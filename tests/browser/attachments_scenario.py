@@ -29,7 +29,7 @@ from tests.support import free_port, token  # noqa: E402
 # Paste a PNG (base64) into the widget's text box, as a browser does for a screenshot.
 PASTE = """(b64) => {
   const root = document.querySelector('#supportchat-widget').shadowRoot;
-  const box = root.querySelector('textarea');
+  const box = root.querySelector('textarea.input');
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const data = new DataTransfer();
   data.items.add(new File([bytes], 'screenshot.png', { type: 'image/png' }));
@@ -91,7 +91,7 @@ class Scenario:
         for who, page in (("customer", cust), ("agent", agent)):
             page.on("pageerror", lambda e, who=who: self.errors.append(f"{who}: {e}"))
         self.open_widget(cust)
-        box = cust.locator("#supportchat-widget textarea")
+        box = cust.locator("#supportchat-widget textarea.input")
         box.fill("My mug arrived broken, here is a photo")
         box.press("Enter")
         expect(cust.locator("#supportchat-widget li.sc-own").first).to_have_attribute("data-seq", re.compile(r"^\d+$"))
@@ -100,7 +100,7 @@ class Scenario:
         agent.locator("#token-login summary").click()
         agent.locator("#token-login textarea, #login-token").first.fill(token("alice", "agent", name="Alice"))
         agent.locator("#token-submit").click()
-        expect(agent.locator("#conn")).to_have_text("Online")
+        expect(agent.locator("#conn")).to_have_text("Connected")
         item = agent.locator("#queue li.queue-item")
         expect(item).to_have_count(1)
         item.locator("button.accept").click()

@@ -155,11 +155,16 @@ class Scenario:
 
     def axe(self, page: Any, what: str) -> None:
         """No serious or critical axe-core violation on the page as it is (all are logged)."""
-        found = axe_check(page, what, self.axe_log)
-        with open(os.path.join(self.artifacts, "axe.json"), "w", encoding="utf-8") as f:
-            json.dump(self.axe_log, f, indent=1, ensure_ascii=False)
+        try:
+            found = axe_check(page, what, self.axe_log)
+        finally:
+            self._save_axe()
         minor = f" ({len(found)} moderate/minor: {', '.join(sorted({v['id'] for v in found}))})" if found else ""
         self.check(f"axe-core: no serious or critical violations on {what}{minor}")
+
+    def _save_axe(self) -> None:
+        with open(os.path.join(self.artifacts, "axe.json"), "w", encoding="utf-8") as f:
+            json.dump(self.axe_log, f, indent=1, ensure_ascii=False)
 
     def run(self) -> None:
         from playwright.sync_api import expect, sync_playwright
