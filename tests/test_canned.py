@@ -1,7 +1,8 @@
 """Canned responses: the CannedStore contract on the in-memory twin,
 SQLite, PostgreSQL and MariaDB, and the REST authorization matrix
 (customers, agents of the team and of another team, admins, disabled
-accounts, expired tokens)."""
+accounts, expired tokens); the ``canned`` frame that tells consoles of a
+change."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from twisted.trial import unittest
 from supportchat.workflow.canned import Canned, MemoryCannedStore, SqlCannedStore
 from supportchat.workflow.models import WorkflowError
 from tests.dbs import threadless_db
-from tests.support import start_server, token
+from tests.support import connect, start_server, token
 from tests.test_workflow import PASSWORD, Api
 
 
@@ -176,3 +177,32 @@ class CannedApiTests(unittest.TestCase):
                 if code >= 400:
                     self.assertIn("code", answer["error"])
             self.assertEqual(tuple(got), codes, f"{method} {path}")
+
+    @inlineCallbacks
+    def test_consoles_are_told_of_changes(self) -> Any:
+        """A team response created, changed or deleted by an admin reaches the
+        team's connected agents as a ``canned`` frame (no text in it), not
+        another team's; a personal one only its owner's connections."""
+        ann = yield connect(self.server.port, self.tokens["ann"])
+        bob = yield connect(self.server.port, self.tokens["bob"])
+        dan = yield connect(self.server.port, self.tokens["dan"])
+        for c in (ann, bob, dan):
+            self.addCleanup(c.transport.loseConnection)
+        code, team = yield self.api.call("POST", "/canned", self.admin,
+                                         {"scope": "team", "team": "sales", "shortcut": "ship", "body": "Soon"})
+        self.assertEqual(code, 201)
+        for c in (ann, dan):
+            frame = yield c.next_frame("canned")
+            self.assertEqual(frame, {"type": "canned", "scope": "team", "team": "sales"})
+        yield self.api.call("PATCH", f"/canned/{team['id']}", self.admin, {"body": "Tomorrow"})
+        yield ann.next_frame("canned")
+        yield self.api.call("DELETE", f"/canned/{team['id']}", self.admin)
+        yield ann.next_frame("canned")
+        code, _ = yield self.api.call("POST", "/canned", self.tokens["bob"], {"shortcut": "yo", "body": "Yo"})
+        self.assertEqual(code, 201)
+        mine = yield bob.next_frame("canned")
+        self.assertEqual(mine, {"type": "canned", "scope": "personal"})
+        self.assertEqual(len(bob.of_type("canned")), 1)  # the sales team's three changes never reached billing
+        code, _ = yield self.api.call("POST", "/canned", self.tokens["ann"], {"shortcut": "hi", "body": "Hello"})
+        yield ann.next_frame("canned", lambda f: f["scope"] == "personal")
+        self.assertEqual([f["scope"] for f in dan.of_type("canned")], ["team"] * 3)  # never ann's personal one

@@ -215,7 +215,8 @@ def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:
     v1.putChild(b"teams", TeamsApi(reactor, authn, store))
     v1.putChild(b"inbox", InboxApi(reactor, authn, store))
     v1.putChild(b"csat", CsatApi(reactor, authn, store))
-    v1.putChild(b"canned", CannedApi(reactor, authn, store, server.get_canned_store()))
+    v1.putChild(b"canned", CannedApi(reactor, authn, store, server.get_canned_store(),
+                                     server.get_staff_notices().canned_changed))
     v1.putChild(b"customers", CustomersApi(reactor, authn, store, server.get_profiles(),
                                            server.get_staff_notices().profile_changed))
 

@@ -1,5 +1,6 @@
 """What changes made over REST tell the consoles: an admin disabled or
-edited an agent, a customer's profile was replaced."""
+edited an agent, a customer's profile was replaced, a canned response
+changed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ class StaffNotices:
         if staff:
             await q.bus.publish(Delivery(frame={"type": "profile", "customer_id": customer_id},
                                          user_ids=tuple(sorted(staff))))
+
+    async def canned_changed(self, scope: str, owner: str) -> None:
+        """A canned response was created, changed or deleted (REST): a team's
+        reach the staff of that team (and admins), a personal one its owner's
+        consoles, as a ``canned`` frame; they list them again over REST (no
+        text travels on the bus)."""
+        frame = {"type": "canned", "scope": scope}
+        if scope == "team":
+            await self._q.bus.publish(Delivery(frame=dict(frame, team=owner), roles=("agent", "admin"), team=owner))
+        else:
+            await self._q.bus.publish(Delivery(frame=frame, user_ids=(owner,)))
 
     async def after_agent_change(self, agent: Agent, requeued: list[str]) -> None:
         """An admin edited an agent: a disabled one is disconnected everywhere

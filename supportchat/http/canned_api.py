@@ -8,13 +8,15 @@
 
 Someone else's personal response, or another team's for an agent, is 404;
 an agent changing their team's response is 403. Bodies are never logged.
+Every change is told to the consoles that see the response (``canned``
+frame, ``StaffNotices.canned_changed``), which list them again.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.web.http import Request
 
@@ -55,9 +57,15 @@ class CannedApi(WorkflowResource):
 
     routes = {b"GET": "get", b"POST": "post", b"PATCH": "patch", b"DELETE": "delete"}
 
-    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore, canned: CannedStore) -> None:
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore, canned: CannedStore,
+                 on_change: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(reactor, authn, workflow)
         self._canned = canned
+        self._on_change = on_change  # (scope, owner): tells the consoles that see it (StaffNotices)
+
+    async def _changed(self, canned: Canned) -> None:
+        if self._on_change is not None:
+            await self._on_change(canned.scope, canned.owner)
 
     async def _team(self, principal: Principal) -> str:
         agent = await self._wf.get_agent(principal.user_id)
@@ -102,9 +110,11 @@ class CannedApi(WorkflowResource):
         canned = Canned(uuid.uuid4().hex, scope, owner, fields["shortcut"], fields.get("title", ""), fields["body"],
                         principal.user_id, now, now)
         try:
-            return 201, (await self._canned.create(canned)).to_wire()
+            created = await self._canned.create(canned)
         except WorkflowError as e:
             raise HttpError(409, "conflict", str(e)) from None
+        await self._changed(created)
+        return 201, created.to_wire()
 
     async def _mine(self, principal: Principal, path: list[str], write: bool) -> Canned:
         """The response at ``path`` if the principal may see it (and, for
@@ -134,6 +144,7 @@ class CannedApi(WorkflowResource):
             raise HttpError(409, "conflict", str(e)) from None
         if updated is None:
             raise HttpError(404, "not_found", "no such canned response")
+        await self._changed(updated)
         return 200, updated.to_wire()
 
     async def delete(self, request: Request) -> tuple[int, Any]:
@@ -141,4 +152,5 @@ class CannedApi(WorkflowResource):
         canned = await self._mine(principal, _path(request), write=True)
         if not await self._canned.delete(canned.id):
             raise HttpError(404, "not_found", "no such canned response")
+        await self._changed(canned)
         return 200, {"deleted": canned.id}

@@ -47,13 +47,6 @@ function signInAgain(reason) {
   showLogin("", reason === "expired" ? "auth.expired" : reason === "account_disabled" ? "auth.disabled" : "auth.refused");
   $("token-login").open = localStorage.getItem(VIA_KEY) !== "password";
 }
-const DEFAULT_CANNED = [
-  { shortcut: "hi", text: "Hello! Thanks for reaching out, I'm looking into it now." },
-  { shortcut: "wait", text: "Thanks for your patience, I'm checking this for you." },
-  { shortcut: "order", text: "Could you share your order number, please?" },
-  { shortcut: "thanks", text: "Thank you! Is there anything else I can help you with?" },
-  { shortcut: "bye", text: "Glad I could help. Have a great day!" },
-];
 
 let client = null;
 let selected = null;
@@ -63,7 +56,9 @@ let selected = null;
 // PROFILE_TTL ms) and at once when a `profile` frame says one changed.
 const PROFILE_TTL = 30000;
 const profiles = new Map(); // customer id -> {at, profile: object | null}
-let canned = DEFAULT_CANNED;
+// Canned replies (GET /api/v1/canned: my team's and my own), listed again
+// at every hello and whenever a `canned` frame says one changed.
+let canned = [];
 let blink = null;
 let unseenCount = 0;
 const baseTitle = () => t("console.title") + " · supportchat";
@@ -153,7 +148,7 @@ function startApp(token) {
   client.addEventListener("authfailed", (e) => signInAgain(e.detail.reason));
   client.addEventListener("hello", (e) => {
     const h = e.detail.hello;
-    if (Array.isArray(h.canned_responses)) canned = h.canned_responses;
+    loadCanned();
     const st = (h.agent && h.agent.status) || h.status;
     $("status-wrap").hidden = !h.agent; // the workflow (agent status) is on
     if (st) $("agent-status").value = st;
@@ -177,6 +172,7 @@ function startApp(token) {
   });
   client.addEventListener("frame", renderSide);
   client.addEventListener("profile", (e) => loadProfile(e.detail.customer_id, true));
+  client.addEventListener("canned", loadCanned);
   client.connect();
 }
 
@@ -362,9 +358,26 @@ function renderProfile(c) {
 }
 
 // ------------------------------------------------------------ composer
+async function loadCanned() {
+  if (!client || !client.hello || !client.hello.agent) return; // canned replies are part of the workflow
+  try {
+    const r = await fetch("/api/v1/canned", { headers: { authorization: "Bearer " + client._token } });
+    if (!r.ok) return;
+    const body = await r.json();
+    canned = (body.canned || []).map((c) => ({ id: c.id, shortcut: c.shortcut, title: c.title || "", text: c.body, scope: c.scope }));
+    renderCanned();
+  } catch (e) {
+    /* keep the list we had */
+  }
+}
+
+/** Canned replies for what follows the "/": shortcuts starting with it
+ * first, then those whose title or text contains it. */
 function matches(prefix) {
   const p = prefix.toLowerCase();
-  return canned.filter((x) => x.shortcut.toLowerCase().startsWith(p) || x.text.toLowerCase().includes(p));
+  const first = canned.filter((x) => x.shortcut.startsWith(p));
+  const more = p ? canned.filter((x) => !x.shortcut.startsWith(p) && (x.title.toLowerCase().includes(p) || x.text.toLowerCase().includes(p))) : [];
+  return first.concat(more);
 }
 
 let cannedIndex = 0;
@@ -384,10 +397,37 @@ function renderCanned() {
       e.preventDefault();
       insertCanned(x);
     },
-  }, el("code", { text: "/" + x.shortcut }), x.text)));
+  }, el("code", { text: "/" + x.shortcut }), el("span", { dir: "auto", text: x.title || x.text }),
+    el("span", { class: "scope", text: t(x.scope === "personal" ? "console.cannedMine" : "console.cannedTeam") }))));
   list.hidden = !found.length;
   if (found.length) $("composer-input").setAttribute("aria-activedescendant", `canned-${cannedIndex}`);
   return found;
+}
+
+/** Save what is in the composer as one of my canned replies (POST /api/v1/canned, personal). */
+async function saveCanned() {
+  const shortcut = $("save-shortcut").value.trim().replace(/^\//, "").toLowerCase();
+  const body = $("composer-input").value;
+  const note = $("canned-note");
+  if (!shortcut || !body.trim()) return;
+  try {
+    const r = await fetch("/api/v1/canned", {
+      method: "POST",
+      headers: { authorization: "Bearer " + client._token, "content-type": "application/json" },
+      body: JSON.stringify({ scope: "personal", shortcut, body }),
+    });
+    if (r.status === 201) {
+      $("save-box").hidden = true;
+      $("save-shortcut").value = "";
+      note.textContent = t("console.cannedSaved", { shortcut: "/" + shortcut });
+      loadCanned();
+      $("composer-input").focus();
+    } else {
+      note.textContent = t(r.status === 409 ? "console.cannedTaken" : r.status === 400 ? "console.cannedBad" : "console.cannedFailed");
+    }
+  } catch (e) {
+    note.textContent = t("console.cannedFailed");
+  }
 }
 
 function insertCanned(x) {
@@ -506,6 +546,22 @@ function wire() {
     const r = await workflow("transfer", Object.assign({ conversation: selected }, target, note ? { note } : {}), "console.doTransfer");
     if (r) $("transfer-box").hidden = true;
   });
+  $("save-canned").addEventListener("click", () => {
+    $("save-box").hidden = false;
+    $("canned-note").textContent = "";
+    $("save-shortcut").focus();
+  });
+  $("save-cancel").addEventListener("click", () => {
+    $("save-box").hidden = true;
+    $("composer-input").focus();
+  });
+  $("save-go").addEventListener("click", saveCanned);
+  $("save-shortcut").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      saveCanned();
+    }
+  });
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     sendReply();
@@ -531,6 +587,7 @@ function wire() {
   input.addEventListener("input", () => {
     cannedIndex = 0;
     renderCanned();
+    $("save-canned").hidden = !(client && client.hello && client.hello.agent) || !input.value.trim() || input.value.startsWith("/");
     if (selected && input.value.trim() && !input.value.startsWith("/")) client.typing(selected);
   });
   input.addEventListener("keydown", (e) => {

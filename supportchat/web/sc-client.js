@@ -710,6 +710,11 @@ export class SupportChatClient extends EventTarget {
     this._emit("profile", { customer_id: f.customer_id });
   }
 
+  /** Agents: a canned reply I can use changed (REST); list them again. */
+  _on_canned(f) {
+    this._emit("canned", f);
+  }
+
   _on_agent_status(f) {
     this.agentStatus = f.agent && f.agent.status;
     this._emit("agentstatus", f);

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -339,15 +340,10 @@ class Scenario:
         expect(cust.locator("#supportchat-widget li.sc-own", has_text="Thanks")).to_have_attribute("data-status", "seen")
         self.check("customer typing shows in the console; customer's message is read by the agent")
 
-        # Canned reply by shortcut.
-        box = agent.locator("#composer-input")
-        box.fill("/ord")
-        expect(agent.locator("#canned")).to_be_visible()
-        box.press("Enter")
-        expect(box).to_have_value("Could you share your order number, please?")
-        box.press("Enter")
-        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Could you share your order number")).to_have_count(1)
-        self.check("canned reply inserted by its /shortcut and sent")
+        # Canned replies from the server: an admin adds team replies while the
+        # console is open (live), a shortcut prefix ranks first, the agent saves one.
+        if workflow_enabled():
+            self.canned(agent, cust)
 
         # Links: http(s) only, opened safely; message bodies lay out by their own direction.
         self.agent_send(agent, "Track it at https://example.com/track?id=7. Not a link: javascript:alert(1)")
@@ -513,6 +509,59 @@ class Scenario:
         expect(cust.locator("#supportchat-widget .restart")).to_be_visible()
         self.check("the agent closes; the customer rates 5 stars from the keyboard")
         self.shot(bob, "console-transfer.png", readme=False)
+
+    def api(self, method: str, path: str, bearer: str, body: Any = None) -> tuple[int, Any]:
+        """One REST call; (status, JSON body)."""
+        req = urllib.request.Request(f"{self.base}/api/v1{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": "Bearer " + bearer, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def canned(self, agent: Any, cust: Any) -> None:
+        """Issue 15 item 3 in the console: no built-in replies; the team's from
+        the server, live; /th offers /thanks before /hi (whose text has "th");
+        the agent saves a reply of their own and uses it."""
+        expect = self.expect
+        box = agent.locator("#composer-input")
+        box.fill("/")
+        expect(agent.locator("#canned")).to_be_hidden()  # nothing hard-coded
+        admin = token("boss", "admin", name="Boss")
+        for shortcut, text in (("hi", "Hello! Thanks for reaching out, I'm looking into it now."),
+                               ("order", "Could you share your order number, please?"),
+                               ("thanks", "Thank you! Is there anything else I can help you with?")):
+            code, _ = self.api("POST", "/canned", admin, {"scope": "team", "team": "", "shortcut": shortcut, "body": text})
+            assert code == 201, code
+        box.fill("/th")
+        options = agent.locator("#canned li")
+        expect(options).to_have_count(2)
+        expect(options.first).to_contain_text("/thanks")
+        expect(options.nth(1)).to_contain_text("/hi")
+        box.fill("/ord")
+        expect(options).to_have_count(1)
+        box.press("Enter")
+        expect(box).to_have_value("Could you share your order number, please?")
+        box.press("Enter")
+        expect(cust.locator("#supportchat-widget li.sc-other", has_text="Could you share your order number")).to_have_count(1)
+        self.check("canned replies come from the server and appear live when an admin adds them; "
+                   "/th ranks /thanks (shortcut prefix) before /hi (text match); /ord inserts and sends")
+        box.fill("Returns are free within 30 days.")
+        agent.locator("#save-canned").click()
+        agent.locator("#save-shortcut").fill("returns")
+        agent.locator("#save-go").click()
+        expect(agent.locator("#canned-note")).to_contain_text("/returns")
+        box.fill("/ret")
+        expect(options.first).to_contain_text("/returns")
+        expect(options.first).to_contain_text("mine")
+        box.press("Tab")
+        expect(box).to_have_value("Returns are free within 30 days.")
+        box.fill("")
+        code, listing = self.api("GET", "/canned", token("alice", "agent"))
+        assert [c["shortcut"] for c in listing["canned"] if c["scope"] == "personal"] == ["returns"], listing
+        self.check("an agent saves the composer's text as a personal canned reply and finds it by its shortcut")
 
     def chinese(self, browser: Any, errors: list[str]) -> None:
         """A visitor and an agent whose browsers ask for zh-CN: the widget and
