@@ -110,13 +110,14 @@ class BrowserTests(unittest.TestCase):
     def test_visitor_and_agent_exchange_a_screenshot_and_a_pdf(self) -> Any:
         """A visitor pastes a screenshot into the widget: it is uploaded and
         sent, the agent's console shows its thumbnail and opens the full
-        image through its signed link; the agent attaches a PDF and the
-        visitor gets a file card that downloads it; an executable named
+        image in a lightbox through its signed link; the agent attaches a
+        PDF and the visitor gets a file card that downloads it; a file
+        dropped on the widget is sent; an executable named
         .png and an SVG are refused with the reason in the visitor's
         language (English, Chinese)."""
         result = yield self.scenario(ATTACH_SCRIPT)
         self.assertTrue(os.path.getsize(os.path.join(ARTIFACTS, "console-attachments.png")) > 1000)
-        self.assertIn("the agent opens it: the full screenshot (1000 x 720) through its signed link",
+        self.assertIn("the agent opens it: the full screenshot (1000 x 720) in a lightbox, through its signed link",
                       result["checks"])
 
     @inlineCallbacks

@@ -1,8 +1,8 @@
 // The agent console. Plain ES module; talks to the server only through
 // sc-client.js (WebSocket protocol v1) and POST /api/v1/login when present.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
-import { el, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { LANG, dir, formatDateTime, formatDuration, setText, t, translatePage, uploadErrorKey } from "./sc-i18n.js";
+import { dropZone, el, pinnedScroll, renderMessages, uploader } from "./sc-ui.js";
+import { LANG, dir, formatDateTime, formatDuration, setText, t, translatePage } from "./sc-i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sc-console:token";
@@ -436,23 +436,6 @@ function insertCanned(x) {
   $("composer-input").focus();
 }
 
-async function attachFiles(files) {
-  const note = $("upload-note");
-  for (const file of files) {
-    const conv = selected;
-    if (!conv) return;
-    setText(note, "attach.uploading");
-    try {
-      const up = await client.upload(file, conv);
-      client.send(conv, "", { attachments: [up.id] });
-      note.textContent = "";
-      renderConv();
-    } catch (e) {
-      setText(note, uploadErrorKey(e.code));
-    }
-  }
-}
-
 function sendReply() {
   const input = $("composer-input");
   const body = input.value;
@@ -566,7 +549,15 @@ function wire() {
     e.preventDefault();
     sendReply();
   });
-  // Attachments: the file picker, or images pasted into the reply box.
+  // Attachments: the file picker, images pasted into the reply box, files
+  // dropped on the conversation; progress, errors and retry in #upload-note.
+  // Each upload is sent to the conversation that was open when it started.
+  let uploadingFor = null;
+  const attachFiles = uploader(() => client, $("upload-note"), (up) => {
+    client.send(up.conversation || uploadingFor, "", { attachments: [up.id] });
+    renderConv();
+  }, () => (uploadingFor = selected));
+  dropZone($("conv"), (files) => selected && attachFiles(files));
   const attachBtn = $("attach-btn");
   attachBtn.setAttribute("aria-label", t("attach.button"));
   attachBtn.title = t("attach.button");

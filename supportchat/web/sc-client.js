@@ -866,21 +866,33 @@ export class SupportChatClient extends EventTarget {
    * thumbnail_url...); rejects with an Error carrying `code` (too_large,
    * unsupported_type, infected, ...) and `status`.
    */
-  async upload(file, conversation = null) {
+  async upload(file, conversation = null, onProgress = null) {
     const token = await this._token_();
     const form = new FormData();
     form.append("file", file, file.name || "file");
     if (conversation && conversation !== "new") form.append("conversation", conversation);
-    let r, data;
-    try {
-      r = await fetch(this.server + "/api/v1/attachments", { method: "POST", headers: { authorization: "Bearer " + token }, body: form });
-      data = await r.json().catch(() => ({}));
-    } catch (e) {
-      throw Object.assign(new Error("network error"), { code: "unavailable", status: 0 });
-    }
-    if (r.status !== 201) {
+    const url = this.server + "/api/v1/attachments";
+    // XMLHttpRequest, because fetch cannot report upload progress.
+    const { status, data } = await new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      xhr.setRequestHeader("authorization", "Bearer " + token);
+      if (onProgress) xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+      xhr.onload = () => {
+        let body = {};
+        try {
+          body = JSON.parse(xhr.responseText || "{}");
+        } catch (e) {
+          /* not JSON: a proxy's page */
+        }
+        resolve({ status: xhr.status, data: body });
+      };
+      xhr.onerror = () => reject(Object.assign(new Error("network error"), { code: "unavailable", status: 0 }));
+      xhr.send(form);
+    });
+    if (status !== 201) {
       const err = (data && data.error) || {};
-      throw Object.assign(new Error(err.message || "upload refused"), { code: err.code || "unavailable", status: r.status });
+      throw Object.assign(new Error(err.message || "upload refused"), { code: err.code || "unavailable", status });
     }
     return data;
   }

@@ -3,7 +3,7 @@
 // by client_msg_id), so whatever order frames arrive in, each message is on
 // screen exactly once.
 import { isOwn } from "./sc-client.js";
-import { LANG, formatDateTime, formatTime, formatWhen, t } from "./sc-i18n.js";
+import { LANG, formatDateTime, formatTime, formatWhen, t, uploadErrorKey } from "./sc-i18n.js";
 
 export function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -192,13 +192,98 @@ export function attachmentList(files, server) {
     const url = abs(a.url);
     if (a.thumbnail_url) {
       const img = el("img", { src: abs(a.thumbnail_url), alt: a.name, class: "sc-thumb", loading: "lazy" });
-      box.append(el("a", { href: url, target: "_blank", rel: "noopener", class: "sc-image", title: t("attach.open") + " " + a.name }, img));
+      const link = el("a", { href: url, target: "_blank", rel: "noopener", class: "sc-image", title: t("attach.open") + " " + a.name }, img);
+      link.addEventListener("click", (e) => {
+        if (e.ctrlKey || e.metaKey || e.shiftKey || !globalThis.HTMLDialogElement) return; // a new tab, as asked
+        e.preventDefault();
+        lightbox(link, url, a.name);
+      });
+      box.append(link);
     } else {
       box.append(el("a", { href: url, target: "_blank", rel: "noopener", class: "sc-file", download: a.name },
         el("span", { class: "sc-file-name", text: a.name }), el("span", { class: "sc-file-size", text: sizeText(a.size || 0) })));
     }
   }
   return box;
+}
+
+/** The full image over the page (a modal dialog: Escape or the button closes it). */
+export function lightbox(from, url, name) {
+  const close = el("button", { type: "button", class: "sc-lightbox-close", text: t("attach.close") });
+  const dialog = el("dialog", { class: "sc-lightbox", "aria-label": name },
+    el("img", { src: url, alt: name }),
+    el("div", { class: "sc-lightbox-bar" },
+      el("a", { href: url, target: "_blank", rel: "noopener", text: t("attach.openOriginal") }), close));
+  close.addEventListener("click", () => dialog.close());
+  dialog.addEventListener("click", (e) => e.target === dialog && dialog.close());
+  dialog.addEventListener("close", () => {
+    dialog.remove();
+    from.focus();
+  });
+  const root = from.getRootNode();
+  (root.body || root).append(dialog);
+  dialog.showModal();
+  close.focus();
+}
+
+/**
+ * Uploads for a page, through `getClient()` (the page's current
+ * SupportChatClient): `status` (an element with role=status) shows
+ * "Uploading…" with a progress bar, or the error in the page's language
+ * with a Retry button. `sendWith(upload)` sends the message once a file is
+ * stored. `attach(files)` uploads them one after another.
+ */
+export function uploader(getClient, status, sendWith, conversation = () => null) {
+  const text = el("span", {});
+  const bar = el("progress", { max: "1", value: "0", class: "sc-progress", "aria-hidden": "true" });
+  const retry = el("button", { type: "button", class: "sc-link", text: t("attach.retry"), hidden: true });
+  status.append(text, bar, retry);
+  status.hidden = true;
+  let failed = [];
+  async function attach(files) {
+    for (const file of files) {
+      status.hidden = false;
+      retry.hidden = true;
+      text.textContent = t("attach.uploading") + " " + (file.name || "");
+      bar.hidden = false;
+      bar.value = 0;
+      try {
+        const up = await getClient().upload(file, conversation(), (f) => (bar.value = f));
+        sendWith(up);
+        status.hidden = true;
+      } catch (e) {
+        failed.push(file);
+        bar.hidden = true;
+        text.textContent = t(uploadErrorKey(e.code)) + " (" + (file.name || "") + ")";
+        retry.hidden = !(e.code === "unavailable" || e.code === "rate_limited" || e.code === "scanner_unavailable");
+      }
+    }
+  }
+  retry.addEventListener("click", () => {
+    const again = failed;
+    failed = [];
+    attach(again);
+  });
+  return attach;
+}
+
+/** Files dropped on `zone` (drag and drop) go to `attach`. */
+export function dropZone(zone, attach) {
+  zone.addEventListener("dragover", (e) => {
+    if (e.dataTransfer && [...e.dataTransfer.types].includes("Files")) {
+      e.preventDefault();
+      zone.classList.add("sc-dropping");
+    }
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("sc-dropping"));
+  zone.addEventListener("drop", (e) => {
+    zone.classList.remove("sc-dropping");
+    const files = [...((e.dataTransfer && e.dataTransfer.files) || [])];
+    if (files.length) {
+      e.preventDefault();
+      attach(files);
+    }
+  });
 }
 
 function quickReplyBar(qr, opts) {

@@ -1,8 +1,8 @@
 // The customer widget (loaded by widget.js). Everything lives in a shadow
 // root so the host page's CSS cannot break it, and vice versa.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
-import { el, personName, pinnedScroll, renderMessages } from "./sc-ui.js";
-import { LANG, dir, setLanguage, setText, t, uploadErrorKey } from "./sc-i18n.js";
+import { dropZone, el, personName, pinnedScroll, renderMessages, uploader } from "./sc-ui.js";
+import { LANG, dir, setLanguage, setText, t } from "./sc-i18n.js";
 
 const CSS = `
 :host { all: initial; }
@@ -58,8 +58,15 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 form { display: flex; gap: 6px; padding: 10px; border-top: 1px solid #d0d7de; background: #fff; }
 textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 8px; font-size: 14px; height: 40px; max-height: 120px; }
 .attach { background: none; border: 1px solid #d0d7de; border-radius: 8px; padding: 0 8px; cursor: pointer; color: #57606a; display: flex; align-items: center; }
-.sc-upload { font-size: 12px; color: #57606a; padding: 0 14px; margin: 0; min-height: 0; background: #f6f8fa; }
-.sc-upload:empty { display: none; }
+.sc-upload { font-size: 12px; color: #57606a; padding: 4px 14px; margin: 0; background: #f6f8fa; display: flex; gap: 8px; align-items: center; }
+.sc-upload[hidden] { display: none; }
+.sc-progress { flex: 1; height: 6px; }
+.sc-progress[hidden] { display: none; }
+.panel.sc-dropping { outline: 3px dashed #1f6feb; outline-offset: -6px; }
+.sc-lightbox { border: 0; padding: 0; max-width: 96vw; max-height: 96vh; background: #fff; border-radius: 8px; }
+.sc-lightbox::backdrop { background: rgba(0, 0, 0, 0.75); }
+.sc-lightbox img { display: block; max-width: 96vw; max-height: calc(96vh - 44px); }
+.sc-lightbox-bar { display: flex; justify-content: space-between; align-items: center; gap: 12px; padding: 8px 10px; font-size: 13px; }
 .sc-files { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .sc-thumb { max-width: 200px; max-height: 200px; border-radius: 6px; display: block; }
 .sc-file { display: inline-flex; gap: 8px; padding: 6px 10px; border: 1px solid #d0d7de; border-radius: 8px; background: #fff; color: #0969da; font-size: 13px; }
@@ -154,7 +161,7 @@ export function mount(opts) {
   const fileInput = el("input", { type: "file", accept: "image/*,application/pdf,text/plain", multiple: true, hidden: true });
   const attachBtn = el("button", { type: "button", class: "attach", "aria-label": t("attach.button"), title: t("attach.button") });
   attachBtn.innerHTML = CLIP;
-  const uploadNote = el("p", { class: "sc-upload", role: "status" });
+  const uploadNote = el("div", { class: "sc-upload", role: "status" });
   const form = el("form", { "aria-label": t("widget.form") }, attachBtn, fileInput, input, sendBtn);
   const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: t("widget.restart") });
   // The server refused the token and no new one could be had: say so, offer to start again.
@@ -307,22 +314,15 @@ export function mount(opts) {
     input.value = "";
     input.focus();
   });
-  // Attachments: the button's file picker, or images pasted into the text box.
-  async function attach(files) {
-    for (const file of files) {
-      setText(uploadNote, "attach.uploading");
-      try {
-        const up = await client.upload(file);
-        pickConversation();
-        const c = current();
-        client.send(c && !isClosed(c) ? c.id : "new", "", { attachments: [up.id] });
-        uploadNote.textContent = "";
-        render();
-      } catch (e) {
-        setText(uploadNote, uploadErrorKey(e.code));
-      }
-    }
-  }
+  // Attachments: the button's file picker, images pasted into the text box,
+  // files dropped on the panel; progress, errors and retry in uploadNote.
+  const attach = uploader(() => client, uploadNote, (up) => {
+    pickConversation();
+    const c = current();
+    client.send(c && !isClosed(c) ? c.id : "new", "", { attachments: [up.id] });
+    render();
+  });
+  dropZone(panel, attach);
   attachBtn.addEventListener("click", () => fileInput.click());
   fileInput.addEventListener("change", () => {
     const files = [...fileInput.files];

@@ -35,6 +35,14 @@ PASTE = """(b64) => {
   data.items.add(new File([bytes], 'screenshot.png', { type: 'image/png' }));
   box.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
 }"""
+# Drop a small text file on the widget's panel (drag and drop).
+DROP = """(name) => {
+  const panel = document.querySelector('#supportchat-widget').shadowRoot.querySelector('.panel');
+  const data = new DataTransfer();
+  data.items.add(new File(['order 1234, the mug handle\\n'], name, { type: 'text/plain' }));
+  panel.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+  panel.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+}"""
 REFUSED_EN = "This type of file cannot be sent. Images, PDF and text files can."
 REFUSED_ZH = "无法发送此类型的文件。可以发送图片、PDF 和文本文件。"
 
@@ -122,16 +130,20 @@ class Scenario:
             return img && img.complete && img.naturalWidth > 0 && img.naturalWidth <= 320; }""", timeout=WAIT)
         expect(thumb).to_have_attribute("alt", "screenshot.png")
         self.check("the agent sees the screenshot's preview (a thumbnail of at most 320 px)")
-        with agent_ctx.expect_page() as opened:
-            agent.locator("#messages a.sc-image").click()
-        full = opened.value
-        full.wait_for_load_state()
-        assert "/api/v1/attachments/" in full.url and "sig=" in full.url, full.url
-        assert full.evaluate("() => document.contentType") == "image/png", full.evaluate("() => document.contentType")
-        size = full.evaluate("() => { const i = document.images[0]; return i ? [i.naturalWidth, i.naturalHeight] : null; }")
-        assert size == [1000, 720], size
-        full.close()
-        self.check("the agent opens it: the full screenshot (1000 x 720) through its signed link")
+        agent.locator("#messages a.sc-image").click()
+        box = agent.locator("dialog.sc-lightbox")
+        expect(box).to_be_visible()
+        agent.wait_for_function("""() => { const i = document.querySelector('dialog.sc-lightbox img');
+            return i && i.complete && i.naturalWidth === 1000 && i.naturalHeight === 720; }""", timeout=WAIT)
+        self.shot(agent, "console-attachments-lightbox.png")
+        original = box.locator("a").get_attribute("href") or ""
+        assert "/api/v1/attachments/" in original and "sig=" in original, original
+        r = agent.request.get(original)
+        assert r.status == 200 and r.headers["content-type"] == "image/png", (r.status, r.headers)
+        assert r.headers["x-content-type-options"] == "nosniff" and "sandbox" in r.headers["content-security-policy"]
+        agent.keyboard.press("Escape")
+        expect(box).to_have_count(0)
+        self.check("the agent opens it: the full screenshot (1000 x 720) in a lightbox, through its signed link")
         self.shot(agent, "console-attachments.png")
 
         # The agent sends a PDF with the attach button.
@@ -147,10 +159,15 @@ class Scenario:
         self.check("the agent attaches a PDF; the visitor gets a file card whose link downloads it")
         self.shot(cust, "widget-attachments.png")
 
+        # A file dropped on the widget is sent too.
+        cust.evaluate(DROP, "notes.txt")
+        expect(agent.locator("#messages a.sc-file", has_text="notes.txt")).to_have_count(1)
+        self.check("a text file dropped on the widget reaches the agent as a file card")
+
         # A refused file is explained in the visitor's language.
         cust.set_input_files("#supportchat-widget input[type=file]", files=[{
             "name": "cat.png", "mimeType": "image/png", "buffer": ELF}])
-        expect(cust.locator("#supportchat-widget .sc-upload")).to_have_text(REFUSED_EN)
+        expect(cust.locator("#supportchat-widget .sc-upload")).to_contain_text(REFUSED_EN)
         self.check("an executable named cat.png is refused, and the widget says why (English)")
         cust_ctx.close()
         agent_ctx.close()
@@ -162,7 +179,7 @@ class Scenario:
         self.open_widget(page)
         page.set_input_files("#supportchat-widget input[type=file]", files=[{
             "name": "logo.svg", "mimeType": "image/svg+xml", "buffer": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}])
-        self.expect(page.locator("#supportchat-widget .sc-upload")).to_have_text(REFUSED_ZH)
+        self.expect(page.locator("#supportchat-widget .sc-upload")).to_contain_text(REFUSED_ZH)
         self.check("an SVG is refused, and the widget says why in Chinese for a zh-CN browser")
         ctx.close()
 
