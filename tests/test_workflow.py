@@ -79,6 +79,27 @@ class WorkflowTests(unittest.TestCase):
         return cust, ann, conv
 
     @inlineCallbacks
+    def test_queued_entries_show_the_first_message_and_its_language(self) -> Any:
+        """GET /api/v1/inbox?state=queued gives each queued conversation the
+        customer's first text message (cut at 140 characters) and a language
+        guessed from its script: who waits, and for what, without joining."""
+        cust = yield self.ws(token("cust"))
+        cust.send({"type": "start", "team": "sales"})
+        conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
+        first = "你好，我的订单在哪里？" + "很急" * 100
+        acked = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "q1", "body": first})
+        self.assertEqual(acked["type"], "ack")
+        yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "q2", "body": "hello?"})
+        other = yield self.ws(token("cust2"))
+        other.send({"type": "start", "team": "sales"})
+        quiet = (yield other.next_frame("conversation"))["conversation"]["id"]
+        code, body = yield self.api.call("GET", "/inbox?state=queued", self.tokens["ann"])
+        self.assertEqual(code, 200)
+        by_id = {c["conversation"]: c for c in body["conversations"]}
+        self.assertEqual((by_id[conv]["preview"], by_id[conv]["lang"]), (first[:140], "zh"))
+        self.assertEqual((by_id[quiet]["preview"], by_id[quiet]["lang"]), (None, None))
+
+    @inlineCallbacks
     def test_team_works_a_conversation_end_to_end(self) -> Any:
         """Login, online, automatic assignment, messages, transfer with a note
         the customer never sees, close, rating, CSAT report, refresh token."""

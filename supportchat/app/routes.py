@@ -213,7 +213,7 @@ def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:
     v1.putChild(b"agents", AgentsApi(reactor, authn, store, cfg, server.get_staff_notices().after_agent_change,
                                      hasher))
     v1.putChild(b"teams", TeamsApi(reactor, authn, store))
-    v1.putChild(b"inbox", InboxApi(reactor, authn, store))
+    v1.putChild(b"inbox", InboxApi(reactor, authn, store, server.get_history_store()))
     v1.putChild(b"csat", CsatApi(reactor, authn, store))
     v1.putChild(b"canned", CannedApi(reactor, authn, store, server.get_canned_store(),
                                      server.get_staff_notices().canned_changed))

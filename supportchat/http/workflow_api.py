@@ -43,6 +43,8 @@ from supportchat.http.authn import Authenticator
 from supportchat.config.model import AuthConfig, WorkflowConfig
 from supportchat.http.common import client_ip
 from supportchat.http.history import MAX_INT, AsyncJsonResource, HttpError, authenticate, int_arg, path_segments, str_arg
+from supportchat.storage.interfaces import HistoryStore
+from supportchat.storage.models import TEXT
 from supportchat.wire.frames import text_problem
 from supportchat.workflow.models import STATUSES, Agent, WorkflowError
 from supportchat.ratelimit import FailureBackoff
@@ -363,10 +365,45 @@ class TeamsApi(WorkflowResource):
         return 200, team.to_wire()
 
 
+# Scripts a first message's language is guessed from (a queue entry's `lang`);
+# Latin letters say nothing about the language: no guess.
+_SCRIPTS = (("zh", re.compile(r"[\u4e00-\u9fff]")), ("ja", re.compile(r"[\u3040-\u30ff]")),
+            ("ko", re.compile(r"[\uac00-\ud7af]")), ("ar", re.compile(r"[\u0600-\u06ff]")),
+            ("he", re.compile(r"[\u0590-\u05ff]")), ("ru", re.compile(r"[\u0400-\u04ff]")))
+PREVIEW_CHARS = 140
+
+
+def guess_language(text: str) -> str | None:
+    """A language code from the script of ``text`` (kana before Han: Japanese), or None."""
+    if _SCRIPTS[1][1].search(text):
+        return "ja"
+    for code, script in _SCRIPTS:
+        if script.search(text):
+            return code
+    return None
+
+
 class InboxApi(WorkflowResource):
-    """``/api/v1/inbox[/{conversation}]``: conversations in the workflow."""
+    """``/api/v1/inbox[/{conversation}]``: conversations in the workflow.
+    Queued ones carry ``preview`` (the customer's first text message,
+    cut at PREVIEW_CHARS) and ``lang`` (guessed from its script), so a
+    console can show who is waiting without joining."""
 
     routes = {b"GET": "get"}
+
+    def __init__(self, reactor: Any, authn: Authenticator, workflow: WorkflowStore,
+                 history: HistoryStore | None = None) -> None:
+        super().__init__(reactor, authn, workflow)
+        self._history = history
+
+    async def _preview(self, conversation_id: str) -> dict[str, Any]:
+        if self._history is None:
+            return {}
+        for m in await self._history.messages_page(conversation_id, 0, None, 30):
+            if m.kind == TEXT and m.sender_role == "customer" and m.body.strip():
+                text = m.body.strip()
+                return {"preview": text[:PREVIEW_CHARS], "lang": guess_language(text)}
+        return {"preview": None, "lang": None}
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await self.principal(request)
@@ -405,6 +442,8 @@ class InboxApi(WorkflowResource):
             entry = item.to_wire()
             entry["waiting"] = self._waiting(item)
             entry["unread"] = counts.get(item.conversation_id, 0)
+            if item.state == "queued":
+                entry.update(await self._preview(item.conversation_id))
             found.append(entry)
         return 200, {"conversations": found}
 

@@ -59,6 +59,7 @@ const profiles = new Map(); // customer id -> {at, profile: object | null}
 // Canned replies (GET /api/v1/canned: my team's and my own), listed again
 // at every hello and whenever a `canned` frame says one changed.
 let canned = [];
+let queueTimer = null;
 let blink = null;
 let unseenCount = 0;
 const baseTitle = () => t("console.title") + " · supportchat";
@@ -151,12 +152,20 @@ function startApp(token) {
     loadCanned();
     const st = (h.agent && h.agent.status) || h.status;
     $("status-wrap").hidden = !h.agent; // the workflow (agent status) is on
-    if (st) $("agent-status").value = st;
+    if (st) showStatus(st);
     refreshQueue();
     renderSide();
     if (!selected && client.conversations.size) select(sortedMine()[0].id);
   });
-  client.addEventListener("queue", renderSide);
+  client.addEventListener("queue", (e) => {
+    renderSide();
+    // a conversation entered the queue: its first message and language come from REST
+    const it = e.detail.item;
+    if (it && it.state === "queued" && !(client.queue.get(it.conversation) || {}).preview) {
+      clearTimeout(queueTimer);
+      queueTimer = setTimeout(refreshQueue, 300);
+    }
+  });
   client.addEventListener("change", (e) => {
     const c = e.detail.conversation;
     renderSide();
@@ -168,7 +177,7 @@ function startApp(token) {
   });
   client.addEventListener("agentstatus", (e) => {
     const a = e.detail.agent;
-    if (a && a.status) $("agent-status").value = a.status;
+    if (a && a.status) showStatus(a.status);
   });
   client.addEventListener("frame", renderSide);
   client.addEventListener("profile", (e) => loadProfile(e.detail.customer_id, true));
@@ -186,9 +195,19 @@ async function refreshQueue() {
     if (!r.ok) return;
     const body = await r.json();
     const items = Array.isArray(body) ? body : body.items || body.conversations || [];
-    client.setQueue(items.map((it) => ({ id: it.conversation || it.id, customer_id: it.customer_id, queued_at: it.queued_at, created_at: it.queued_at, team: it.team })));
+    client.setQueue(items.map((it) => ({ id: it.conversation || it.id, customer_id: it.customer_id, queued_at: it.queued_at, created_at: it.queued_at, team: it.team, preview: it.preview, lang: it.lang })));
   } catch (e) {
     /* keep the pushed queue */
+  }
+}
+
+/** "中文", "Arabic"...: a language code's name in the console's language. */
+function languageName(code) {
+  if (!code) return "";
+  try {
+    return new Intl.DisplayNames([LANG], { type: "language" }).of(code) || code;
+  } catch (e) {
+    return code;
   }
 }
 
@@ -214,8 +233,10 @@ function renderSide() {
       ev.stopPropagation();
       acceptConv(info.id);
     } });
+    const lang = languageName(info.lang);
     return el("li", { "data-id": info.id, class: "queue-item" },
-      el("div", { class: "grow" }, el("div", { class: "title", text: who }),
+      el("div", { class: "grow" }, el("div", { class: "title", text: who }, lang ? el("span", { class: "lang", text: lang }) : null),
+        info.preview ? el("div", { class: "sub preview", dir: "auto", text: info.preview }) : null,
         el("div", { class: "sub" }, el("span", { class: "wait", "data-created": info.queued_at || info.created_at, text: t("console.waiting", { time: wait }) }),
           info.last_seq ? " · " + t("console.count", { n: info.last_seq }) : "")),
       accept);
@@ -301,7 +322,10 @@ function renderConv() {
   notes.hidden = !(c.notes && c.notes.length);
   notes.replaceChildren(...(c.notes || []).map((n) => el("p", { class: "note" },
     el("strong", { text: t("console.noteFrom", { name: (n.author && (n.author.name || n.author.id)) || t("console.colleague") }) + " " }), el("span", { dir: "auto", text: n.body }))));
-  if (document.visibilityState === "visible" && document.hasFocus()) client.markRead(c.id);
+  if (document.visibilityState === "visible" && document.hasFocus()) {
+    client.markRead(c.id);
+    if (unseen.has(c.id)) seen();
+  }
 }
 
 
@@ -447,10 +471,15 @@ function sendReply() {
 }
 
 // ------------------------------------------------------- notifications
+// The title blinks while some conversation has messages I have not seen:
+// it stops once I look at each of them (open it in a focused window).
+const unseen = new Map(); // conversation id -> messages not seen yet
+
 function notify(conv, message) {
   const visible = document.visibilityState === "visible" && document.hasFocus();
   if (visible && conv.id === selected) return;
-  unseenCount++;
+  unseen.set(conv.id, (unseen.get(conv.id) || 0) + 1);
+  unseenCount = [...unseen.values()].reduce((a, b) => a + b, 0);
   if (!blink) {
     let on = false;
     blink = setInterval(() => {
@@ -458,16 +487,27 @@ function notify(conv, message) {
       document.title = on ? t("console.newMessage", { n: unseenCount }) : baseTitle();
     }, 1000);
     document.title = t("console.newMessage", { n: unseenCount });
+    document.documentElement.dataset.blink = "on"; // for tests: the title is blinking
   }
   if ($("sound").checked) beep();
+}
+
+/** The selected conversation is on screen in a focused window: seen. */
+function seen() {
+  const visible = document.visibilityState === "visible" && document.hasFocus();
+  if (!visible || !selected) return;
+  unseen.delete(selected);
+  unseenCount = [...unseen.values()].reduce((a, b) => a + b, 0);
+  if (!unseen.size) stopBlink();
 }
 
 function stopBlink() {
   if (blink) clearInterval(blink);
   blink = null;
+  delete document.documentElement.dataset.blink;
+  unseen.clear();
   unseenCount = 0;
   document.title = baseTitle();
-  if (client && selected) renderConv();
 }
 
 let audio = null;
@@ -482,6 +522,18 @@ function beep() {
     o.start();
     o.stop(audio.currentTime + 0.15);
   } catch (e) {}
+}
+
+/** My availability (not the connection): the select, its dot, and a prompt to go online while offline. */
+function showStatus(status) {
+  $("agent-status").value = status;
+  $("status-dot").dataset.status = status;
+  $("go-online").hidden = status !== "offline" || !client || !client.hello || !client.hello.agent;
+}
+
+async function setStatus(status) {
+  const r = await workflow("status", { status }, "console.doStatus");
+  if (r && r.agent) showStatus(r.agent.status);
 }
 
 async function workflow(type, fields, what) {
@@ -508,7 +560,8 @@ function wire() {
     showLogin();
   });
   $("sound").addEventListener("change", () => localStorage.setItem(SOUND_KEY, $("sound").checked ? "1" : "0"));
-  $("agent-status").addEventListener("change", () => workflow("status", { status: $("agent-status").value }, "console.doStatus"));
+  $("agent-status").addEventListener("change", () => setStatus($("agent-status").value));
+  $("go-online-btn").addEventListener("click", () => setStatus("online"));
   $("older").addEventListener("click", async () => {
     const box = $("scroll");
     const before = box.scrollHeight;
@@ -599,8 +652,12 @@ function wire() {
       sendReply();
     }
   });
-  window.addEventListener("focus", stopBlink);
-  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && stopBlink());
+  const looked = () => {
+    seen();
+    if (client && selected) renderConv();
+  };
+  window.addEventListener("focus", looked);
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && looked());
   setInterval(refreshQueue, 60000);
   setInterval(() => {
     for (const w of document.querySelectorAll("#queue .wait")) {

@@ -489,7 +489,15 @@ class Scenario:
         expect(alice.locator("#conv-status")).to_have_attribute("data-status", "transferred")
         mine = bob.locator("#mine li.mine-item")
         expect(mine).to_have_count(1)
+        expect(bob.locator("#mine li.mine-item .unread")).to_have_count(0)  # unread counts start at the transfer
+        # a message Bob has not seen yet: the title blinks until he opens the conversation
+        self.customer_send(cust, "Is anyone there?")
+        expect(bob.locator("html")).to_have_attribute("data-blink", "on")
+        bob.wait_for_function("() => /New message/.test(document.title)", timeout=WAIT)
         mine.click()
+        expect(bob.locator("html")).not_to_have_attribute("data-blink", "on")  # stopped, not merely between blinks
+        expect(bob).to_have_title("Agent console · supportchat")
+        self.check("the title blinks for a message in a conversation not on screen and stops once it is opened")
         expect(bob.locator("#notes")).to_contain_text("VIP customer, be nice")
         expect(bob.locator("#messages li.sc-msg", has_text="No, that's all")).to_have_count(1)
         expect(cust.locator("#supportchat-widget li.sc-event[data-event=transferred]")).to_have_count(1)
@@ -605,7 +613,12 @@ class Scenario:
         agent.locator("#login-token").fill(token("chen", "agent", name="陈静"))
         agent.locator("#token-submit").click()
         expect(agent.locator("#conn")).to_have_text("已连接")
+        expect(agent.locator("#go-online")).to_be_visible()
+        expect(agent.locator("#go-online")).to_contain_text("您当前为离线状态")
         item = agent.locator("#queue li.queue-item", has_text="访客")
+        if bot_enabled():
+            expect(item.locator(".preview")).to_have_text("你好")
+            expect(item.locator(".lang")).to_have_text("中文")
         expect(item).to_have_count(1)
         expect(item).to_contain_text("已等待")
         expect(item.locator("button.accept")).to_have_text("接入")
@@ -618,8 +631,14 @@ class Scenario:
         expect(answer.locator("a")).to_have_attribute("href", "https://example.com/zh")
         expect(agent.locator("#messages li.sc-own", has_text="我来帮您查一下")).to_have_attribute("data-status", "seen")
         expect(agent.locator("#messages li.sc-own", has_text="我来帮您查一下").locator(".sc-status")).to_have_text("已读")
-        self.check("zh-CN: the console in Chinese (sign-in, connection, queue with a visitor label and waiting time, "
-                   "accept); the visitor sees 陈静's name and join in Chinese; read receipt in Chinese")
+        self.check("zh-CN: the console in Chinese (sign-in, connection, queue with a visitor label, first message, "
+                   "language and waiting time, accept); the visitor sees 陈静's name and join in Chinese; read receipt")
+        agent.locator("#go-online-btn").click()
+        expect(agent.locator("#go-online")).to_be_hidden()
+        expect(agent.locator("#status-dot")).to_have_attribute("data-status", "online")
+        expect(agent.locator("#agent-status")).to_have_value("online")
+        expect(agent.locator("#conn")).to_have_text("已连接")
+        self.check("after sign-in an offline agent is prompted to go online; availability and connection are two indicators")
         self.shot(cust, "widget-zh.png")
         self.shot(agent, "console-zh.png")
         self.axe(agent, "the console with a conversation open (zh-CN, 1100 px)")
