@@ -232,7 +232,7 @@ class SupportChatServer:
     def get_attachments(self) -> AttachmentService:
         """Uploads, claims by messages, downloads and the sweep (supportchat/attachments/)."""
         def make() -> AttachmentService:
-            from supportchat.attachments.blobs import FileBlobStore
+            from supportchat.attachments.blobs import BlobStore, FileBlobStore
             from supportchat.attachments.models import Limits
             from supportchat.attachments.scan import ClamdScanner
             from supportchat.attachments.service import AttachmentService, Policy
@@ -244,15 +244,26 @@ class SupportChatServer:
             def run(f: Callable[..., Any], *args: Any) -> Any:
                 return deferToThreadPool(self.reactor, pool, f, *args)
 
-            blobs = FileBlobStore(cfg.directory or os.path.join(self.config.server.data_dir, "attachments"), run)
-            blobs.clean_spool(3600.0, self.reactor.seconds())  # what a crash left mid-upload
+            files = FileBlobStore(cfg.directory or os.path.join(self.config.server.data_dir, "attachments"), run)
+            files.clean_spool(3600.0, self.reactor.seconds())  # what a crash left mid-upload
+            blobs: BlobStore = files
+            if cfg.storage == "s3":
+                from treq.client import HTTPClient
+                from twisted.web.client import Agent, HTTPConnectionPool
+
+                from supportchat.attachments.s3 import S3BlobStore
+
+                http = HTTPClient(Agent(self.reactor, pool=HTTPConnectionPool(self.reactor), connectTimeout=10))
+                blobs = S3BlobStore(http, self.reactor, run, cfg.s3_endpoint, cfg.s3_bucket, cfg.s3_region,
+                                    cfg.s3_access_key, cfg.s3_secret_key, cfg.s3_prefix, cfg.max_bytes,
+                                    now=self.reactor.seconds)
             history = self.get_history_store()
 
             async def can_read(conversation_id: str, key: str, role: str) -> bool:
                 return await history.visible_conversation(conversation_id, key, role) is not None
 
             return AttachmentService(
-                self.reactor, SqlAttachmentStore(self.get_database()), blobs, run, blobs.spool_dir(),
+                self.reactor, SqlAttachmentStore(self.get_database()), blobs, run, files.spool_dir(),
                 Limits(max_bytes=cfg.max_bytes, max_pixels=cfg.max_pixels, allowed_types=tuple(cfg.allowed_types),
                        thumbnail_size=cfg.thumbnail_size),
                 ClamdScanner(cfg.scanner, cfg.scan_timeout) if cfg.scanner else None,

@@ -492,3 +492,17 @@ class KillDuringUploadTests(unittest.TestCase):
         self.assertEqual(r.code, 201, (yield r.text()))
         restarted.signal("TERM")
         yield restarted.ended()
+
+
+class S3AttachmentsTests(AttachmentsEndToEndTests):
+    """The same with ``storage = "s3"``: the bytes in moto's S3 server."""
+
+    def sections(self) -> dict[str, Any]:
+        from tests.test_attachments import moto_endpoint
+
+        return dict(super().sections(), attachments=dict(
+            super().sections()["attachments"], storage="s3", s3_endpoint=moto_endpoint(),
+            s3_bucket=f"sc-e2e-{os.getpid()}-{id(self)}", s3_access_key="testing", s3_secret_key="testing-secret"))
+
+    def ready(self) -> Any:
+        return defer.Deferred.fromCoroutine(self.server.server.get_attachments().blobs.create_bucket())

@@ -374,8 +374,16 @@ class AttachmentsConfig:
     """Images and files sent in chat (docs/protocol.md, "Attachments")."""
 
     enabled: bool = True
-    # Where the bytes are stored; empty: <data_dir>/attachments.
+    # Where the bytes are stored: "filesystem" (directory; empty:
+    # <data_dir>/attachments) or "s3" (an S3-compatible bucket).
+    storage: str = "filesystem"
     directory: str = ""
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
     max_bytes: int = 10 * 1024 * 1024
     # A whole upload request must arrive within this many seconds (instead
     # of [server] request_timeout, which is too short for 10 MiB on a slow uplink).
@@ -402,6 +410,13 @@ class AttachmentsConfig:
 
     def validate(self, check: "_Checker") -> None:
         check.that(1024 <= self.max_bytes <= 1024 * 1024 * 1024, "max_bytes", "must be between 1024 and 1073741824")
+        check.that(self.storage in ("filesystem", "s3"), "storage", "must be filesystem or s3")
+        if self.storage == "s3":
+            check.that(self.s3_endpoint.startswith(("http://", "https://")), "s3_endpoint",
+                       "must be the store's http:// or https:// URL")
+            check.that(bool(self.s3_bucket), "s3_bucket", "is required with storage = s3")
+            check.that(bool(self.s3_access_key and self.s3_secret_key), "s3_secret_key",
+                       "s3_access_key and s3_secret_key are required with storage = s3")
         check.that(1 <= self.upload_timeout <= 3600, "upload_timeout", "must be between 1 and 3600 seconds")
         check.that(1 <= self.max_pixels <= 200_000_000, "max_pixels", "must be between 1 and 200000000")
         check.that(bool(self.allowed_types) and all(t in ATTACHMENT_TYPES for t in self.allowed_types),
