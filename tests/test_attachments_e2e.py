@@ -506,3 +506,74 @@ class S3AttachmentsTests(AttachmentsEndToEndTests):
 
     def ready(self) -> Any:
         return defer.Deferred.fromCoroutine(self.server.server.get_attachments().blobs.create_bucket())
+
+
+class ScannedUploadsTests(unittest.TestCase):
+    """A server configured with ``[attachments] scanner`` (a Unix socket
+    speaking clamd's protocol): infected uploads refused with a clear error
+    and counted; clean ones stored; the scanner gone means 503 (refuse) or
+    stored and flagged (accept)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def start(self, scanner_down: str) -> Any:
+        import shutil
+        import tempfile
+
+        from tests.test_attachments import FakeClamd
+
+        folder = tempfile.mkdtemp(prefix="sc-scan-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.sock = os.path.join(folder, "clamd.sock")
+        self.clamd = FakeClamd(self.sock, {files.EICAR: "Eicar-Test-Signature"})
+        self.addCleanup(self.clamd.close)
+        self.server = yield start_server(self, attachments={"scanner": "unix:" + self.sock,
+                                                             "scanner_down": scanner_down, "scan_timeout": 5.0})
+        self.base = f"http://127.0.0.1:{self.server.port}"
+        self.http = http_client()
+
+    @inlineCallbacks
+    def upload(self, data: bytes, name: str = "note.txt") -> Any:
+        body, ctype = files.multipart([("file", name, data, "text/plain")])
+        r = yield self.http.request("POST", self.base + "/api/v1/attachments", data=body, headers={
+            b"authorization": [f"Bearer {token('cust')}".encode()], b"content-type": [ctype.encode()]})
+        return r.code, json.loads((yield r.text()))
+
+    @inlineCallbacks
+    def metrics(self) -> Any:
+        r = yield self.http.get(self.base + "/metrics")
+        return (yield r.text())
+
+    @inlineCallbacks
+    def test_infected_refused_clean_stored_scanner_down_refused(self) -> Any:
+        """EICAR: 422 infected; a clean note: 201 and its row says clean;
+        clamd gone: 503 scanner_unavailable with Retry-After; the metrics
+        count each result."""
+        yield self.start("refuse")
+        code, body = yield self.upload(files.EICAR, "eicar.txt")
+        self.assertEqual((code, body["error"]["code"]), (422, "infected"))
+        code, body = yield self.upload(b"a harmless note\n")
+        self.assertEqual(code, 201)
+        row = yield self.server.server.get_attachments().store.get(body["id"])
+        self.assertEqual(row.scan, "clean")
+        self.clamd.close()
+        os.unlink(self.sock)
+        code, body = yield self.upload(b"another note\n")
+        self.assertEqual((code, body["error"]["code"]), (503, "scanner_unavailable"))
+        text = yield self.metrics()
+        for result in ("infected", "clean", "unavailable"):
+            self.assertIn(f'attachment_scans_total{{result="{result}"}} 1.0', text)
+        self.assertIn('attachment_uploads_total{outcome="infected"} 1.0', text)
+
+    @inlineCallbacks
+    def test_scanner_down_accepted_and_flagged(self) -> Any:
+        """With scanner_down = accept, an upload while clamd is gone is
+        stored, its row flagged unavailable."""
+        yield self.start("accept")
+        self.clamd.close()
+        os.unlink(self.sock)
+        code, body = yield self.upload(b"a note while clamd is down\n")
+        self.assertEqual(code, 201)
+        row = yield self.server.server.get_attachments().store.get(body["id"])
+        self.assertEqual(row.scan, "unavailable")
