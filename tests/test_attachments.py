@@ -600,6 +600,29 @@ class ServiceTests(unittest.TestCase):
         self.assertNotIn(c["sha256"], self.blobs.blobs)
         self.assertEqual(set(self.store.rows), {b["id"]})
 
+    def test_sweep_never_takes_the_bytes_of_an_upload_being_stored(self) -> None:
+        """An orphan is swept while an upload of the same bytes is being
+        stored: the sweep waits for it, then keeps the blob the new row uses."""
+        png = files.image("PNG")
+        old = self.successResultOf(self.upload("alice", png))
+        self.clock.advance(7200.0)
+        put_now, paused = self.blobs.put, Deferred()
+
+        def slow_put(key: str, path: str) -> Any:
+            return paused.addCallback(lambda _: put_now(key, path))
+
+        self.blobs.put = slow_put  # type: ignore[method-assign]
+        storing = self.upload("bob", png)
+        sweeping = Deferred.fromCoroutine(self.service.sweep())
+        self.assertNoResult(sweeping)  # waits for the upload's put and row
+        self.blobs.put = put_now  # type: ignore[method-assign]
+        paused.callback(None)
+        new = self.successResultOf(storing)
+        self.assertEqual(self.successResultOf(sweeping), 1)
+        self.assertIsNone(self.store.rows.get(old["id"]))
+        self.assertIn(new["id"], self.store.rows)
+        self.assertIn(new["sha256"], self.blobs.blobs)
+
     def test_rate_and_daily_bytes(self) -> None:
         """Past the burst uploads are 429 rate_limited until the bucket
         refills on the clock; past daily_bytes 429 quota_exceeded."""

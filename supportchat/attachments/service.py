@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable
 
 from twisted.application.service import Service
+from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -88,6 +89,11 @@ class AttachmentService:
         self._can_read = can_read
         self.policy = policy
         self._rate = KeyedRateLimiter(clock, policy.upload_rate, policy.upload_burst)
+        # Storing a blob and its row, and the sweep deleting a row and then
+        # its blob, exclude each other on this node: otherwise an upload of
+        # the same bytes as an orphan being swept could find the blob still
+        # there, skip writing it, and lose it to the sweep a moment later.
+        self._blob_lock = DeferredLock()
 
     # -- upload ------------------------------------------------------------
     async def upload(self, principal: Principal, body: IO[bytes], content_type: bytes | None) -> dict[str, Any]:
@@ -130,22 +136,25 @@ class AttachmentService:
             conversation = spooled.fields.get("conversation") or None
             if conversation is not None and not await self._can_read(conversation, key, principal.role):
                 raise AttachmentError(404, "not_found", "no such conversation")
-            await self.blobs.put(spooled.sha256, spooled.path)
-            thumb_key = None
-            if spooled.thumb_path is not None:
-                thumb_key = spooled.sha256 + ".thumb"
-                await self.blobs.put(thumb_key, spooled.thumb_path)
+            attachment = Attachment(
+                id=new_id("a", now), uploader=key, name=spooled.name, content_type=spooled.content_type,
+                size=spooled.size, sha256=spooled.sha256, width=spooled.width, height=spooled.height,
+                blob_key=spooled.sha256, thumb_key=None if spooled.thumb_path is None else spooled.sha256 + ".thumb",
+                thumb_type=spooled.thumb_type, scan=spooled.scan if self._scanner is not None else "unscanned",
+                created_at=now, conversation_id=conversation,
+            )
+            await self._blob_lock.acquire()
+            try:
+                # The blob before its row: a row never points at bytes not yet stored.
+                await self.blobs.put(attachment.blob_key, spooled.path)
+                if attachment.thumb_key is not None and spooled.thumb_path is not None:
+                    await self.blobs.put(attachment.thumb_key, spooled.thumb_path)
+                await self.store.add(attachment)
+            finally:
+                self._blob_lock.release()
         except BaseException:
             _remove(spooled.path, spooled.thumb_path)
             raise
-        attachment = Attachment(
-            id=new_id("a", now), uploader=key, name=spooled.name, content_type=spooled.content_type,
-            size=spooled.size, sha256=spooled.sha256, width=spooled.width, height=spooled.height,
-            blob_key=spooled.sha256, thumb_key=thumb_key, thumb_type=spooled.thumb_type,
-            scan=spooled.scan if self._scanner is not None else "unscanned", created_at=now,
-            conversation_id=conversation,
-        )
-        await self.store.add(attachment)
         self._metrics.attachment_bytes.inc(attachment.size)
         out = attachment.to_upload_wire()
         out.update(self.links.attachment(attachment.to_message_data()))
@@ -210,8 +219,12 @@ class AttachmentService:
         before = self._clock.seconds() - self.policy.orphan_grace
         removed = 0
         for attachment in await self.store.orphans(before, batch):
-            for key in await self.store.delete(attachment.id):
-                await self.blobs.delete(key)
+            await self._blob_lock.acquire()
+            try:
+                for key in await self.store.delete(attachment.id):
+                    await self.blobs.delete(key)
+            finally:
+                self._blob_lock.release()
             removed += 1
         if removed:
             log.info("removed {n} unclaimed uploads", n=removed)
