@@ -79,6 +79,41 @@ class WorkflowTests(unittest.TestCase):
         return cust, ann, conv
 
     @inlineCallbacks
+    def test_internal_notes_are_staff_only_entries_of_the_conversation(self) -> Any:
+        """A note is placed after the conversation's last message, returned to
+        its writer, pushed to the staff and to the agent it @mentions, and
+        given by sync to staff only: the customer gets no note frame and no
+        notes in sync, and cannot write one. A transfer's note reaches an agent
+        who was not connected at the time through sync."""
+        cust, ann, conv = yield self.assigned_conversation()
+        acked = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "n1", "body": "hi"})
+        dan = yield self.ws(self.tokens["dan"])
+        note = yield self.reply(ann, {"type": "note", "conversation": conv, "body": "@dan VIP customer, @nobody here"})
+        self.assertEqual((note["type"], note["after_seq"], note["mentions"], note["author"]["id"]),
+                         ("note", acked["seq"], ["dan"], "ann"))
+        pushed = yield dan.next_frame("note")
+        self.assertEqual((pushed["id"], pushed["body"]), (note["id"], "@dan VIP customer, @nobody here"))
+        refused = yield self.reply(cust, {"type": "note", "conversation": conv, "body": "let me in"})
+        self.assertEqual((refused["type"], refused["code"]), ("error", "not_found"))
+        history = yield self.reply(ann, {"type": "sync", "conversation": conv, "after_seq": 0})
+        self.assertEqual([(n["id"], n["author"]["name"]) for n in history["notes"]], [(note["id"], "Ann")])
+        later = yield self.reply(ann, {"type": "sync", "conversation": conv, "after_seq": acked["seq"] + 1})
+        self.assertNotIn("notes", later)  # placed after an earlier message: not in this page
+        mine = yield self.reply(cust, {"type": "sync", "conversation": conv, "after_seq": 0})
+        self.assertNotIn("notes", mine)
+        # a transfer's note, to an agent who is not connected when it is written
+        yield close_client(dan)
+        done = yield self.reply(ann, {"type": "transfer", "conversation": conv, "to_agent": "dan",
+                                      "note": "Wants a refund"})
+        self.assertEqual(done["type"], "transferred")
+        dan2 = yield self.ws(self.tokens["dan"])
+        history = yield self.reply(dan2, {"type": "sync", "conversation": conv, "after_seq": 0})
+        self.assertEqual([n["body"] for n in history["notes"]], ["@dan VIP customer, @nobody here", "Wants a refund"])
+        self.assertEqual(cust.of_type("note"), [])
+        self.assertNotIn("VIP", json.dumps(cust.frames))
+        self.assertNotIn("refund", json.dumps(cust.frames))
+
+    @inlineCallbacks
     def test_queued_entries_show_the_first_message_and_its_language(self) -> Any:
         """GET /api/v1/inbox?state=queued gives each queued conversation the
         customer's first text message (cut at 140 characters) and a language

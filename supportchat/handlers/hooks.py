@@ -60,6 +60,11 @@ class WorkflowHooks(Protocol):
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writes to ``conversation_id`` (a closed one may reopen, or refuse)."""
 
+    async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
+                          to_seq: int | None) -> list[dict[str, Any]]:
+        """For ``sync``: the internal notes placed after messages ``from_seq``
+        to ``to_seq`` (None: no upper bound), for staff; always [] for a customer."""
+
 
 class NoWorkflow:
     """The hooks when the support workflow is off: everyone is admitted,
@@ -97,3 +102,7 @@ class NoWorkflow:
 
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         pass
+
+    async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
+                          to_seq: int | None) -> list[dict[str, Any]]:
+        return []

@@ -151,6 +151,12 @@ class MessageFrames:
             "messages": [self._links(m.to_wire()) for m in msgs[: frame.limit]],
             "has_more": len(msgs) > frame.limit,
         }
+        if session.role != "customer":
+            # staff only: the internal notes placed among these messages (after the last one when caught up)
+            upto = None if not history["has_more"] else msgs[frame.limit - 1].seq
+            notes = await self._hooks.staff_notes(session, frame.conversation, frame.after_seq, upto)
+            if notes:
+                history["notes"] = notes
         if not history["has_more"]:
             # Caught up: where the others have read to (Seen marks after a reload).
             positions = await self._store.read_positions(frame.conversation)

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 
 from supportchat.auth import account_refusal
 from supportchat.bus.interfaces import Delivery
+from supportchat.handlers.assignment import note_frame
 from supportchat.handlers.connections import ClientSession
 from supportchat.handlers.hooks import Claim
 from supportchat.handlers.messages import not_found
@@ -146,6 +147,24 @@ class WorkflowChatHooks:
         self._q.background.run("workflow_positions", self._q.publish_positions)
 
     # -- messages ------------------------------------------------------------
+    async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
+                          to_seq: int | None) -> list[dict[str, Any]]:
+        """Staff only: the notes placed after messages ``from_seq``..``to_seq``,
+        as ``note`` frames (author with the account's name); [] for customers."""
+        if session.role not in ("agent", "admin"):
+            return []
+        out = []
+        authors: dict[str, dict[str, Any]] = {}
+        for note in await self._q.wf.notes(conversation_id, from_seq - 1):
+            if to_seq is not None and note.after_seq > to_seq:
+                break
+            if note.author_id not in authors:
+                agent = await self._q.wf.get_agent(note.author_id)
+                authors[note.author_id] = {"id": note.author_id, "role": agent.role if agent else "agent",
+                                           **({"name": agent.name} if agent and agent.name else {})}
+            out.append(note_frame(note, authors[note.author_id], []))
+        return out
+
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writing to a closed conversation reopens it within
         ``reopen_window``; later it is refused (start a new one)."""

@@ -182,6 +182,13 @@ function startApp(token) {
   client.addEventListener("frame", renderSide);
   client.addEventListener("profile", (e) => loadProfile(e.detail.customer_id, true));
   client.addEventListener("canned", loadCanned);
+  client.addEventListener("mention", (e) => {
+    const n = e.detail.note;
+    const c = client.conversations.get(n.conversation);
+    $("mention-note").textContent = t("console.mentioned", { name: (n.author && (n.author.name || n.author.id)) || t("console.colleague"),
+      who: c ? customerLabel(c.info.customer_id, c.id) : t("console.otherConversation") });
+    notify({ id: n.conversation }, n);
+  });
   client.connect();
 }
 
@@ -312,16 +319,13 @@ function renderConv() {
     me: client.user,
     server: client.server,
     pending: client.pending(c.id),
+    notes: c.notes || [],
     onRetry: (cid) => client.retry(cid),
     onDiscard: (cid) => client.discard(cid),
   }));
   const typers = client.typers(c.id);
   $("typing").textContent = typers.length ? t("console.typing") : "";
   renderProfile(c);
-  const notes = $("notes");
-  notes.hidden = !(c.notes && c.notes.length);
-  notes.replaceChildren(...(c.notes || []).map((n) => el("p", { class: "note" },
-    el("strong", { text: t("console.noteFrom", { name: (n.author && (n.author.name || n.author.id)) || t("console.colleague") }) + " " }), el("span", { dir: "auto", text: n.body }))));
   if (document.visibilityState === "visible" && document.hasFocus()) {
     client.markRead(c.id);
     if (unseen.has(c.id)) seen();
@@ -428,6 +432,57 @@ function renderCanned() {
   return found;
 }
 
+// Transfer targets: the agents (with availability and load) and the teams.
+let targets = new Map(); // option value -> agent or team
+
+async function loadTargets() {
+  const get = async (path) => {
+    const r = await fetch(path, { headers: { authorization: "Bearer " + client._token } });
+    return r.ok ? r.json() : {};
+  };
+  const select = $("transfer-to");
+  try {
+    const [agents, teams] = await Promise.all([get("/api/v1/agents"), get("/api/v1/teams")]);
+    targets = new Map();
+    const people = (agents.agents || []).filter((a) => !a.disabled && a.id !== client.user.id)
+      .sort((a, b) => (a.status === "online" ? 0 : 1) - (b.status === "online" ? 0 : 1) || String(a.name).localeCompare(String(b.name)));
+    const agentGroup = el("optgroup", { label: t("console.agents") });
+    for (const a of people) {
+      targets.set("agent:" + a.id, a);
+      agentGroup.append(el("option", { value: "agent:" + a.id, text: t("console.targetAgent", {
+        name: a.name || a.id, status: t(`console.status.${a.status}`), load: a.load, capacity: a.capacity }) }));
+    }
+    const teamGroup = el("optgroup", { label: t("console.teams") });
+    for (const team of [{ id: "", name: t("console.defaultTeam") }, ...(teams.teams || [])]) {
+      targets.set("team:" + team.id, team);
+      teamGroup.append(el("option", { value: "team:" + team.id, text: t("console.targetTeam", { name: team.name || team.id }) }));
+    }
+    select.replaceChildren(agentGroup, teamGroup);
+  } catch (e) {
+    /* keep the list we had */
+  }
+  warnTarget();
+}
+
+/** Warn when the chosen agent is offline, away or full. */
+function warnTarget() {
+  const a = targets.get($("transfer-to").value);
+  let warn = "";
+  if (a && a.status !== undefined) {
+    if (a.load >= a.capacity) warn = t("console.targetFull", { name: a.name || a.id });
+    else if (a.status === "offline") warn = t("console.targetOffline", { name: a.name || a.id });
+    else if (a.status === "away") warn = t("console.targetAway", { name: a.name || a.id });
+  }
+  $("transfer-warn").textContent = warn;
+}
+
+/** The composer writes internal notes while "Internal note" is ticked. */
+function noteMode() {
+  const on = $("note-mode").checked;
+  $("composer").classList.toggle("noting", on);
+  $("composer-input").placeholder = t(on ? "console.notePlaceholderMode" : "console.replyPlaceholder");
+}
+
 /** Save what is in the composer as one of my canned replies (POST /api/v1/canned, personal). */
 async function saveCanned() {
   const shortcut = $("save-shortcut").value.trim().replace(/^\//, "").toLowerCase();
@@ -464,7 +519,13 @@ function sendReply() {
   const input = $("composer-input");
   const body = input.value;
   if (!body.trim() || !selected) return;
-  client.send(selected, body);
+  if ($("note-mode").checked) {
+    // an internal note: staff only, never sent to the customer
+    client.note(selected, body).then(() => {
+      $("note-mode").checked = false;
+      noteMode();
+    }, (e) => ($("conv-error").textContent = t("console.noteFailed", { error: e.message || e.code })));
+  } else client.send(selected, body);
   input.value = "";
   renderConv();
   $("scroll").scrollTop = $("scroll").scrollHeight;
@@ -569,19 +630,22 @@ function wire() {
     box.scrollTop += box.scrollHeight - before;
   });
   $("close-btn").addEventListener("click", () => workflow("close", { conversation: selected }, "console.doClose"));
-  $("transfer-btn").addEventListener("click", () => {
+  $("transfer-btn").addEventListener("click", async () => {
     $("transfer-box").hidden = false;
+    await loadTargets();
     $("transfer-to").focus();
   });
+  $("transfer-to").addEventListener("change", warnTarget);
   $("transfer-cancel").addEventListener("click", () => ($("transfer-box").hidden = true));
   $("transfer-go").addEventListener("click", async () => {
-    const to = $("transfer-to").value.trim();
+    const to = $("transfer-to").value;
     if (!to) return;
     const note = $("transfer-note").value.trim();
-    const target = to.startsWith("team:") ? { to_team: to.slice(5) } : { to_agent: to };
+    const target = to.startsWith("team:") ? { to_team: to.slice(5) } : { to_agent: to.slice(6) };
     const r = await workflow("transfer", Object.assign({ conversation: selected }, target, note ? { note } : {}), "console.doTransfer");
     if (r) $("transfer-box").hidden = true;
   });
+  $("note-mode").addEventListener("change", noteMode);
   $("save-canned").addEventListener("click", () => {
     $("save-box").hidden = false;
     $("canned-note").textContent = "";

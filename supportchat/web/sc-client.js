@@ -720,11 +720,26 @@ export class SupportChatClient extends EventTarget {
     this._emit("agentstatus", f);
   }
 
+  /** Staff: an internal note (never in the message log, never sent to
+   * customers), live or from sync; kept once per id, in conversation order. */
   _on_note(f) {
-    // an internal note from a transfer: for agents only, never in the message log
-    const c = this._conv(f.conversation);
-    c.notes = (c.notes || []).concat([{ author: f.author, body: f.body, ts: f.ts }]);
+    const mine = this.conversations.has(f.conversation);
+    const mentioned = this.user && (f.mentions || []).includes(this.user.id) && !(f.author && this.user.id === f.author.id);
+    if (mine) this._addNote(this._conv(f.conversation), f);
+    if (mentioned) this._emit("mention", { note: f, joined: mine });
+  }
+
+  _addNote(c, f) {
+    const key = f.id || `${f.ts}:${f.author && f.author.id}`;
+    if ((c.notes || []).some((n) => n.key === key)) return;
+    c.notes = (c.notes || []).concat([Object.assign({ key }, f)]).sort((a, b) => (a.after_seq || 0) - (b.after_seq || 0) || a.ts - b.ts);
+    if (f.author && f.author.id && f.author.name) c.names[f.author.id] = f.author.name;
     this._changed(c, "note");
+  }
+
+  /** Staff: write an internal note (@id mentions notify those agents). */
+  note(conversation, body) {
+    return this.request({ type: "note", conversation, body });
   }
 
   /** Agents: reconcile the queue with a fresh list (REST inbox): after a
@@ -767,6 +782,7 @@ export class SupportChatClient extends EventTarget {
       while (more && this.state === "open") {
         const h = await this.request({ type: "sync", conversation: id, after_seq: c.contig, limit: 200 });
         for (const m of h.messages || []) this._storeMessage(c, m);
+        for (const n of h.notes || []) this._addNote(c, n);
         for (const r of h.read || []) {
           // the others' read positions, once caught up (Seen marks survive a reload)
           if (!this.user || r.user_id !== this.user.id) c.readBy[r.user_id] = Math.max(c.readBy[r.user_id] || 0, r.seq);

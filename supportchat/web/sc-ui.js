@@ -111,6 +111,13 @@ export function renderMessages(list, conv, opts) {
   for (const m of msgs) if (isOwn(m.sender, me) && m.kind === "text" && m.seq <= othersRead) lastOwnSeen = m.seq;
   for (const m of msgs) items.push({ key: "s" + m.seq, m, pending: false });
   for (const p of opts.pending || []) items.push({ key: "p" + p.client_msg_id, m: p, pending: true });
+  // staff: internal notes, each after the message it was written after
+  for (const n of opts.notes || []) {
+    const at = items.findIndex((i) => !i.pending && !i.note && i.m.seq > (n.after_seq || 0));
+    const item = { key: "n" + n.key, m: n, note: true };
+    if (at < 0) items.splice(items.findIndex((i) => i.pending) < 0 ? items.length : items.findIndex((i) => i.pending), 0, item);
+    else items.splice(at, 0, item);
+  }
 
   const existing = new Map();
   for (const child of [...list.children]) existing.set(child.dataset.key, child);
@@ -120,6 +127,15 @@ export function renderMessages(list, conv, opts) {
   const lastText = [...msgs].reverse().find((m) => m.kind !== "event" || quickReplies(m).length);
   items.forEach((item, index) => {
     const { m, pending } = item;
+    if (item.note) {
+      let node = existing.get(item.key);
+      if (!node) {
+        node = buildNote(m, conv);
+        node.dataset.key = item.key;
+      }
+      if (list.children[index] !== node) list.insertBefore(node, list.children[index] || null);
+      return;
+    }
     const own = pending || isOwn(m.sender, me);
     let status = "";
     if (pending) status = m.state === "failed" ? "failed" : "sending";
@@ -284,6 +300,16 @@ export function dropZone(zone, attach) {
       attach(files);
     }
   });
+}
+
+/** An internal note in the console's conversation: marked as such, with its author. */
+function buildNote(n, conv) {
+  const who = personName(n.author, conv);
+  const li = el("li", { class: "sc-note", "data-note": n.id || n.key, "data-after": n.after_seq || 0 });
+  const time = n.ts ? el("time", { class: "sc-time", datetime: new Date(n.ts * 1000).toISOString(), title: formatDateTime(n.ts), text: formatTime(n.ts) }) : null;
+  li.append(el("div", { class: "sc-meta" }, el("strong", { text: t("msg.note") }), el("span", { class: "sc-who", text: who }), time),
+    el("div", { class: "sc-body", dir: "auto" }, ...linkify(n.body)));
+  return li;
 }
 
 function quickReplyBar(qr, opts) {

@@ -126,9 +126,19 @@ class Rate:
     ref: Any = None
 
 
+@dataclass(frozen=True)
+class AddNote:
+    """An internal note (staff only), with optional @mentions in ``body``."""
+
+    conversation: str
+    body: str
+    ref: Any = None
+
+
 MAX_NOTE_CHARS = 4000
 MAX_ATTACHMENTS = 10
-ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate]
+ClientFrame = Union[Ping, Pong, Start, Accept, SendMessage, Sync, Typing, Read, SetStatus, Take, Transfer, Close, Rate,
+                    AddNote]
 
 
 def text_problem(value: str) -> str | None:
@@ -240,7 +250,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         return Typing(_str(data, "conversation", ref), ref)
     if kind == "read":
         return Read(_str(data, "conversation", ref), _int(data, "seq", ref), ref)
-    if kind in ("status", "take", "transfer", "close", "rate"):
+    if kind in ("status", "take", "transfer", "close", "rate", "note"):
         return _parse_workflow(kind, data, ref)
     raise FrameError("bad_request", f"unknown frame type {kind[:40]!r}", ref)
 
@@ -282,6 +292,11 @@ def _parse_workflow(kind: str, data: dict[str, Any], ref: Any) -> ClientFrame:
         return Take(conversation, ref)
     if kind == "close":
         return Close(conversation, ref)
+    if kind == "note":
+        body = _optional_str(data, "body", ref, MAX_NOTE_CHARS)
+        if body is None or not body.strip():
+            raise FrameError("bad_request", "'body' must be a non-empty string", ref)
+        return AddNote(conversation, body, ref)
     if kind == "transfer":
         to_agent = _optional_str(data, "to_agent", ref, MAX_ID_LENGTH)
         to_team = _optional_str(data, "to_team", ref, MAX_ID_LENGTH)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from dataclasses import replace
 from typing import Any
 
@@ -185,7 +187,7 @@ class MemoryWorkflowStore:
 
     def transfer(
         self, conversation_id: str, to_agent: str | None, to_team: str | None, author_id: str, note: str | None,
-        now: float,
+        now: float, note_after_seq: int = 0,
     ) -> "Deferred[tuple[WorkItem, WorkItem]]":
         before = self.items.get(conversation_id)
         if before is None or before.state == CLOSED:
@@ -209,7 +211,7 @@ class MemoryWorkflowStore:
             after = replace(before, state=QUEUED, agent_id=None, assigned_at=None, team_id=team, queued_at=now)
         self.items[conversation_id] = after
         if note:
-            self._notes.append(Note(conversation_id, author_id, note, now))
+            self._notes.append(Note(conversation_id, author_id, note, now, note_after_seq, uuid.uuid4().hex))
         return succeed((before, after))
 
     def close(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
@@ -274,8 +276,15 @@ class MemoryWorkflowStore:
         ]
         return succeed(found[:limit])
 
-    def notes(self, conversation_id: str) -> "Deferred[list[Note]]":
-        return succeed([n for n in self._notes if n.conversation_id == conversation_id])
+    def notes(self, conversation_id: str, after_seq: int = -1) -> "Deferred[list[Note]]":
+        found = [n for n in self._notes if n.conversation_id == conversation_id and n.after_seq > after_seq]
+        return succeed(sorted(found, key=lambda n: (n.after_seq, n.ts)))
+
+    def add_note(self, conversation_id: str, author_id: str, body: str, now: float,
+                 after_seq: int) -> "Deferred[Note]":
+        note = Note(conversation_id, author_id, body, now, after_seq, uuid.uuid4().hex)
+        self._notes.append(note)
+        return succeed(note)
 
     def csat_report(self, since: float) -> "Deferred[dict[str, Any]]":
         rows = [(i.agent_id, i.rating) for i in self.items.values()

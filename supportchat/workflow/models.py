@@ -89,13 +89,19 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Note:
+    """An internal note: staff only, never in the message log. ``after_seq``
+    places it in the conversation (after that message); ``id`` names it."""
+
     conversation_id: str
     author_id: str
     body: str
     ts: float
+    after_seq: int = 0
+    id: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {"conversation": self.conversation_id, "author_id": self.author_id, "body": self.body, "ts": self.ts}
+        return {"conversation": self.conversation_id, "id": self.id, "author_id": self.author_id, "body": self.body,
+                "ts": self.ts, "after_seq": self.after_seq}
 
 
 class WorkflowError(Exception):

@@ -13,6 +13,8 @@ automatic assignment and no conversation is assigned twice.
 
 from __future__ import annotations
 
+import uuid
+
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -89,10 +91,11 @@ class WorkflowStore(Protocol):
         someone else's or closed."""
     def transfer(
         self, conversation_id: str, to_agent: str | None, to_team: str | None, author_id: str, note: str | None,
-        now: float,
+        now: float, note_after_seq: int = 0,
     ) -> "Deferred[tuple[WorkItem, WorkItem]]":
         """To an agent (assigned at once, if enabled and below capacity) or to
-        a team's queue; returns (before, after)."""
+        a team's queue; returns (before, after). The note is stored in the
+        same transaction, placed after ``note_after_seq``."""
     def close(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
         """Close; returns the item as it was (None if unknown or already closed)."""
     def reopen(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
@@ -113,7 +116,12 @@ class WorkflowStore(Protocol):
     def agent_unread(self, conversation_ids: list[str]) -> "Deferred[dict[str, int]]":
         """Unread messages of each conversation's assigned agent (the
         conversations with one)."""
-    def notes(self, conversation_id: str) -> "Deferred[list[Note]]": ...
+    def notes(self, conversation_id: str, after_seq: int = -1) -> "Deferred[list[Note]]":
+        """The conversation's internal notes placed after a message above
+        ``after_seq`` (all by default), in conversation order."""
+    def add_note(self, conversation_id: str, author_id: str, body: str, now: float,
+                 after_seq: int) -> "Deferred[Note]":
+        """Store an internal note placed after message ``after_seq``."""
     def csat_report(self, since: float) -> "Deferred[dict[str, Any]]": ...
 
 
@@ -374,7 +382,7 @@ def _release(cur: Cursor, item: WorkItem) -> None:
 
 def _transfer_txn(
     cur: Cursor, conversation_id: str, to_agent: str | None, to_team: str | None, author_id: str,
-    note: str | None, now: float,
+    note: str | None, now: float, note_after_seq: int = 0,
 ) -> tuple[WorkItem, WorkItem]:
     _lock_txn(cur)
     before = _get_item_txn(cur, conversation_id)
@@ -407,8 +415,7 @@ def _transfer_txn(
             (QUEUED, team, now, conversation_id),
         )
     if note:
-        cur.execute("INSERT INTO work_notes (conversation_id, author_id, body, ts) VALUES (?, ?, ?, ?)",
-                    (conversation_id, author_id, note, now))
+        _add_note_txn(cur, conversation_id, author_id, note, now, note_after_seq)
     after = _get_item_txn(cur, conversation_id)
     assert after is not None
     return before, after
@@ -483,10 +490,17 @@ def _agent_unread_txn(cur: Cursor, conversation_ids: list[str]) -> dict[str, int
     return {str(c): int(n) for c, n in cur.fetchall()}
 
 
-def _notes_txn(cur: Cursor, conversation_id: str) -> list[Note]:
-    cur.execute("SELECT conversation_id, author_id, body, ts FROM work_notes WHERE conversation_id = ? ORDER BY ts",
-                (conversation_id,))
-    return [Note(r[0], r[1], r[2], float(r[3])) for r in cur.fetchall()]
+def _notes_txn(cur: Cursor, conversation_id: str, after_seq: int) -> list[Note]:
+    cur.execute("SELECT conversation_id, author_id, body, ts, after_seq, note_id FROM work_notes"
+                " WHERE conversation_id = ? AND after_seq > ? ORDER BY after_seq, ts", (conversation_id, after_seq))
+    return [Note(r[0], r[1], r[2], float(r[3]), int(r[4]), r[5]) for r in cur.fetchall()]
+
+
+def _add_note_txn(cur: Cursor, conversation_id: str, author_id: str, body: str, now: float, after_seq: int) -> Note:
+    note = Note(conversation_id, author_id, body, now, after_seq, uuid.uuid4().hex)
+    cur.execute("INSERT INTO work_notes (conversation_id, author_id, body, ts, after_seq, note_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, author_id, body, now, after_seq, note.id))
+    return note
 
 
 def _csat_report_txn(cur: Cursor, since: float) -> dict[str, Any]:
@@ -578,10 +592,10 @@ class SqlWorkflowStore:
 
     def transfer(
         self, conversation_id: str, to_agent: str | None, to_team: str | None, author_id: str, note: str | None,
-        now: float,
+        now: float, note_after_seq: int = 0,
     ) -> "Deferred[tuple[WorkItem, WorkItem]]":
         return self._db.run_interaction("transfer", _transfer_txn, conversation_id, to_agent, to_team, author_id,
-                                        note, now)
+                                        note, now, note_after_seq)
 
     def close(self, conversation_id: str, now: float) -> "Deferred[WorkItem | None]":
         return self._db.run_interaction("close", _close_txn, conversation_id, now)
@@ -608,8 +622,12 @@ class SqlWorkflowStore:
     def agent_unread(self, conversation_ids: list[str]) -> "Deferred[dict[str, int]]":
         return self._db.run_interaction("agent_unread", _agent_unread_txn, conversation_ids)
 
-    def notes(self, conversation_id: str) -> "Deferred[list[Note]]":
-        return self._db.run_interaction("notes", _notes_txn, conversation_id)
+    def notes(self, conversation_id: str, after_seq: int = -1) -> "Deferred[list[Note]]":
+        return self._db.run_interaction("notes", _notes_txn, conversation_id, after_seq)
+
+    def add_note(self, conversation_id: str, author_id: str, body: str, now: float,
+                 after_seq: int) -> "Deferred[Note]":
+        return self._db.run_interaction("add_note", _add_note_txn, conversation_id, author_id, body, now, after_seq)
 
     def csat_report(self, since: float) -> "Deferred[dict[str, Any]]":
         return self._db.run_interaction("csat_report", _csat_report_txn, since)
