@@ -112,7 +112,8 @@ class BrowserTests(unittest.TestCase):
         sent, the agent's console shows its thumbnail and opens the full
         image in a lightbox through its signed link; the agent attaches a
         PDF and the visitor gets a file card that downloads it; a file
-        dropped on the widget is sent; an executable named
+        dropped on the widget is sent; an upload the network cut off is
+        kept (IndexedDB) and sent after a reload; an executable named
         .png and an SVG are refused with the reason in the visitor's
         language (English, Chinese)."""
         result = yield self.scenario(ATTACH_SCRIPT)

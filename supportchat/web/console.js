@@ -5,6 +5,7 @@ import { dropZone, el, pinnedScroll, renderMessages, uploader } from "./sc-ui.js
 import { LANG, dir, formatDateTime, formatDuration, setText, t, translatePage } from "./sc-i18n.js";
 
 const $ = (id) => document.getElementById(id);
+let resumeUploads = null; // set once the composer is wired (attachments kept across a reload)
 const TOKEN_KEY = "sc-console:token";
 const SOUND_KEY = "sc-console:sound";
 const REFRESH_KEY = "sc-console:refresh";
@@ -147,7 +148,12 @@ function startApp(token) {
     renderSide();
   });
   client.addEventListener("authfailed", (e) => signInAgain(e.detail.reason));
+  let resumed = false;
   client.addEventListener("hello", (e) => {
+    if (!resumed && resumeUploads) {
+      resumed = true;
+      resumeUploads(); // files a reload interrupted
+    }
     const h = e.detail.hello;
     loadCanned();
     const st = (h.agent && h.agent.status) || h.status;
@@ -670,10 +676,11 @@ function wire() {
   // dropped on the conversation; progress, errors and retry in #upload-note.
   // Each upload is sent to the conversation that was open when it started.
   let uploadingFor = null;
-  const attachFiles = uploader(() => client, $("upload-note"), (up) => {
-    client.send(up.conversation || uploadingFor, "", { attachments: [up.id] });
+  const attachFiles = uploader(() => client, $("upload-note"), (up, conv) => {
+    client.send(up.conversation || conv || uploadingFor, "", { attachments: [up.id] });
     renderConv();
-  }, () => (uploadingFor = selected));
+  }, () => (uploadingFor = selected), "sc-console-uploads");
+  resumeUploads = () => attachFiles.resume();
   dropZone($("conv"), (files) => selected && attachFiles(files));
   const attachBtn = $("attach-btn");
   attachBtn.setAttribute("aria-label", t("attach.button"));

@@ -242,43 +242,93 @@ export function lightbox(from, url, name) {
   close.focus();
 }
 
+/** Files waiting to be uploaded, kept in IndexedDB (database `name`) so
+ * that a reload or a lost connection does not lose them; null without IndexedDB. */
+function pendingFiles(name) {
+  if (!name || !globalThis.indexedDB) return null;
+  const opened = new Promise((resolve) => {
+    const req = indexedDB.open(name, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore("files", { keyPath: "id" });
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => resolve(null);
+  });
+  const run = async (mode, fn) => {
+    const db = await opened;
+    if (!db) return null;
+    return new Promise((resolve) => {
+      const tx = db.transaction("files", mode);
+      const req = fn(tx.objectStore("files"));
+      tx.oncomplete = () => resolve(req.result);
+      tx.onerror = () => resolve(null);
+    });
+  };
+  return {
+    put: (entry) => run("readwrite", (st) => st.put(entry)),
+    remove: (id) => run("readwrite", (st) => st.delete(id)),
+    all: async () => (await run("readonly", (st) => st.getAll())) || [],
+  };
+}
+
+const TRANSIENT = ["unavailable", "rate_limited", "scanner_unavailable"];
+
 /**
  * Uploads for a page, through `getClient()` (the page's current
  * SupportChatClient): `status` (an element with role=status) shows
  * "Uploading…" with a progress bar, or the error in the page's language
- * with a Retry button. `sendWith(upload)` sends the message once a file is
- * stored. `attach(files)` uploads them one after another.
+ * with a Retry button. `sendWith(upload, conversation)` sends the message
+ * once a file is stored. `attach(files)` uploads them one after another.
+ * With `keep` (an IndexedDB name) a file is kept until its message is in
+ * the client's outbox, and `attach.resume()` (after a reload) uploads what
+ * a failure or the reload interrupted.
  */
-export function uploader(getClient, status, sendWith, conversation = () => null) {
+export function uploader(getClient, status, sendWith, conversation = () => null, keep = null) {
   const text = el("span", {});
   const bar = el("progress", { max: "1", value: "0", class: "sc-progress", "aria-hidden": "true" });
   const retry = el("button", { type: "button", class: "sc-link", text: t("attach.retry"), hidden: true });
   status.append(text, bar, retry);
   status.hidden = true;
+  const pending = pendingFiles(keep);
   let failed = [];
-  async function attach(files) {
-    for (const file of files) {
-      status.hidden = false;
-      retry.hidden = true;
-      text.textContent = t("attach.uploading") + " " + (file.name || "");
-      bar.hidden = false;
-      bar.value = 0;
-      try {
-        const up = await getClient().upload(file, conversation(), (f) => (bar.value = f));
-        sendWith(up);
-        status.hidden = true;
-      } catch (e) {
-        failed.push(file);
-        bar.hidden = true;
-        text.textContent = t(uploadErrorKey(e.code)) + " (" + (file.name || "") + ")";
-        retry.hidden = !(e.code === "unavailable" || e.code === "rate_limited" || e.code === "scanner_unavailable");
-      }
+  async function upload(item) {
+    const { file, conv } = item;
+    status.hidden = false;
+    retry.hidden = true;
+    text.textContent = t("attach.uploading") + " " + (file.name || "");
+    bar.hidden = false;
+    bar.value = 0;
+    try {
+      const up = await getClient().upload(file, conv, (f) => (bar.value = f));
+      sendWith(up, conv);
+      if (pending) await pending.remove(item.id);
+      status.hidden = true;
+    } catch (e) {
+      bar.hidden = true;
+      text.textContent = t(uploadErrorKey(e.code)) + " (" + (file.name || "") + ")";
+      const transient = TRANSIENT.includes(e.code);
+      retry.hidden = !transient;
+      if (transient) failed.push(item);
+      else if (pending) await pending.remove(item.id);
     }
   }
-  retry.addEventListener("click", () => {
+  async function attach(files) {
+    for (const file of files) {
+      const item = { id: `${Date.now()}-${Math.random().toString(36).slice(2)}`, file, conv: conversation() };
+      if (pending) await pending.put({ id: item.id, owner: getClient().identity, conv: item.conv, name: file.name, type: file.type, blob: file });
+      await upload(item);
+    }
+  }
+  attach.resume = async () => {
+    if (!pending) return;
+    const owner = getClient().identity;
+    for (const e of await pending.all()) {
+      if (e.owner !== owner || failed.some((f) => f.id === e.id)) continue;
+      await upload({ id: e.id, conv: e.conv, file: new File([e.blob], e.name || "file", { type: e.type || "" }) });
+    }
+  };
+  retry.addEventListener("click", async () => {
     const again = failed;
     failed = [];
-    attach(again);
+    for (const item of again) await upload(item);
   });
   return attach;
 }

@@ -321,6 +321,13 @@ export function mount(opts) {
     const c = current();
     client.send(c && !isClosed(c) ? c.id : "new", "", { attachments: [up.id] });
     render();
+  }, () => null, "sc-widget-uploads");
+  let resumed = false;
+  client.addEventListener("hello", () => {
+    if (!resumed) {
+      resumed = true;
+      attach.resume(); // files a reload interrupted
+    }
   });
   dropZone(panel, attach);
   attachBtn.addEventListener("click", () => fileInput.click());

@@ -164,6 +164,18 @@ class Scenario:
         expect(agent.locator("#messages a.sc-file", has_text="notes.txt")).to_have_count(1)
         self.check("a text file dropped on the widget reaches the agent as a file card")
 
+        # An upload the network loses is kept: after a reload it goes out by itself.
+        cust.route("**/api/v1/attachments", lambda route: route.abort())
+        cust.set_input_files("#supportchat-widget input[type=file]", files=[{
+            "name": "receipt.pdf", "mimeType": "application/pdf", "buffer": PDF}])
+        expect(cust.locator("#supportchat-widget .sc-upload button")).to_be_visible()  # Retry offered
+        cust.unroute("**/api/v1/attachments")
+        cust.reload()
+        cust.locator("#supportchat-widget .launcher").click()
+        expect(agent.locator("#messages a.sc-file", has_text="receipt.pdf")).to_have_count(1)
+        expect(cust.locator("#supportchat-widget a.sc-file", has_text="receipt.pdf")).to_have_count(1)
+        self.check("an upload cut off by the network is kept across a reload and sent after it")
+
         # A refused file is explained in the visitor's language.
         cust.set_input_files("#supportchat-widget input[type=file]", files=[{
             "name": "cat.png", "mimeType": "image/png", "buffer": ELF}])
