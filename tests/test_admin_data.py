@@ -25,7 +25,7 @@ from tests.test_profiles import keyring_data
 
 PHONE = "+44 20 7946 0000"
 WORKFLOW_TABLES = ("teams", "agents", "refresh_tokens", "work_items", "work_notes", "canned_responses",
-                   "customer_profiles", "bot_states")
+                   "customer_profiles", "bot_states", "attachments")
 
 
 def _seed_workflow_txn(cur: Any, convs: list[str]) -> None:
@@ -78,6 +78,13 @@ def seed(path: str, keyring: dict[str, Any] | None = None) -> dict[str, Any]:
             convs.append(conv.id)
         _now(history.close_conversation(convs[1], 2000.0))
         _now(db.run_interaction("seed_workflow", _seed_workflow_txn, convs))
+        from supportchat.attachments.store import SqlAttachmentStore
+        from tests.test_attachments import attachment
+
+        uploads = SqlAttachmentStore(db)
+        _now(uploads.add(attachment("a1", uploader=customer_key("alice"), name="收据.pdf")))
+        _now(uploads.add(attachment("a2", uploader=customer_key("alice"), thumb_key=None, thumb_type=None)))
+        _now(uploads.claim(["a1"], customer_key("alice"), "c:alice\nk", convs[0], 1100.0, 100))
         if keyring is not None:
             profiles = ProfileService(SqlProfileStore(db), Keyring.parse(keyring, "test"), ("phone",))
             for customer in ("alice", "bob"):

@@ -391,19 +391,25 @@ def moto_endpoint() -> str:
             raise unittest.SkipTest("moto_server is not installed (requirements/test.txt: moto[s3], flask)")
         from tests.support import free_port
 
+        import select
+
         port = free_port()
-        proc = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
         atexit.register(lambda: (proc.terminate(), proc.wait(10)))
-        deadline = time.monotonic() + 30
-        while True:  # poll its port until it accepts (a start-up, not a test of time)
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.05)
+        # Wait for its "Running on" line (read as it comes, bounded), then keep
+        # draining its log so the pipe never fills.
+        assert proc.stdout is not None
+        out, deadline = b"", time.monotonic() + 30
+        while b"Running on" not in out:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, left))
+            chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                raise RuntimeError("moto_server did not start: " + out.decode(errors="replace")[-500:])
+            out += chunk
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [None for _ in iter(lambda: stdout.read(4096), b"")], daemon=True).start()
         _moto["url"] = f"http://127.0.0.1:{port}"
     return str(_moto["url"])
 
