@@ -193,9 +193,12 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
     from supportchat.http.openapi import OpenApiResource
 
     v1.putChild(b"openapi.json", OpenApiResource())
+    attachments = server.get_attachments() if config.attachments.enabled else None
     v1.putChild(b"admin", AdminApi(
         reactor, authn, server.get_history_store(), config.database.retention_batch,
-        server.get_profiles()))
+        server.get_profiles(),
+        attachment_link=attachments.links.url if attachments is not None else None,
+        after_erase=attachments.sweep if attachments is not None else None))
 
 
 def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:

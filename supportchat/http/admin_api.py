@@ -1,7 +1,8 @@
 """Admin REST: per-customer export and erase (privacy requests).
 
     GET    /api/v1/admin/customers/{id}/export   -> everything stored about them (JSON):
-                                                    conversations, workflow, notes, profile
+                                                    conversations, workflow, notes, profile, uploads
+                                                    (with signed links to their bytes)
     DELETE /api/v1/admin/customers/{id}          -> erase it all (profile included), in small batches
 
 Admin tokens only (403 forbidden for any other role).
@@ -9,7 +10,7 @@ Admin tokens only (403 forbidden for any other role).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http import Request
@@ -36,8 +37,15 @@ class AdminApi(AsyncJsonResource):
     routes = {b"GET": "get", b"DELETE": "delete"}
 
     def __init__(self, clock: IReactorTime, authn: Authenticator, history: HistoryStore, batch: int,
-                 profiles: ProfileService | None = None) -> None:
+                 profiles: ProfileService | None = None,
+                 attachment_link: Callable[[str], str] | None = None,
+                 after_erase: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """``attachment_link`` mints a signed download link for an upload
+        (the export's ``attachments[].url``); ``after_erase`` runs once an
+        erase is done (the attachment sweep: the bytes go at once)."""
         super().__init__()
+        self._attachment_link = attachment_link
+        self._after_erase = after_erase
         self._clock = clock
         self._authn = authn
         self._history = history
@@ -57,10 +65,15 @@ class AdminApi(AsyncJsonResource):
         customer = await self._customer(request, ["export"])
         data = await customer_export(self._history, self._profiles, customer)
         data["exported_at"] = self._clock.seconds()
+        if self._attachment_link is not None:
+            for upload in data.get("attachments") or []:
+                upload["url"] = self._attachment_link(str(upload["id"]))
         return 200, data
 
     async def delete(self, request: Request) -> tuple[int, Any]:
         customer = await self._customer(request, [])
         key = customer_key(customer)
         deleted = await repeat_batches(lambda: self._history.erase_customer_batch(key, self._batch), self._clock)
+        if self._after_erase is not None:
+            await self._after_erase()
         return 200, {"customer_id": customer, "erased": True, "deleted_rows": deleted}
