@@ -37,7 +37,7 @@ from supportchat.handlers.connections import ClientSession, ConnectionRegistry
 from supportchat.metrics import Metrics
 from supportchat.storage.memory import MemoryConversationStore, MemoryPresenceStore
 from tests.redis_support import REDIS_SKIP
-from supportchat.storage.models import EVENT, TEXT, AppendRequest, customer_key
+from supportchat.storage.models import EVENT, TEXT, AppendRequest, Message, customer_key
 from supportchat.wire.frames import parse_frame
 from tests.dbs import threadless_db
 from tests.support import ask_bot, close_client, connect, is_chat, start_server, token
@@ -531,6 +531,19 @@ class NodeTests(unittest.TestCase):
         self.successResultOf(self.node.handle(msg))
         self.assertEqual(len(self.bot_messages(t)), 1)
         self.feed.start()
+
+    def test_a_message_of_attachments_only_gets_no_answer(self) -> None:
+        """A customer's message with attachments and no text (a photo) is
+        not a miss: the bot says nothing to it, and answers the next text."""
+        s, t, conv = self.start()
+        before = len(self.bot_messages(t))
+        msg = Message(conversation_id=conv, msg_id="m-photo", seq=50, sender_id="c:cust", sender_role="customer",
+                      client_msg_id="p1", kind=TEXT, body="", ts=self.clock.seconds(),
+                      data={"attachments": [{"id": "a1", "name": "mug.jpg"}]})
+        self.successResultOf(self.node.handle(msg))
+        self.assertEqual(len(self.bot_messages(t)), before)
+        self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q1", "body": "opening hours"})
+        self.assertGreater(len(self.bot_messages(t)), before)
 
     def test_wire_round_trip(self) -> None:
         """A delivered message frame converts back to the stored message."""

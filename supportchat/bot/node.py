@@ -128,7 +128,8 @@ class BotNode:
         return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
     def handle(self, msg: Message) -> "Deferred[None]":
-        """Answer one committed message (ignores all but customers' texts);
+        """Answer one committed message (ignores all but customers' texts,
+        and texts that are only attachments);
         the workflow's ``created`` event greets. In Redis mode it comes from
         the stream, at least once, so a greeting no longer depends on the
         lossy pub/sub ``conversation`` frame (both paths greet once: the
@@ -138,6 +139,10 @@ class BotNode:
                 return succeed(None)
             return self.greet(msg.conversation_id)
         if msg.sender_role != "customer" or msg.kind != TEXT:
+            return succeed(None)
+        if not msg.body.strip():
+            # Only attachments (a photo, a PDF): nothing to match, and no
+            # "I did not understand" for it; a human reads it after handoff.
             return succeed(None)
         return self._serial(msg.conversation_id, lambda: self._handle(msg))
 
