@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from supportchat.attachments.links import LinkSigner
     from supportchat.attachments.service import AttachmentService
     from supportchat.bot.http import HttpExternalBot
+    from supportchat.bot.knowledge import Knowledge
     from supportchat.bot.node import BotNode
     from supportchat.bot.state import BotStateStore
     from supportchat.handlers.notices import StaffNotices
@@ -365,16 +366,22 @@ class SupportChatServer:
 
         return self._once("bot_external", make)
 
+    def get_knowledge(self) -> "Knowledge":
+        """The bot's knowledge file, loaded once (the bot and the widget's
+        configuration endpoint share it)."""
+        from supportchat.bot.knowledge import load_knowledge
+
+        return self._once("knowledge", lambda: load_knowledge(self.config.bot.knowledge))
+
     def get_bot(self) -> BotNode:
         def make() -> BotNode:
             from supportchat.bot.engine import Dialogue
-            from supportchat.bot.knowledge import load_knowledge
             from supportchat.bot.node import BotNode
 
             cfg = self.config.bot
             return BotNode(
                 self.reactor, self.get_chat_store(), self.get_writer(), self.get_bot_states(),
-                Dialogue(load_knowledge(cfg.knowledge), cfg.threshold, cfg.max_misses),
+                Dialogue(self.get_knowledge(), cfg.threshold, cfg.max_misses),
                 self.get_business_hours(), self.get_metrics(), cfg, self.get_bot_external(),
                 float(self.config.chat.idempotency_window),
                 on_handoff=self.get_workflow().on_handoff if self.config.workflow.enabled else None,

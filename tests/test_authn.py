@@ -20,7 +20,7 @@ from tests.support import Api, connect, raw_handshake, start_server, token
 PASSWORD = "correct horse battery"
 
 # Every route under /api/v1 that needs no token.
-PUBLIC = {b"visitors", b"login", b"refresh", b"openapi.json"}
+PUBLIC = {b"visitors", b"login", b"refresh", b"openapi.json", b"widget-config"}
 
 # Each authenticated route with every method it serves: (method, path, body).
 ROUTES: dict[bytes, list[tuple[str, str, Any]]] = {

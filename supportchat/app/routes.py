@@ -178,6 +178,7 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
         KeyedRateLimiter(reactor, config.auth.handshake_rate, config.auth.handshake_burst),
         config.auth.visitors_enabled, server.get_allowed_origins(),
     ))
+    v1.putChild(b"widget-config", _widget_config(server))
     authn = server.get_authenticator()  # every route below authenticates through it
     links = server.get_links()
     v1.putChild(b"conversations", ConversationsApi(
@@ -199,6 +200,22 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
         server.get_profiles(),
         attachment_link=attachments.links.url if attachments is not None else None,
         after_erase=attachments.sweep if attachments is not None else None))
+
+
+def _widget_config(server: SupportChatServer) -> Resource:
+    """The public widget configuration: the bot's greeting and quick replies, business hours, agents online."""
+    from supportchat.http.widget_config import WidgetConfig
+
+    config = server.config
+    agents_online = None
+    if config.workflow.enabled:
+        store = server.get_workflow_store()
+
+        async def agents_online() -> bool:
+            return any(a.status == "online" and not a.disabled for a in await store.list_agents())
+
+    return WidgetConfig(server.reactor, server.get_knowledge() if config.bot.enabled else None,
+                        server.get_business_hours(), agents_online, server.get_allowed_origins())
 
 
 def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:

@@ -95,6 +95,14 @@ def openapi_document() -> dict[str, Any]:
             "A fresh anonymous customer identity and token (CORS for allowed origins)", 201,
             _obj({"user_id": _S, "role": _S, "token": _S, "expires_at": _I}), public=True, errors=(404, 429),
             tag="customers")},
+        "/api/v1/widget-config": {"get": _op(
+            "What the widget shows on opening, without creating a conversation: the bot's greeting (per language) and "
+            "quick replies, business hours (open_now, next_open) and whether an agent is online (cached 5 s; CORS "
+            "for allowed origins)",
+            ok_schema=_obj({"greeting": {"type": "object", "nullable": True}, "quick_replies": {"type": "array"},
+                            "open_now": {"type": "boolean"}, "next_open": {"type": "number", "nullable": True},
+                            "agents_online": {"type": "boolean", "nullable": True}}),
+            public=True, errors=(), tag="customers")},
         "/api/v1/me": {"get": _op(
             "Whose is this token, and is it still good? 401 carries error.reason (expired, signature, audience, "
             "account_disabled...): the web clients ask after a refused WebSocket connect (CORS for allowed origins)",

@@ -1,8 +1,8 @@
 // The customer widget (loaded by widget.js). Everything lives in a shadow
 // root so the host page's CSS cannot break it, and vice versa.
 import { SupportChatClient, jwtClaims } from "./sc-client.js";
-import { dropZone, el, personName, pinnedScroll, renderMessages, uploader } from "./sc-ui.js";
-import { LANG, dir, setLanguage, setText, t } from "./sc-i18n.js";
+import { dropZone, el, personName, pinnedScroll, quickReplies, renderMessages, serverLang, uploader } from "./sc-ui.js";
+import { LANG, dir, formatWhen, setLanguage, setText, t } from "./sc-i18n.js";
 
 const CSS = `
 :host { all: initial; }
@@ -38,6 +38,8 @@ ol { list-style: none; margin: 0; padding: 0; display: flex; flex-direction: col
 .sc-meta { font-size: 11px; color: #57606a; display: flex; gap: 6px; margin-bottom: 2px; }
 .sc-body { white-space: pre-wrap; word-wrap: break-word; }
 .sc-status { font-size: 11px; color: #57606a; text-align: end; margin-top: 2px; }
+.intro-quick { margin: 0 0 10px; }
+.expect { margin: 0 0 12px; padding: 8px 10px; border-radius: 8px; background: #fff8c5; color: #1f2328; font-size: 13px; text-align: center; }
 .sc-body a { color: #0550ae; }
 .counter { font-size: 11px; color: #57606a; padding: 0 12px 6px; text-align: end; background: #fff; }
 .rating textarea { width: 100%; height: 48px; }
@@ -146,9 +148,13 @@ export function mount(opts) {
   // a list may not take role=log (axe aria-allowed-role): the log is its wrapper
   const list = el("ol", { class: "messages" });
   // focusable, so a keyboard can scroll it (axe scrollable-region-focusable)
+  // The first impression (GET /api/v1/widget-config): the greeting, quick
+  // replies and what to expect, shown before any conversation exists.
+  const intro = el("p", { class: "intro", dir: "auto", text: opts.greeting || t("widget.greeting") });
+  const introQuick = el("div", { class: "sc-quick intro-quick", role: "group", "aria-label": t("msg.suggested"), hidden: true });
+  const expectNote = el("p", { class: "expect", role: "status" });
   const scroll = el("div", { class: "scroll", tabindex: "0", role: "region", "aria-label": t("widget.log") },
-    el("p", { class: "intro", dir: "auto", text: opts.greeting || t("widget.greeting") }),
-    el("div", { role: "log", "aria-live": "polite" }, list));
+    intro, introQuick, expectNote, el("div", { role: "log", "aria-live": "polite" }, list));
   const typing = el("div", { class: "typing", "aria-live": "polite" });
   const queue = el("div", { class: "queue", role: "status" });
   const stars = el("div", { class: "stars", role: "radiogroup", "aria-label": t("widget.rateGroup") });
@@ -213,6 +219,7 @@ export function mount(opts) {
     const typers = c ? client.typers(c.id) : [];
     typing.textContent = typers.length ? t("widget.typing", { name: personName({ id: typers[0], role: "agent" }, c) }) : "";
     queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
+    renderIntro(c, pending);
     const closed = isClosed(c);
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
     stars.hidden = !!c?.rating;
@@ -225,8 +232,51 @@ export function mount(opts) {
   }
 
   function queueText(q) {
-    if (q.position === 1) return t("widget.queueNext");
-    return t("widget.queuePos", { n: q.position });
+    const where = q.position === 1 ? t("widget.queueNext") : t("widget.queuePos", { n: q.position });
+    const wait = expectation();
+    return wait ? `${where} ${wait}` : where;
+  }
+
+  let widgetConfig = null;
+  let configAsked = 0;
+  /** GET /api/v1/widget-config (public, no conversation created), at most every 30 s. */
+  async function loadConfig() {
+    if (Date.now() - configAsked < 30000) return;
+    configAsked = Date.now();
+    try {
+      const r = await fetch(opts.server + "/api/v1/widget-config");
+      if (r.ok) widgetConfig = await r.json();
+    } catch (e) {
+      /* the static greeting stays */
+    }
+    render();
+  }
+
+  /** After hours or nobody online: when the visitor can expect an answer. */
+  function expectation() {
+    const cfg = widgetConfig;
+    if (!cfg) return "";
+    if (cfg.open_now === false) return t("widget.afterHours", { when: formatWhen(cfg.next_open) });
+    if (cfg.agents_online === false) return t("widget.nobodyOnline");
+    return "";
+  }
+
+  function renderIntro(c, pending) {
+    const started = (c && c.messages.size > 0) || pending.length > 0;
+    const greeting = widgetConfig && widgetConfig.greeting;
+    const text = opts.greeting || (greeting && (greeting[serverLang()] || greeting.en)) || t("widget.greeting");
+    if (intro.textContent !== text) intro.textContent = text;
+    // once the conversation has the bot's own greeting, the intro would repeat it
+    intro.hidden = !!(c && c.list().some((m) => String(m.client_msg_id || "").startsWith("bot:greet:")));
+    const qr = !started && widgetConfig ? quickReplies(widgetConfig) : [];
+    introQuick.hidden = !qr.length;
+    if (introQuick.dataset.sig !== qr.map((q) => q.label).join("|")) {
+      introQuick.dataset.sig = qr.map((q) => q.label).join("|");
+      introQuick.replaceChildren(...qr.map((q) => el("button", { type: "button", class: "sc-chip", dir: "auto", text: q.label, onclick: () => send(q.value) })));
+    }
+    const wait = started ? "" : expectation();
+    if (expectNote.textContent !== wait) expectNote.textContent = wait;
+    expectNote.hidden = !wait;
   }
 
   function send(text) {
@@ -273,6 +323,7 @@ export function mount(opts) {
     launcher.setAttribute("aria-expanded", String(v));
     if (v) {
       if (client.state === "idle") client.connect();
+      loadConfig();
       input.focus();
       scroll.scrollTop = scroll.scrollHeight;
     } else launcher.focus();

@@ -255,6 +255,15 @@ class Scenario:
         expect(panel).to_be_visible()
         expect(cust.locator("#supportchat-widget .conn")).to_have_text("Online")
         self.check("widget opens from the keyboard and connects with an anonymous visitor token")
+        if bot_enabled():
+            expect(cust.locator("#supportchat-widget .intro")).to_contain_text("I'm the support bot")
+            expect(cust.locator("#supportchat-widget .intro-quick .sc-chip", has_text="Talk to a human")).to_be_visible()
+        if workflow_enabled():
+            expect(cust.locator("#supportchat-widget .expect")).to_contain_text("No agent is online right now")
+            code, inbox = self.api("GET", "/inbox", token("boss", "admin"))
+            assert (code, inbox["conversations"]) == (200, []), (code, inbox)
+        self.check("on opening, the greeting, quick replies and what to expect (nobody online) come from "
+                   "/api/v1/widget-config, and no conversation is created")
 
         self.customer_send(cust, "Where is my order?")
         first = cust.locator("#supportchat-widget li.sc-own", has_text="Where is my order?")
@@ -603,6 +612,11 @@ class Scenario:
         launcher.click()
         expect(cust.locator(w + " textarea.input")).to_have_attribute("placeholder", "请输入消息…")
         expect(cust.locator(w + " .conn")).to_have_text("在线")
+        if bot_enabled():
+            expect(cust.locator(w + " .intro")).to_contain_text("您好！我是智能客服")
+            expect(cust.locator(w + " .intro-quick .sc-chip", has_text="转人工")).to_be_visible()
+        if workflow_enabled():
+            expect(cust.locator(w + " .expect")).to_contain_text("当前没有客服在线")
         self.customer_send(cust, "你好")
         expect(cust.locator(w + " li.sc-own", has_text="你好").locator(".sc-who")).to_have_text("我")
         if bot_enabled():
