@@ -378,7 +378,16 @@ class FileBlobStoreTests(BlobStoreContract, unittest.TestCase):
         self.assertEqual(os.listdir(spool), ["upload-new.part"])
 
 
-MOTO_SERVER = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+MOTO_SERVER = os.path.join(os.path.dirname(sys.executable), "moto_server")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process ends, however it ends
+    (trial -j workers may exit without running atexit)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 _moto: dict[str, Any] = {}
 
 
@@ -395,7 +404,7 @@ def moto_endpoint() -> str:
 
         port = free_port()
         proc = subprocess.Popen([MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         atexit.register(lambda: (proc.terminate(), proc.wait(10)))
         # Wait for its "Running on" line (read as it comes, bounded), then keep
         # draining its log so the pipe never fills.
