@@ -386,6 +386,20 @@ class ProfileApiTests(unittest.TestCase):
             self.assertNotIn("2345-6789", text)
 
     @inlineCallbacks
+    def test_missing_profile_as_null_on_request(self) -> Any:
+        """?missing=null answers 200 null for a readable customer without a
+        profile (the console asks so: no failed request in the browser), and
+        is still 404 for a customer the caller may not read."""
+        code, _ = yield self.api.call("GET", "/customers/nobody/profile", self.admin)
+        self.assertEqual(code, 404)
+        code, body = yield self.api.call("GET", "/customers/nobody/profile?missing=null", self.admin)
+        self.assertEqual((code, body), (200, None))
+        code, _ = yield self.api.call("GET", "/customers/nobody/profile?missing=null", token("somebody-else"))
+        self.assertEqual(code, 404)
+        code, body = yield self.api.call("GET", "/customers/me1/profile?missing=null", token("me1"))
+        self.assertEqual((code, body), (200, None))
+
+    @inlineCallbacks
     def test_authorization_matrix(self) -> Any:
         """PUT: admins only; GET: the customer themself (plain), another customer 404, agents masked
         once the customer has a conversation in their team (404 before, and for another team's

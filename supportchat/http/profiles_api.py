@@ -2,7 +2,10 @@
 
     GET /api/v1/customers?phone=...          agents, admins: profiles with this phone (blind index)
     GET /api/v1/customers/{id}/profile       the customer themself and admins: plain; agents: sensitive
-                                             fields masked unless [profile] show_sensitive_to_agents
+                                             fields masked unless [profile] show_sensitive_to_agents;
+                                             ?missing=null: 200 null instead of 404 for a customer the
+                                             caller may read who has no profile (the console asks so,
+                                             and a browser logs no failed request)
     PUT /api/v1/customers/{id}/profile       admins (accounts or integrator tokens with role admin):
                                              replace {name?, email?, phone?, attributes?}
 
@@ -80,7 +83,11 @@ class CustomersApi(WorkflowResource):
         if principal.role == "customer" and principal.user_id != customer:
             raise HttpError(404, "not_found", "no such profile")
         profile = await self._profiles.store.get(customer)
-        if profile is None or not await self._served(principal, [customer]):
+        if not await self._served(principal, [customer]):
+            raise HttpError(404, "not_found", "no such profile")
+        if profile is None:
+            if str_arg(request, "missing") == "null":
+                return 200, None
             raise HttpError(404, "not_found", "no such profile")
         try:
             return 200, self._profiles.view(profile, self._reveal(principal))

@@ -346,7 +346,8 @@ async function loadProfile(customerId, force = false) {
   profiles.set(customerId, Object.assign({}, known || { profile: null }, { loading: true, at: Date.now() }));
   let profile = known ? known.profile : null;
   try {
-    const r = await fetch(`/api/v1/customers/${encodeURIComponent(customerId)}/profile`, { headers: { authorization: "Bearer " + client._token } });
+    // ?missing=null: a customer without a profile is 200 null, not a 404 logged by the browser
+    const r = await fetch(`/api/v1/customers/${encodeURIComponent(customerId)}/profile?missing=null`, { headers: { authorization: "Bearer " + client._token } });
     if (r.ok) profile = await r.json();
     else if (r.status === 404) profile = null;
   } catch (e) {

@@ -134,6 +134,16 @@ export class SupportChatClient extends EventTarget {
     this._helloSeen = false;
     this.serverFeatures = new Set();
     this._online = () => this.state !== "open" && !this._stopped && this._reconnectNow();
+    // the browser knows the network is gone: say so now, not after a missed heartbeat
+    this._offline = () => {
+      if (!this.ws || this._stopped) return;
+      const ws = this.ws;
+      this.ws = null;
+      try {
+        ws.close(4000, "network offline");
+      } catch (e) {}
+      this._onClosed(1006, "network offline", this._helloSeen);
+    };
     this._visible = () => {
       if (document.visibilityState === "visible" && this.state === "offline" && !this._stopped) this._reconnectNow();
     };
@@ -211,6 +221,7 @@ export class SupportChatClient extends EventTarget {
       this._loadOutbox();
     }
     globalThis.addEventListener?.("online", this._online);
+    globalThis.addEventListener?.("offline", this._offline);
     globalThis.document?.addEventListener?.("visibilitychange", this._visible);
     this._open();
   }
@@ -218,6 +229,7 @@ export class SupportChatClient extends EventTarget {
   close() {
     this._stopped = true;
     globalThis.removeEventListener?.("online", this._online);
+    globalThis.removeEventListener?.("offline", this._offline);
     globalThis.document?.removeEventListener?.("visibilitychange", this._visible);
     this._clearTimers();
     if (this.ws) this.ws.close(1000);

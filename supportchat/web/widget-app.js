@@ -221,7 +221,9 @@ export function mount(opts) {
     queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
     renderIntro(c, pending);
     const closed = isClosed(c);
+    const ratingWasHidden = rating.hidden;
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
+    if (ratingWasHidden && !rating.hidden) scroll.scrollTop = scroll.scrollHeight; // the last message stays in view
     stars.hidden = !!c?.rating;
     comment.hidden = !!c?.rating;
     const refused = client.state === "unauthorized";

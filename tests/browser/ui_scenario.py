@@ -241,6 +241,9 @@ class Scenario:
         for who, page in (("customer", cust), ("agent", agent)):
             page.on("pageerror", lambda e, who=who: errors.append(f"{who}: {e}"))
             self.log_frames(page, who)
+        failed: list[str] = []  # requests the browser logs as failed (a customer without a profile must not be one)
+        agent.on("console", lambda m: failed.append(f"{m.text} {m.location.get('url', '')}")
+                 if m.type == "error" and "404" in m.text else None)
 
         # The demo page and the widget.
         cust.goto(self.base + "/")
@@ -451,6 +454,8 @@ class Scenario:
         assert cust_seen == want, {"customer": cust_seen, "server": want}
         assert agent_seen == want, {"agent": agent_seen, "server": want}
         self.check(f"both screens show exactly the server's {len(want)} messages in seq order, each once")
+        assert not failed, failed
+        self.check("the console logs no failed request (a customer without a profile is not a 404)")
 
         # History paging in the console, read receipts kept, screenshots.
         self.shot(cust, "widget.png")
@@ -537,6 +542,8 @@ class Scenario:
         cust.keyboard.press("Enter")
         expect(cust.locator("#supportchat-widget .rating")).to_contain_text("Thank you for your feedback!")
         expect(cust.locator("#supportchat-widget .restart")).to_be_visible()
+        expect(cust.locator("#supportchat-widget li.sc-event[data-event=closed]")).to_be_in_viewport()
+        expect(cust.locator("#supportchat-widget .rating textarea.comment")).to_have_count(1)
         self.check("the agent closes; the customer rates 5 stars from the keyboard")
         self.shot(bob, "console-transfer.png", readme=False)
 
@@ -695,6 +702,11 @@ class Scenario:
                     getComputedStyle(r.querySelector('li.sc-own .sc-body')).direction]; }""")
         assert direction == ["rtl", "rtl"], direction
         self.axe(page, "the open widget (ar, right to left)")
+        ctx.set_offline(True)  # the browser's "offline" event: the header says so at once, not after a heartbeat
+        expect(page.locator(w + " .conn")).to_have_text("غير متصل، جارٍ إعادة الاتصال…", timeout=5000)
+        ctx.set_offline(False)
+        expect(page.locator(w + " .conn")).to_have_text("متصل")
+        self.check("the network going away shows in the header within seconds, and it reconnects when it is back")
         self.shot(page, "widget-ar.png", readme=False)
         self.check("ar: the widget is in Arabic and right to left; message bodies take their own direction")
         ctx.close()
