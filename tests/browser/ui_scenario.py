@@ -267,6 +267,16 @@ class Scenario:
             assert (code, inbox["conversations"]) == (200, []), (code, inbox)
         self.check("on opening, the greeting, quick replies and what to expect (nobody online) come from "
                    "/api/v1/widget-config, and no conversation is created")
+        # Focus stays in the open dialog: Tab and Shift+Tab cycle through its controls only.
+        inside = """() => { const root = document.querySelector('#supportchat-widget').shadowRoot;
+            return document.activeElement === root.host && root.activeElement !== null
+                   && root.querySelector('[role=dialog]').contains(root.activeElement); }"""
+        cust.locator("#supportchat-widget textarea.input").focus()
+        for key in ["Tab"] * 12 + ["Shift+Tab"] * 12:
+            cust.keyboard.press(key)
+            assert cust.evaluate(inside), f"focus left the open widget dialog after {key}"
+        cust.locator("#supportchat-widget textarea.input").focus()
+        self.check("keyboard focus stays inside the open widget dialog (Tab and Shift+Tab)")
 
         self.customer_send(cust, "Where is my order?")
         first = cust.locator("#supportchat-widget li.sc-own", has_text="Where is my order?")
