@@ -83,7 +83,7 @@ class WorkflowTests(unittest.TestCase):
         """A note is placed after the conversation's last message, returned to
         its writer, pushed to the staff and to the agent it @mentions, and
         given by sync to staff only: the customer gets no note frame and no
-        notes in sync, and cannot write one. A transfer's note reaches an agent
+        notes in sync (but the agents' names, in ``names``), and cannot write one. A transfer's note reaches an agent
         who was not connected at the time through sync."""
         cust, ann, conv = yield self.assigned_conversation()
         acked = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "n1", "body": "hi"})
@@ -99,8 +99,11 @@ class WorkflowTests(unittest.TestCase):
         self.assertEqual([(n["id"], n["author"]["name"]) for n in history["notes"]], [(note["id"], "Ann")])
         later = yield self.reply(ann, {"type": "sync", "conversation": conv, "after_seq": acked["seq"] + 1})
         self.assertNotIn("notes", later)  # placed after an earlier message: not in this page
+        ann.send({"type": "message", "conversation": conv, "client_msg_id": "a1", "body": "Hello from Ann"})
+        yield cust.next_frame("message", lambda f: f.get("body") == "Hello from Ann")
         mine = yield self.reply(cust, {"type": "sync", "conversation": conv, "after_seq": 0})
         self.assertNotIn("notes", mine)
+        self.assertEqual(mine["names"], {"ann": "Ann"})  # the customer sees who wrote, by name
         # a transfer's note, to an agent who is not connected when it is written
         yield close_client(dan)
         done = yield self.reply(ann, {"type": "transfer", "conversation": conv, "to_agent": "dan",

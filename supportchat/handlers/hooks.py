@@ -60,6 +60,9 @@ class WorkflowHooks(Protocol):
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         """A customer writes to ``conversation_id`` (a closed one may reopen, or refuse)."""
 
+    async def staff_names(self, user_ids: set[str]) -> dict[str, str]:
+        """For ``sync``: the display names of these staff senders (those known)."""
+
     async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
                           to_seq: int | None) -> list[dict[str, Any]]:
         """For ``sync``: the internal notes placed after messages ``from_seq``
@@ -102,6 +105,9 @@ class NoWorkflow:
 
     async def before_customer_message(self, session: ClientSession, conversation_id: str, ref: Any) -> None:
         pass
+
+    async def staff_names(self, user_ids: set[str]) -> dict[str, str]:
+        return {}
 
     async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
                           to_seq: int | None) -> list[dict[str, Any]]:

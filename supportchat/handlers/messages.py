@@ -151,6 +151,12 @@ class MessageFrames:
             "messages": [self._links(m.to_wire()) for m in msgs[: frame.limit]],
             "has_more": len(msgs) > frame.limit,
         }
+        staff = {m.sender_id for m in msgs[: frame.limit] if m.sender_role in ("agent", "admin")}
+        if staff:
+            # who wrote: the agents' display names, so every client shows people, not ids
+            names = await self._hooks.staff_names(staff)
+            if names:
+                history["names"] = {wire_id(k): v for k, v in names.items()}
         if session.role != "customer":
             # staff only: the internal notes placed among these messages (after the last one when caught up)
             upto = None if not history["has_more"] else msgs[frame.limit - 1].seq

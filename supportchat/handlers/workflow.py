@@ -147,6 +147,15 @@ class WorkflowChatHooks:
         self._q.background.run("workflow_positions", self._q.publish_positions)
 
     # -- messages ------------------------------------------------------------
+    async def staff_names(self, user_ids: set[str]) -> dict[str, str]:
+        """Agents' and admins' display names from their accounts (at most 20 looked up per page)."""
+        names: dict[str, str] = {}
+        for user_id in sorted(user_ids)[:20]:
+            agent = await self._q.wf.get_agent(user_id)
+            if agent is not None and agent.name:
+                names[user_id] = agent.name
+        return names
+
     async def staff_notes(self, session: ClientSession, conversation_id: str, from_seq: int,
                           to_seq: int | None) -> list[dict[str, Any]]:
         """Staff only: the notes placed after messages ``from_seq``..``to_seq``,

@@ -795,6 +795,7 @@ export class SupportChatClient extends EventTarget {
         const h = await this.request({ type: "sync", conversation: id, after_seq: c.contig, limit: 200 });
         for (const m of h.messages || []) this._storeMessage(c, m);
         for (const n of h.notes || []) this._addNote(c, n);
+        Object.assign(c.names, h.names || {}); // the agents' display names of these messages
         for (const r of h.read || []) {
           // the others' read positions, once caught up (Seen marks survive a reload)
           if (!this.user || r.user_id !== this.user.id) c.readBy[r.user_id] = Math.max(c.readBy[r.user_id] || 0, r.seq);
