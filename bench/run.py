@@ -55,6 +55,9 @@ import time
 import zlib
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probes import HopScrape, Profile  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -663,10 +666,12 @@ async def run_target(kind: str, args: argparse.Namespace, workdir: str) -> dict[
         res["latency"] = await phase_with_retries(
             server, args, f"latency @ {args.rate:g} msg/s offered",
             lambda: load_phase(workers, pids, "open", args.duration, args.warmup,
-                               offered=args.rate, rate=args.rate / args.workers))
+                               offered=args.rate, rate=args.rate / args.workers,
+                               probes=phase_probes(server, args, "latency", args.duration - args.warmup)))
         res["saturation"] = await phase_with_retries(
             server, args, f"saturation, window {args.window}/sender",
-            lambda: load_phase(workers, pids, "closed", args.sat_duration, args.warmup, window=args.window))
+            lambda: load_phase(workers, pids, "closed", args.sat_duration, args.warmup, window=args.window,
+                               probes=phase_probes(server, args, "saturation", args.sat_duration - args.warmup)))
         wire_on = await workers[0].call("wire", deflate=True, pairs=args.wire_pairs, small=10, big=10)
         wire_off = await workers[0].call("wire", deflate=False, pairs=args.wire_pairs, small=10, big=10)
         res["wire"] = wire_summary(wire_on, wire_off)
@@ -748,6 +753,20 @@ async def phase_with_retries(server: Server, args: argparse.Namespace, title: st
     return best
 
 
+def phase_probes(server: Server, args: argparse.Namespace, phase: str, seconds: float) -> dict[str, Any]:
+    """What to read from the server over a measured window: the per-hop
+    histograms of /metrics (ours, one process), and with --profile a py-spy
+    flame graph of the server's main process."""
+    probes: dict[str, Any] = {}
+    if server.kind == "ours":
+        probes["hops"] = HopScrape(server.port)
+    if args.profile and server.kind in ("ours", "redis"):
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(args.profile, f"{server.kind}-{phase}-{stamp}.svg")
+        probes["profile"] = Profile(server.pid, path, seconds)
+    return probes
+
+
 def merge_counts(items: list[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in items:
@@ -757,13 +776,18 @@ def merge_counts(items: list[dict[str, int]]) -> dict[str, int]:
 
 
 async def load_phase(workers: list[Worker], pids: dict[str, int], mode: str, duration: float, warmup: float,
-                     offered: float | None = None, **kw: Any) -> dict[str, Any]:
+                     offered: float | None = None, probes: dict[str, Any] | None = None,
+                     **kw: Any) -> dict[str, Any]:
     calls = asyncio.gather(*(w.call("load", mode=mode, duration=duration, warmup=warmup, **kw) for w in workers))
     task = asyncio.ensure_future(calls)
     await asyncio.sleep(warmup)
+    probes = probes or {}
+    for probe in probes.values():
+        await probe.start()
     meter = CpuMeter(pids)
     await asyncio.sleep(duration - warmup)
     cpu = meter.read()
+    probed = {name: await probe.stop() for name, probe in probes.items()}
     replies = await task
     window = min(r["window_seconds"] for r in replies)
     deliver = [x for r in replies for x in r["lat_deliver"]]
@@ -805,6 +829,7 @@ async def load_phase(workers: list[Worker], pids: dict[str, int], mode: str, dur
         "loadgen_cpu_total": round(sum(loadgen_cpu), 1),
         "up_bytes_per_msg": round(total["bytes_out"] / total["sent"], 1) if total["sent"] else None,
         "down_bytes_per_msg": round(total["bytes_in"] / total["sent"], 1) if total["sent"] else None,
+        **probed,
     }
     return out
 
@@ -820,6 +845,11 @@ def show_phase(title: str, r: dict[str, Any]) -> None:
             f"worst [s into phase, messages, max ms]: {r['worst_slots'][:5]}")
     say(f"      CPU %: {r['cpu']}; wire per message: up {r['up_bytes_per_msg']} B, down {r['down_bytes_per_msg']} B; "
         f"lost: unacked {r['unacked']} undelivered {r['undelivered']}; errors {r['errors'] or 'none'}")
+    for h in r.get("hops", []):
+        say(f"      hop {h['hop']}: n {h['count']} mean {h['mean_ms']} p50 {h['p50_ms']} p99 {h['p99_ms']} "
+            f"p99.9 {h['p999_ms']} ms")
+    if r.get("profile"):
+        say(f"      flame graph: {r['profile']['flamegraph']} (py-spy rc {r['profile']['rc']})")
 
 
 def med(xs: list[float]) -> float | None:
@@ -1206,6 +1236,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--measure-signal", metavar="SIGNAME",
                    help="send this signal (e.g. SIGUSR2) to our server at each memory measurement, for a "
                         "diagnostic hook loaded with --server-env PYTHONPATH=...")
+    p.add_argument("--profile", metavar="DIR",
+                   help="record a py-spy flame graph (SVG) of our server's main process over each measured "
+                        "phase into DIR (needs py-spy in the virtualenv: .venv/bin/pip install py-spy)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, server and worker logs)")
     p.add_argument("--retries", type=int, default=2,
                    help="re-runs of a latency or saturation phase that other processes disturbed (default 2)")

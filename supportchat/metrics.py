@@ -130,6 +130,14 @@ class Metrics:
             "How late the reactor watchdog's periodic timer fired: the time the reactor was busy elsewhere "
             "(a long turn) when it was due.", buckets=LAG_BUCKETS, registry=r,
         )
+        self.sqlite_checkpoint = Histogram(
+            "sqlite_checkpoint_seconds",
+            "SQLite: one background WAL checkpoint (PASSIVE, and RESTART when the WAL is large), off the commit path.",
+            buckets=HOP_BUCKETS, registry=r,
+        )
+        self.sqlite_wal_pages = Gauge(
+            "sqlite_wal_pages", "SQLite: pages in the WAL when the last background checkpoint started.", registry=r
+        )
         # The per-hop latency budget of a message (docs/benchmarks.md).
         def hop(name: str, documentation: str) -> Hop:
             return Hop(Histogram(name, documentation, buckets=HOP_BUCKETS, registry=r), now)

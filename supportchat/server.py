@@ -34,8 +34,9 @@ from supportchat.http.common import normalize_origin, redacting_log_formatter
 from supportchat.hours import BusinessHours
 from supportchat.metrics import Metrics
 from supportchat.ratelimit import KeyedRateLimiter
+from supportchat.storage.checkpoint import WalCheckpointer
 from supportchat.storage.database import Database
-from supportchat.storage.engines import engine_from_url
+from supportchat.storage.engines import SqliteEngine, engine_from_url
 from supportchat.storage.history import Retention, SqlHistoryStore
 from supportchat.storage.interfaces import ChatStore, PresenceStore
 from supportchat.storage.memory import MemoryPresenceStore
@@ -103,11 +104,30 @@ class SupportChatServer:
 
     def get_database(self) -> Database:
         def make() -> Database:
-            engine = engine_from_url(self.config.database_url(), self.config.database.sqlite_synchronous)
+            engine = engine_from_url(self.config.database_url(), self.config.database.sqlite_synchronous,
+                                     background_checkpoints=self.config.database.sqlite_checkpoint_interval > 0)
             return Database(engine, self.reactor, self.config.database.pool_size,
                             retry_for=self.config.database.retry_seconds)
 
         return self._once("database", make)
+
+    def get_checkpointer(self) -> WalCheckpointer | None:
+        """Background WAL checkpoints, for a SQLite file whose commits no
+        longer run them (``[database] sqlite_checkpoint_interval``)."""
+        def make() -> WalCheckpointer | None:
+            engine = self.get_database().engine
+            if not isinstance(engine, SqliteEngine) or not engine.background_checkpoints:
+                return None
+            metrics = self.get_metrics()
+
+            def observe(seconds: float, pages: int) -> None:
+                metrics.sqlite_checkpoint.observe(seconds)
+                metrics.sqlite_wal_pages.set(pages)
+
+            return WalCheckpointer(self.reactor, engine.checkpoint_connection,
+                                   self.config.database.sqlite_checkpoint_interval, observe)
+
+        return self._once("checkpointer", make)
 
     def get_store(self) -> SqlConversationStore:
         return self._once(

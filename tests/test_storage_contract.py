@@ -736,3 +736,74 @@ class RedisConversationStoreTests(ConversationStoreContract, unittest.TestCase):
         self.assertEqual((repeat.duplicate, repeat.message.msg_id), (True, degraded.message.msg_id))
         history = yield self.store.get_messages(conv.id, 0, 10)
         self.assertEqual([m.seq for m in history], [1, 2, 3])
+
+
+class AppendBatchContract:
+    """The group-commit transaction itself (storage/append.py), on a batch
+    larger than one statement's chunk, against every SQL engine."""
+
+    def make_db(self) -> Database:
+        raise NotImplementedError
+
+    def test_large_batch_across_conversations(self) -> None:
+        """One batch of 1,200 appends over 300 conversations: each
+        conversation's messages get its next seqs in request order, a key
+        repeated inside the batch is a duplicate of the first, a missing
+        conversation and a non-participant are refused alone, unread counts
+        and last messages are what one-by-one appends would give; the same
+        batch run again (a retry after an unknown commit) stores nothing
+        twice and returns the same messages."""
+        from supportchat.storage.append import append_batch_txn
+
+        db = self.make_db()
+        store = SqlConversationStore(db)
+        t = self  # type: Any
+        convs = []
+        for n in range(300):
+            conv, _ = t.successResultOf(store.open_conversation(f"cust{n}", 1000.0))
+            t.successResultOf(store.append(AppendRequest(
+                conversation_id=conv.id, sender_id=f"agent{n}", sender_role="agent", kind=EVENT,
+                body="joined", ts=1001.0, data={"name": "joined"}, join=True, msg_id=f"mj{n}")))
+            convs.append(conv.id)
+        batch = []
+        for n, conv_id in enumerate(convs):
+            batch += [
+                msg(conv_id, f"cust{n}", f"k{n}a", body="one", ts=1010.0, msg_id=f"m{n}a"),
+                msg(conv_id, f"cust{n}", f"k{n}b", body="two", ts=1011.0, msg_id=f"m{n}b"),
+                msg(conv_id, f"cust{n}", f"k{n}a", body="one", ts=1012.0, msg_id=f"m{n}dup"),
+                msg(conv_id, f"agent{n}", f"k{n}c", role="agent", body="three", ts=1013.0, msg_id=f"m{n}c"),
+            ]
+        batch.append(msg("c-missing", "cust0", "x", msg_id="mx"))
+        batch.append(msg(convs[0], "intruder", "y", msg_id="my"))
+
+        first = t.successResultOf(db.run_interaction("append_batch", append_batch_txn, batch))
+        again = t.successResultOf(db.run_interaction("append_batch", append_batch_txn, batch))
+        self.assertIsInstance(first[-2], NotFound)
+        self.assertIsInstance(first[-1], NotFound)
+        for n, conv_id in enumerate(convs):
+            a, b, dup, c = first[4 * n:4 * n + 4]
+            self.assertEqual([a.message.seq, b.message.seq, c.message.seq], [2, 3, 4])  # the join is 1
+            self.assertEqual((dup.duplicate, dup.message.msg_id), (True, a.message.msg_id))
+            self.assertEqual([r.message.msg_id for r in again[4 * n:4 * n + 4]],
+                             [f"m{n}a", f"m{n}b", f"m{n}a", f"m{n}c"])
+            messages = t.successResultOf(store.get_messages(conv_id, 0, 10))
+            self.assertEqual([m.seq for m in messages], [1, 2, 3, 4])
+            [cust] = t.successResultOf(store.get_states(f"cust{n}"))
+            [agent] = t.successResultOf(store.get_states(f"agent{n}"))
+            self.assertEqual((cust.unread, cust.last_read_seq, cust.last_seq, cust.last_msg_id), (1, 3, 4, f"m{n}c"))
+            self.assertEqual((agent.unread, agent.last_read_seq), (0, 4))
+
+
+class SqliteAppendBatchTests(AppendBatchContract, unittest.TestCase):
+    def make_db(self) -> Database:
+        return threadless_sqlite(self)
+
+
+class PostgresAppendBatchTests(AppendBatchContract, unittest.TestCase):
+    def make_db(self) -> Database:
+        return threadless_db(self, "postgresql")
+
+
+class MariadbAppendBatchTests(AppendBatchContract, unittest.TestCase):
+    def make_db(self) -> Database:
+        return threadless_db(self, "mysql")

@@ -1,6 +1,6 @@
 """The service tree of one node, built from the container's getters:
 
-reactor watchdog -> database -> redis -> timers -> persister -> chat -> bot -> listeners,
+reactor watchdog -> database -> WAL checkpointer (SQLite) -> redis -> timers -> persister -> chat -> bot -> listeners,
 started in that order and stopped one at a time in reverse (listeners
 first, database then the watchdog last) by :class:`~supportchat.service.OrderedMultiService`.
 Which parts exist depends on the node's roles and on Redis mode."""
@@ -36,6 +36,10 @@ def build_service(server: SupportChatServer) -> IService:
     db_service = DatabaseService(server.get_database(), server.get_store())
     db_service.setName("database")
     db_service.setServiceParent(top)
+    checkpointer = server.get_checkpointer()
+    if checkpointer is not None:
+        checkpointer.setName("sqlite-checkpoint")
+        checkpointer.setServiceParent(top)
     if server.redis_mode:
         server.get_redis().service.setServiceParent(top)
         if gateway or server.bot_enabled:

@@ -47,7 +47,7 @@ from supportchat.redis.consumer import Entries, StreamConsumer
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.interfaces import ConversationStore
 from supportchat.storage.models import EVENT, TEXT, AppendRequest, AppendResult, Message, principal_key
-from supportchat.storage.sql import _msg
+from supportchat.storage.rows import msg_from_row as _msg
 
 log = Logger()
 

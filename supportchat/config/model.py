@@ -69,6 +69,7 @@ class DatabaseConfig:
     url: str = ""
     pool_size: int = 4
     sqlite_synchronous: str = "FULL"
+    sqlite_checkpoint_interval: float = 0.5
     group_commit_max: int = 512
     auto_migrate: bool = True
     retry_seconds: float = 30.0
@@ -99,6 +100,8 @@ class DatabaseConfig:
             "must be one of OFF, NORMAL, FULL, EXTRA",
         )
         check.that(self.group_commit_max >= 1, "group_commit_max", "must be at least 1")
+        check.that(0 <= self.sqlite_checkpoint_interval <= 3600, "sqlite_checkpoint_interval",
+                   "must be between 0 and 3600 seconds (0: checkpoints inside commits, SQLite's default)")
 
 
 @dataclass

@@ -85,6 +85,15 @@ class Engine:
         """Suffix that row-locks what a SELECT reads until commit."""
         return ""
 
+    # ``UPDATE t SET ... FROM <values_table> WHERE ...`` works (one
+    # statement for many rows; storage/append.py ``update_rows``).
+    update_from_values = False
+
+    def values_table(self, names: list[str], rows: int) -> str:
+        """A derived table of ``rows`` rows of placeholders whose columns are
+        ``names``, aliased ``v``."""
+        raise NotImplementedError
+
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         raise NotImplementedError
 
@@ -162,6 +171,9 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the -wal file keeps when it starts over
+
+
 class SqliteEngine(Engine):
     """SQLite in WAL mode. One connection serialises all SQL, which avoids
     SQLITE_BUSY lock upgrades; group commit keeps throughput up."""
@@ -170,12 +182,23 @@ class SqliteEngine(Engine):
     module_name = "sqlite3"
     single_writer = True
 
-    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, synchronous: str = "FULL", background_checkpoints: bool = False) -> None:
         self.path = path
         self.synchronous = synchronous.upper()
+        # True when a WalCheckpointer (storage/checkpoint.py) checkpoints
+        # on its own connection: commits then never run one themselves.
+        self.background_checkpoints = background_checkpoints and path != ":memory:"
 
     def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
         return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})"
+
+    update_from_values = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FROM
+
+    def values_table(self, names: list[str], rows: int) -> str:
+        # SQLite names a VALUES list's columns column1, column2, ...
+        cols = ", ".join(f"column{i + 1} AS {n}" for i, n in enumerate(names))
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        return f"(SELECT {cols} FROM (VALUES {', '.join([one] * rows)})) AS v"
 
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self.path != ":memory:":
@@ -187,9 +210,16 @@ class SqliteEngine(Engine):
         cur = conn.cursor()
         if self.path != ":memory:":
             cur.execute("PRAGMA journal_mode=WAL")
+        if self.background_checkpoints:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         cur.execute(f"PRAGMA synchronous={self.synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    def checkpoint_connection(self) -> sqlite3.Connection:
+        """A connection for the WalCheckpointer's thread (it only checkpoints)."""
+        return sqlite3.connect(self.path, check_same_thread=False, timeout=5.0, isolation_level=None)
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
@@ -300,6 +330,12 @@ class PostgresEngine(_ServerEngine):
     def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
         target = f" ({key})" if key else ""
         return f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT{target} DO NOTHING"
+
+    update_from_values = True
+
+    def values_table(self, names: list[str], rows: int) -> str:
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        return f"(VALUES {', '.join([one] * rows)}) AS v ({', '.join(names)})"
 
     def is_transient(self, error: BaseException) -> bool:
         import psycopg
@@ -426,7 +462,7 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on", "required")
 
 
-def engine_from_url(url: str, synchronous: str = "FULL") -> Engine:
+def engine_from_url(url: str, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
     """Pick the engine for a database URL."""
     if url.startswith("sqlite:"):
         path = url[len("sqlite:"):]
@@ -436,7 +472,7 @@ def engine_from_url(url: str, synchronous: str = "FULL") -> Engine:
             path = path[2:]
         if not path:
             raise UnsupportedDatabase("sqlite URL names no file")
-        return SqliteEngine(path, synchronous)
+        return SqliteEngine(path, synchronous, background_checkpoints)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresEngine(url)
     if url.startswith(("mysql://", "mariadb://")):

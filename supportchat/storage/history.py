@@ -18,7 +18,12 @@ from twisted.internet.task import deferLater
 
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.models import Conversation, Message, wire_id
-from supportchat.storage.sql import _CONV_COLS, _MSG_COLS, _conv, _msg, _participants_txn, _placeholders
+from supportchat.storage.rows import CONV_COLS as _CONV_COLS
+from supportchat.storage.rows import MSG_COLS as _MSG_COLS
+from supportchat.storage.rows import conv_from_row as _conv
+from supportchat.storage.rows import msg_from_row as _msg
+from supportchat.storage.rows import participants_txn as _participants_txn
+from supportchat.storage.rows import placeholders as _placeholders
 
 _M_COLS = ", ".join("m." + c.strip() for c in _MSG_COLS.split(","))
 # Conversations whose rows one delete batch may touch.

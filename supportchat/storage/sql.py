@@ -7,7 +7,6 @@ per message. Each waiter's Deferred fires only after its batch committed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -16,12 +15,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from supportchat.metrics import Hop, Metrics
-from supportchat.storage.database import Cursor, Database, insert_every
+from supportchat.storage.append import append_batch_txn
+from supportchat.storage.database import Cursor, Database
+from supportchat.storage.rows import CONV_COLS as _CONV_COLS
+from supportchat.storage.rows import MSG_COLS as _MSG_COLS
+from supportchat.storage.rows import conv_from_row as _conv
+from supportchat.storage.rows import msg_from_row as _msg
+from supportchat.storage.rows import participants_txn as _participants_txn
 from supportchat.storage.models import (
     EVENT,
     AppendRequest,
     AppendResult,
-    Conflict,
     Conversation,
     IdempotencyRecord,
     Message,
@@ -39,27 +43,6 @@ class Unstorable(StoreError):
     """The database refused a value of this request (not an outage)."""
 
     code = "bad_request"
-
-
-_CONV_COLS = "id, customer_id, status, created_at, last_seq, last_msg_id, last_ts, closed_at"
-_MSG_COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
-
-
-def _conv(row: Any) -> Conversation:
-    return Conversation(
-        id=row[0], customer_id=row[1], status=row[2], created_at=float(row[3]),
-        last_seq=int(row[4]), last_msg_id=row[5],
-        last_ts=None if row[6] is None else float(row[6]),
-        closed_at=None if row[7] is None else float(row[7]),
-    )
-
-
-def _msg(row: Any) -> Message:
-    return Message(
-        conversation_id=row[0], msg_id=row[1], seq=int(row[2]), sender_id=row[3],
-        sender_role=row[4], client_msg_id=row[5], kind=row[6], body=row[7],
-        ts=float(row[8]), data=None if row[9] is None else json.loads(row[9]),
-    )
 
 
 # -- transaction functions (pool thread) ----------------------------------
@@ -95,221 +78,6 @@ def idempotency_record_txn(
         (sender_id, client_msg_id, outcome.conversation_id, outcome.msg_id, outcome.seq, outcome.ts, expires_at),
     )
     return cur.rowcount != 0
-
-
-def _participants_txn(cur: Cursor, conversation_id: str) -> list[Participant]:
-    cur.execute(
-        "SELECT user_id, role FROM participants WHERE conversation_id = ? ORDER BY joined_at, user_id",
-        (conversation_id,),
-    )
-    return [Participant(r[0], r[1]) for r in cur.fetchall()]
-
-
-def _get_message_txn(cur: Cursor, conversation_id: str, seq: int) -> Message:
-    cur.execute(
-        f"SELECT {_MSG_COLS} FROM messages WHERE conversation_id = ? AND seq = ?",
-        (conversation_id, seq),
-    )
-    return _msg(cur.fetchone())
-
-
-def _placeholders(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-def _messages_by_id_txn(cur: Cursor, msg_ids: list[str]) -> dict[str, Message]:
-    out: dict[str, Message] = {}
-    for i in range(0, len(msg_ids), 500):
-        chunk = msg_ids[i:i + 500]
-        cur.execute(f"SELECT {_MSG_COLS} FROM messages WHERE msg_id IN ({_placeholders(len(chunk))})", chunk)
-        for row in cur.fetchall():
-            m = _msg(row)
-            out[m.msg_id] = m
-    return out
-
-
-def _idempotency_many_txn(
-    cur: Cursor, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[IdempotencyRecord, float]]:
-    """Stored idempotency records (live or expired) for (sender, client_msg_id) pairs."""
-    by_sender: dict[str, list[str]] = {}
-    for sender, key in keys:
-        by_sender.setdefault(sender, []).append(key)
-    out: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
-    for sender, ids in by_sender.items():
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            cur.execute(
-                "SELECT client_msg_id, conversation_id, msg_id, seq, ts, expires_at FROM idempotency_keys"
-                f" WHERE sender_id = ? AND client_msg_id IN ({_placeholders(len(chunk))})",
-                (sender, *chunk),
-            )
-            for r in cur.fetchall():
-                out[(sender, r[0])] = (IdempotencyRecord(r[1], r[2], int(r[3]), float(r[4])), float(r[5]))
-    return out
-
-
-def append_batch_txn(cur: Cursor, requests: list[AppendRequest]) -> list[AppendResult | Exception]:
-    """Append a batch in one transaction. A refused request (StoreError)
-    refuses alone: it is checked before it writes anything.
-
-    Seq safety with several writers (PostgreSQL, MySQL: other nodes, other
-    pool threads): each conversation's row is read with ``SELECT ... FOR
-    UPDATE`` before anything else about it, so a second transaction
-    appending to the same conversation waits at that SELECT until the first
-    commits or rolls back, then reads the committed ``last_seq`` (both
-    engines run at READ COMMITTED, so the statements after the lock see
-    that commit too: participants, idempotency keys). ``last_seq + 1`` is
-    therefore always the next free seq, and the unique index on
-    (conversation_id, seq) would turn any mistake into an error, never a
-    gap or a duplicate. Conversations are locked in id order, so two
-    batches touching the same conversations cannot deadlock each other.
-    SQLite has a single writer connection, which serialises the same way.
-
-    Retries: every request carries a ``msg_id`` chosen before the first
-    attempt. A message whose msg_id is already stored (the connection
-    dropped after a commit the caller never heard of) is returned as
-    stored, and rows go in with an insert-ignore keyed on msg_id, so a
-    retried batch never stores a message twice.
-    """
-    results: list[AppendResult | Exception | None] = [None] * len(requests)
-    groups: dict[str, list[int]] = {}
-    for i, req in enumerate(requests):
-        groups.setdefault(req.conversation_id, []).append(i)
-    batch_keys: dict[tuple[str, str], Message] = {}
-    for conversation_id in sorted(groups):
-        _append_group_txn(cur, conversation_id, [(i, requests[i]) for i in groups[conversation_id]], results, batch_keys)
-    out: list[AppendResult | Exception] = []
-    for r in results:
-        assert r is not None
-        out.append(r)
-    return out
-
-
-def _append_group_txn(
-    cur: Cursor,
-    conversation_id: str,
-    items: list[tuple[int, AppendRequest]],
-    results: list[AppendResult | Exception | None],
-    batch_keys: dict[tuple[str, str], Message],
-) -> None:
-    cur.execute("SELECT last_seq FROM conversations WHERE id = ?" + cur.engine.for_update(), (conversation_id,))
-    row = cur.fetchone()
-    if row is None:
-        for i, _ in items:
-            results[i] = NotFound("no such conversation")
-        return
-    last_seq = int(row[0])
-    members = {p.user_id: p for p in _participants_txn(cur, conversation_id)}
-    stored = _messages_by_id_txn(cur, [req.msg_id for _, req in items if req.msg_id is not None])
-    known = _idempotency_many_txn(cur, [
-        (req.sender_id, req.client_msg_id) for _, req in items
-        if req.client_msg_id is not None and req.msg_id not in stored
-    ])
-    new_rows: list[tuple[Any, ...]] = []
-    idem_rows: list[tuple[Any, ...]] = []
-    expired_keys: list[tuple[Any, ...]] = []
-    # Per participant: ("add", k) -> unread += k; ("set", seq, k) -> read up to seq, unread = k.
-    reads: dict[str, tuple[Any, ...]] = {}
-    last: Message | None = None
-    for i, req in items:
-        if req.msg_id is not None and req.msg_id in stored:
-            done = stored[req.msg_id]
-            if done.client_msg_id is not None:
-                batch_keys[(done.sender_id, done.client_msg_id)] = done
-            results[i] = AppendResult(message=done, duplicate=False, participants=tuple(members.values()))
-            continue
-        if req.client_msg_id is not None:
-            key = (req.sender_id, req.client_msg_id)
-            if key in batch_keys:
-                results[i] = AppendResult(message=batch_keys[key], duplicate=True, participants=tuple(members.values()))
-                continue
-            found = known.get(key)
-            prior = None
-            if found is not None and found[1] > req.ts:
-                prior = found[0]
-            elif found is not None:
-                expired_keys.append((req.sender_id, req.client_msg_id, req.ts))
-            if prior is not None:
-                results[i] = AppendResult(
-                    message=_get_message_txn(cur, prior.conversation_id, prior.seq),
-                    duplicate=True,
-                    participants=tuple(_participants_txn(cur, prior.conversation_id)),
-                )
-                continue
-        present = req.sender_id in members
-        if req.join and present:
-            results[i] = Conflict("already a participant")
-            continue
-        if not req.join and req.require_participant and not present:
-            results[i] = NotFound("no such conversation")
-            continue
-        if req.join:
-            cur.execute(
-                "INSERT INTO participants (conversation_id, user_id, role, joined_at, last_read_seq, unread)"
-                " VALUES (?, ?, ?, ?, 0, 0)",
-                (conversation_id, req.sender_id, req.sender_role, req.ts),
-            )
-            members[req.sender_id] = Participant(req.sender_id, req.sender_role)
-        last_seq = max(last_seq, req.seq_floor) + 1
-        msg = Message(
-            conversation_id=conversation_id, msg_id=req.msg_id or new_id("m", req.ts), seq=last_seq,
-            sender_id=req.sender_id, sender_role=req.sender_role, client_msg_id=req.client_msg_id,
-            kind=req.kind, body=req.body, ts=req.ts, data=req.data,
-        )
-        new_rows.append((
-            msg.conversation_id, msg.msg_id, msg.seq, msg.sender_id, msg.sender_role, msg.client_msg_id,
-            msg.kind, msg.body, msg.ts, None if msg.data is None else json.dumps(msg.data),
-        ))
-        if req.sender_id in members:
-            reads[req.sender_id] = ("set", msg.seq, 0)
-        if req.kind != EVENT:
-            for uid in members:
-                if uid == req.sender_id:
-                    continue
-                state = reads.get(uid, ("add", 0))
-                reads[uid] = state[:-1] + (state[-1] + 1,)
-        if req.client_msg_id is not None:
-            batch_keys[(req.sender_id, req.client_msg_id)] = msg
-            idem_rows.append((
-                req.sender_id, req.client_msg_id, conversation_id, msg.msg_id, msg.seq, msg.ts,
-                req.ts + req.idempotency_window,
-            ))
-        last = msg
-        results[i] = AppendResult(message=msg, duplicate=False, participants=tuple(members.values()))
-    if last is None:
-        return
-    insert_every(cur, cur.engine.insert_ignore("messages", _MSG_COLS, _placeholders(10), "msg_id"), new_rows, "message")
-    cur.execute(
-        "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ?",
-        (last.seq, last.msg_id, last.ts, conversation_id),
-    )
-    for uid, state in reads.items():
-        if state[0] == "set":
-            cur.execute(
-                "UPDATE participants SET last_read_seq = ?, unread = ? WHERE conversation_id = ? AND user_id = ?",
-                (state[1], state[2], conversation_id, uid),
-            )
-        elif state[1]:
-            cur.execute(
-                "UPDATE participants SET unread = unread + ? WHERE conversation_id = ? AND user_id = ?",
-                (state[1], conversation_id, uid),
-            )
-    if expired_keys:
-        cur.executemany(
-            "DELETE FROM idempotency_keys WHERE sender_id = ? AND client_msg_id = ? AND expires_at <= ?",
-            expired_keys,
-        )
-    if idem_rows:
-        cur.executemany(
-            cur.engine.insert_ignore(
-                "idempotency_keys",
-                "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at",
-                _placeholders(7),
-                "sender_id, client_msg_id",
-            ),
-            idem_rows,
-        )
 
 
 def _open_conversation_txn(cur: Cursor, customer_id: str, now: float) -> tuple[Conversation, bool]:
