@@ -159,6 +159,10 @@ class BotNode:
             return True
         return False
 
+    def is_silenced(self, conversation_id: str) -> bool:
+        """Known to have a human in it: the bot never answers there again."""
+        return conversation_id in self._silenced
+
     def _silence(self, conversation_id: str) -> None:
         self._silenced[conversation_id] = None
         self._silenced.move_to_end(conversation_id)
@@ -328,7 +332,8 @@ class LocalBotFeed:
                 self._background.run("bot_greet", self._node.greet, str(conv["id"]))
         elif kind == "message" and self._messages:
             sender = frame.get("sender") or {}
-            if sender.get("role") == "customer" and frame.get("kind") == TEXT:
+            if (sender.get("role") == "customer" and frame.get("kind") == TEXT
+                    and not self._node.is_silenced(str(frame.get("conversation")))):
                 self._background.run("bot_reply", self._node.handle, message_from_wire(frame))
 
 

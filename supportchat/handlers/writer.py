@@ -46,6 +46,16 @@ class MessageWriter:
         self._bus = bus
         self._metrics = metrics
         self._links = links
+        self._written_children: dict[tuple[str, bool], Any] = {}
+
+    def _written(self, kind: str, duplicate: bool) -> Any:
+        """The ``messages_written_total`` child for these labels, looked up once."""
+        key = (kind, duplicate)
+        child = self._written_children.get(key)
+        if child is None:
+            child = self._metrics.messages_written.labels(kind, "duplicate" if duplicate else "new")
+            self._written_children[key] = child
+        return child
 
     async def write(self, request: AppendRequest, exclude_connection: str | None = None,
                     if_joined: IfJoined = "record", republish: bool = False,
@@ -67,7 +77,7 @@ class MessageWriter:
                 return None
             result = await self._store.append(replace(request, join=False))
         append.since(started)
-        self._metrics.messages_written.labels(request.kind, "duplicate" if result.duplicate else "new").inc()
+        self._written(request.kind, result.duplicate).inc()
         if on_stored is not None:
             on_stored(result)
         if result.duplicate and not republish:

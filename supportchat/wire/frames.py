@@ -201,6 +201,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every frame (json.loads with an option builds a new one per
+# call). NaN and Infinity are not JSON: refused.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFrame:
     """Parse and validate one client text frame."""
     if text.strip() == "ping":
@@ -208,7 +213,7 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
     if text.strip() == "pong":
         return Pong()
     try:
-        data = json.loads(text, parse_constant=_no_constant)  # NaN, Infinity: not JSON
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError):  # deeply nested arrays exhaust the parser
         raise FrameError("bad_request", "frame is not valid JSON") from None
     if not isinstance(data, dict):

@@ -189,7 +189,14 @@ class ChatServerProtocol(WebSocketServerProtocol):
             return
         hop = self.factory.parse_hop
         started = hop.now() if hop is not None else 0.0
-        text = payload.decode("utf-8")  # Autobahn has validated UTF-8 (1007 otherwise)
+        try:
+            # One strict decode of the whole message instead of Autobahn's
+            # per-frame incremental validator (utf8validateIncoming is off,
+            # ws/options.py): invalid UTF-8 still fails the connection, 1007.
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._invalid_payload("invalid UTF-8 in a text message")
+            return
         try:
             frame = parse_frame(text, self.factory.max_body_chars, self.factory.sync_limit_max)
         except FrameError as e:
