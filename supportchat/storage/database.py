@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from importlib import resources
-from typing import Any, Callable, Concatenate, ParamSpec, TypeVar
+from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -172,6 +172,47 @@ def _quiet_rollback(pool: adbapi.ConnectionPool, conn: Any) -> None:
     raise adbapi.ConnectionLost()
 
 
+class _Attempts(Generic[R]):
+    """One interaction on the pool, attempted again after a transient
+    failure until ``retry_for`` has passed; ``out`` fires with the outcome.
+
+    A class rather than two closures that call each other: such closures
+    form a reference cycle, which kept every finished interaction (and the
+    batch of messages it wrote) alive until the garbage collector's next
+    pass, and collecting ~50,000 such objects at once stalled the reactor
+    for 40-80 ms every few seconds (docs/benchmarks.md, issue 13)."""
+
+    def __init__(self, db: "Database", desc: str, wrapped: Callable[[Any], R]) -> None:
+        self.db = db
+        self.desc = desc
+        self.wrapped = wrapped
+        self.first = db._reactor.seconds()
+        self.out: Deferred[R] = Deferred()
+        self.attempt(0.05)
+
+    def attempt(self, delay: float) -> None:
+        pool = self.db._pool
+        if pool is None:
+            self.out.errback(Failure(DatabaseClosed("database closed")))
+            return
+        d: Deferred[R] = pool.runInteraction(self.wrapped)
+        d.addCallbacks(self.out.callback, self.retry, errbackArgs=(delay,))
+
+    def retry(self, reason: Failure, delay: float) -> None:
+        db, engine = self.db, self.db.engine
+        elapsed = db._reactor.seconds() - self.first
+        if (db._pool is None or reason.value is None or not engine.is_transient(reason.value)
+                or elapsed + delay > db.retry_for):
+            self.out.errback(reason)
+            return
+        db.retries += 1
+        log.warn(
+            "{desc}: transient failure of {db} ({error}); retrying in {delay:.2f}s",
+            desc=self.desc, db=engine.describe(), error=type(reason.value).__name__, delay=delay,
+        )
+        db._reactor.callLater(delay, self.attempt, min(delay * 2, 2.0))
+
+
 class Database:
     """An ``adbapi.ConnectionPool`` on the injected reactor, or (for unit
     tests and the admin commands) a threadless variant that runs each
@@ -269,30 +310,7 @@ class Database:
             return succeed(result)
         if self._pool is None:
             return fail(DatabaseClosed("database not started"))
-        first = self._reactor.seconds()
-        out: Deferred[R] = Deferred()
-
-        def attempt(delay: float) -> None:
-            if self._pool is None:
-                out.errback(Failure(DatabaseClosed("database closed")))
-                return
-            d: Deferred[R] = self._pool.runInteraction(wrapped)
-            d.addCallbacks(out.callback, retry, errbackArgs=(delay,))
-
-        def retry(reason: Failure, delay: float) -> None:
-            elapsed = self._reactor.seconds() - first
-            if self._pool is None or reason.value is None or not engine.is_transient(reason.value) or elapsed + delay > self.retry_for:
-                out.errback(reason)
-                return
-            self.retries += 1
-            log.warn(
-                "{desc}: transient failure of {db} ({error}); retrying in {delay:.2f}s",
-                desc=desc, db=engine.describe(), error=type(reason.value).__name__, delay=delay,
-            )
-            self._reactor.callLater(delay, attempt, min(delay * 2, 2.0))
-
-        attempt(0.05)
-        return out
+        return _Attempts(self, desc, wrapped).out
 
     def _record(self, desc: str, seconds: float) -> None:
         self.stats.setdefault(desc, []).append(seconds)
