@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from importlib import resources
 from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
@@ -16,6 +17,8 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python import context
+from twisted.python.threadpool import ThreadPool
 
 from supportchat.storage.engines import DatabaseClosed, Engine
 
@@ -131,10 +134,59 @@ def _split_sql(script: str) -> list[str]:
     return [s for s in statements if s.strip()]
 
 
+class _Job:
+    """One call for a pool thread. Twisted's ``callInThreadWithCallback``
+    wraps each call in a closure that refers to itself: a reference cycle
+    per SQL transaction that only the garbage collector frees, in passes of
+    tens of milliseconds on a busy node (docs/benchmarks.md, issue 13).
+    This holds no reference to itself and drops what it holds once run."""
+
+    __slots__ = ("ctx", "call", "on_result")
+
+    def __init__(self, ctx: Any, call: Callable[[], Any], on_result: Callable[[bool, Any], object] | None) -> None:
+        self.ctx = ctx
+        self.call = call
+        self.on_result = on_result
+
+    def __call__(self) -> None:
+        call, self.call = self.call, _nothing
+        try:
+            result = context.call(self.ctx, call)
+            ok = True
+        except BaseException:
+            result = Failure()
+            ok = False
+        on_result, self.on_result = self.on_result, None
+        self.ctx = None
+        if on_result is not None:
+            on_result(ok, result)
+        elif not ok:
+            log.failure("database pool call failed", result)
+
+
+def _nothing() -> None:
+    return None
+
+
+class _ThreadPool(ThreadPool):
+    """Twisted's thread pool, queueing :class:`_Job` objects."""
+
+    def callInThreadWithCallback(self, onResult: Any, func: Any, *args: Any, **kw: Any) -> None:
+        if self.joined:
+            return
+        ctx = context.theContextTracker.currentContext().contexts[-1]
+        self._team.do(_Job(ctx, partial(func, *args, **kw), onResult))
+
+
 class _Pool(adbapi.ConnectionPool):
     """``ConnectionPool`` whose reconnect path is quiet: a dropped connection
     is discarded and reported as :class:`adbapi.ConnectionLost` (the
-    caller retries), not logged as an error twice per failure."""
+    caller retries), not logged as an error twice per failure. Its threads
+    take :class:`_Job` calls (no reference cycle per transaction)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.threadpool = _ThreadPool(self.min, self.max)
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
         conn = self.connectionFactory(self)
