@@ -186,7 +186,12 @@ class _Pool(adbapi.ConnectionPool):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.threadpool = _ThreadPool(self.min, self.max)
+        # ConnectionPool starts its pool at once when the reactor is already
+        # running (callWhenRunning): swap that one for ours, started alike.
+        original, self.threadpool = self.threadpool, _ThreadPool(self.min, self.max)
+        if original.started:
+            original.stop()
+            self.threadpool.start()
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
         conn = self.connectionFactory(self)
