@@ -17,6 +17,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import urllib.request
 from typing import Any
 
@@ -154,8 +155,12 @@ class Profile:
                                                          stdin=asyncio.subprocess.DEVNULL)
         log.close()
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self, early: bool = False) -> dict[str, Any]:
+        """Wait for the recording to end (``early``: end it now; py-spy
+        writes what it has on SIGINT)."""
         assert self.proc is not None
+        if early and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
         try:
             rc = await asyncio.wait_for(self.proc.wait(), timeout=self.seconds + 60)
         except asyncio.TimeoutError:

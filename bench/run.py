@@ -630,11 +630,18 @@ async def run_target(kind: str, args: argparse.Namespace, workdir: str) -> dict[
 
         n_idle = max(0, args.connections - 2 * args.pairs)
         meter = CpuMeter(pids)
+        profile = None
+        if args.profile and server.kind in ("ours", "redis"):
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            profile = Profile(server.pid, os.path.join(args.profile, f"{server.kind}-handshakes-{stamp}.svg"), 600)
+            await profile.start()
         t0 = time.monotonic()
         idle = await on_all(workers, "idle", per_worker=[{"n": n} for n in split(n_idle, args.workers)],
                             concurrency=args.connect_concurrency)
         secs = time.monotonic() - t0
         cpu_idle = meter.read()
+        if profile is not None:
+            res["handshakes_profile"] = await profile.stop(early=True)
         opened = sum(r["opened"] for r in idle)
         res["idle"] = {"requested": n_idle, "opened": opened, "deflate": sum(r["deflate"] for r in idle),
                        "failures": merge_counts([r["failures"] for r in idle]), "seconds": round(secs, 2),
@@ -1237,8 +1244,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="send this signal (e.g. SIGUSR2) to our server at each memory measurement, for a "
                         "diagnostic hook loaded with --server-env PYTHONPATH=...")
     p.add_argument("--profile", metavar="DIR",
-                   help="record a py-spy flame graph (SVG) of our server's main process over each measured "
-                        "phase into DIR (needs py-spy in the virtualenv: .venv/bin/pip install py-spy)")
+                   help="record a py-spy flame graph (SVG) of our server's main process while the idle "
+                        "connections open and over each measured load phase into DIR (needs py-spy in the virtualenv: .venv/bin/pip install py-spy)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, server and worker logs)")
     p.add_argument("--retries", type=int, default=2,
                    help="re-runs of a latency or saturation phase that other processes disturbed (default 2)")

@@ -105,11 +105,19 @@ class SupportChatServer:
     def get_database(self) -> Database:
         def make() -> Database:
             engine = engine_from_url(self.config.database_url(), self.config.database.sqlite_synchronous,
-                                     background_checkpoints=self.config.database.sqlite_checkpoint_interval > 0)
+                                     background_checkpoints=self._checkpoints_here())
             return Database(engine, self.reactor, self.config.database.pool_size,
                             retry_for=self.config.database.retry_seconds)
 
         return self._once("database", make)
+
+    def _checkpoints_here(self) -> bool:
+        """Background WAL checkpoints run where messages are written to
+        SQL: every embedded node, and in Redis mode the persister's process
+        (gateway workers there only read)."""
+        if self.config.database.sqlite_checkpoint_interval <= 0:
+            return False
+        return not self.redis_mode or "persister" in self.roles
 
     def get_checkpointer(self) -> WalCheckpointer | None:
         """Background WAL checkpoints, for a SQLite file whose commits no

@@ -141,3 +141,22 @@ class ServiceTreeTests(TestCase):
         names = self.service_names()
         self.assertEqual(names[names.index("database") + 1], "sqlite-checkpoint")
         self.assertNotIn("sqlite-checkpoint", self.service_names(sqlite_checkpoint_interval=0))
+
+    def test_redis_mode_checkpoints_only_where_the_persister_writes(self) -> None:
+        """In Redis mode the persister's process writes the messages to SQL
+        and runs the checkpointer; a gateway-only worker (it only reads)
+        neither runs one nor turns SQLite's own checkpoints off."""
+        from supportchat.server import ROLES_ALL
+
+        def server(roles: tuple[str, ...]) -> SupportChatServer:
+            config = Config()
+            config.server.data_dir = self.mktemp()
+            config.redis.url = "redis://127.0.0.1:6379/0"
+            return SupportChatServer(reactor, config, roles)
+
+        self.assertIsNotNone(server(ROLES_ALL).get_checkpointer())
+        worker = server(("gateway",))
+        self.assertIsNone(worker.get_checkpointer())
+        engine = worker.get_database().engine
+        assert isinstance(engine, SqliteEngine)
+        self.assertFalse(engine.background_checkpoints)
