@@ -1141,6 +1141,7 @@ def report_markdown(results: dict[str, Any]) -> str:
             if name == "json_bytes":
                 continue
             L.append(f"- `{name}`: {v['first']} / {v['later_median']}")
+    L += hop_budget(t)
     L.append("")
     L.append("#### Load generator and machine")
     L.append("")
@@ -1163,6 +1164,46 @@ def report_markdown(results: dict[str, Any]) -> str:
                 L.append(f"- **{k}, {phase} phase: other processes used {other}% of a core during the measurement; "
                          "these figures are disturbed.**")
     return "\n".join(L)
+
+
+def hop_budget(t: dict[str, Any]) -> list[str]:
+    """The per-hop table of our server for both phases (from /metrics over
+    the measured window), set beside the load generator's send->deliver."""
+    L: list[str] = []
+    ours = t.get("ours") or {}
+    if not any(ours.get(phase, {}).get("hops") for phase in ("latency", "saturation")):
+        return L
+    L.append("")
+    L.append("#### Per-hop budget (ours; /metrics read at the start and end of each measured window)")
+    L.append("")
+    L.append("Milliseconds; `append` = queue wait + commit (the commit row is per batch); `publish` includes "
+             "`deliver` (in-process bus). Quantiles are interpolated inside histogram buckets.")
+    for phase in ("latency", "saturation"):
+        r = ours.get(phase) or {}
+        hops = r.get("hops") or []
+        if not hops:
+            continue
+        d = r["deliver_ms"]
+        L.append("")
+        L.append(f"{phase} phase: send->deliver at the load generator p50 {d['p50']} / p99 {d['p99']} / "
+                 f"p99.9 {d['p999']} ms")
+        L.append("")
+        L.append("| hop | samples | mean | p50 | p99 | p99.9 |")
+        L.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for h in hops:
+            L.append(f"| {h['hop']} | {h['count']:,} | {h['mean_ms']} | {h['p50_ms']} | {h['p99_ms']} | {h['p999_ms']} |")
+        by = {h["metric"]: h for h in hops}
+        parts = [by.get(m) for m in ("frame_parse_seconds", "message_append_seconds", "message_publish_seconds")]
+        if all(parts):
+            p50 = sum(h["p50_ms"] or 0 for h in parts if h)
+            p99 = sum(h["p99_ms"] or 0 for h in parts if h)
+            L.append("")
+            L.append(f"parse + append + publish: p50 {p50:.2f} of {d['p50']} ms, p99 {p99:.2f} of {d['p99']} ms "
+                     f"(bound: a message slow in one hop is not always the slow one in another); the rest of "
+                     f"send->deliver ({d['p50'] - p50:.2f} / {d['p99'] - p99:.2f} ms) is outside the server's hops: "
+                     "the frame in the kernel and in the reactor's queue before parsing (`reactor_lag`), the loop "
+                     "back from the commit, both wires and the load generator's own reading.")
+    return L
 
 
 DOC_TEMPLATE = """# Benchmarks
