@@ -83,7 +83,7 @@ class WorkflowTests(unittest.TestCase):
         """A note is placed after the conversation's last message, returned to
         its writer, pushed to the staff and to the agent it @mentions, and
         given by sync to staff only: the customer gets no note frame and no
-        notes in sync (but the agents' names, in ``names``), and cannot write one. A transfer's note reaches an agent
+        notes in sync or REST history (but the agents' names, in ``names``), and cannot write one. A transfer's note reaches an agent
         who was not connected at the time through sync."""
         cust, ann, conv = yield self.assigned_conversation()
         acked = yield self.reply(cust, {"type": "message", "conversation": conv, "client_msg_id": "n1", "body": "hi"})
@@ -104,6 +104,10 @@ class WorkflowTests(unittest.TestCase):
         mine = yield self.reply(cust, {"type": "sync", "conversation": conv, "after_seq": 0})
         self.assertNotIn("notes", mine)
         self.assertEqual(mine["names"], {"ann": "Ann"})  # the customer sees who wrote, by name
+        code, page = yield self.api.call("GET", f"/conversations/{conv}/messages", self.tokens["ann"])
+        self.assertEqual((code, [n["id"] for n in page["notes"]], page["names"]), (200, [note["id"]], {"ann": "Ann"}))
+        code, page = yield self.api.call("GET", f"/conversations/{conv}/messages", token("cust"))
+        self.assertEqual((code, "notes" in page, page["names"]), (200, False, {"ann": "Ann"}))  # REST history too
         # a transfer's note, to an agent who is not connected when it is written
         yield close_client(dan)
         done = yield self.reply(ann, {"type": "transfer", "conversation": conv, "to_agent": "dan",

@@ -181,8 +181,9 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
     v1.putChild(b"widget-config", _widget_config(server))
     authn = server.get_authenticator()  # every route below authenticates through it
     links = server.get_links()
+    names, notes = _history_extras(server)
     v1.putChild(b"conversations", ConversationsApi(
-        authn, server.get_history_store(), config.chat.sync_limit_max, links=links))
+        authn, server.get_history_store(), config.chat.sync_limit_max, links=links, names=names, notes=notes))
     v1.putChild(b"search", SearchApi(authn, server.get_history_store(), links=links))
     v1.putChild(b"me", MeApi(authn, server.get_allowed_origins()))
     if config.attachments.enabled:
@@ -200,6 +201,27 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
         server.get_profiles(),
         attachment_link=attachments.links.url if attachments is not None else None,
         after_erase=attachments.sweep if attachments is not None else None))
+
+
+def _history_extras(server: SupportChatServer) -> tuple[Any, Any]:
+    """With the workflow on, REST history also names the agents who wrote and
+    (for staff) lists the internal notes of the page, like ``sync``."""
+    if not server.config.workflow.enabled:
+        return None, None
+    store = server.get_workflow_store()
+
+    async def names(user_ids: set[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for user_id in sorted(user_ids)[:20]:
+            agent = await store.get_agent(user_id)
+            if agent is not None and agent.name:
+                found[user_id] = agent.name
+        return found
+
+    async def notes(conversation_id: str, lo: int, hi: int | None) -> list[dict[str, Any]]:
+        return [n.to_wire() for n in await store.notes(conversation_id, lo - 1) if hi is None or n.after_seq <= hi]
+
+    return names, notes
 
 
 def _widget_config(server: SupportChatServer) -> Resource:

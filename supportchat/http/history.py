@@ -12,7 +12,7 @@ all; a conversation that is missing and one that is not yours both answer
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -150,12 +150,16 @@ class ConversationsApi(AsyncJsonResource):
     routes = {b"GET": "get"}
 
     def __init__(self, authn: Authenticator, history: HistoryStore, max_limit: int,
-                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 links: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 names: Callable[[set[str]], Awaitable[dict[str, str]]] | None = None,
+                 notes: Callable[[str, int, int | None], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
         super().__init__()
         self._authn = authn
         self._history = history
         self._max_limit = max_limit
         self._links = links or _same
+        self._names = names  # the workflow's: agents' display names
+        self._notes = notes  # the workflow's: internal notes (staff only) placed after seqs lo..hi
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await authenticate(request, self._authn)
@@ -174,11 +178,19 @@ class ConversationsApi(AsyncJsonResource):
         has_more = len(page) > limit
         if has_more:
             page = page[1:] if backwards else page[:limit]
-        return 200, {
+        out: dict[str, Any] = {
             "conversation": conv.to_wire(),
             "messages": [self._links(m.to_wire()) for m in page],
             "has_more": has_more,
         }
+        staff = {m.sender_id for m in page if m.sender_role in ("agent", "admin")}
+        if staff and self._names is not None:
+            out["names"] = await self._names(staff)
+        if principal.role in ("agent", "admin") and self._notes is not None and page:
+            lo = 0 if page[0].seq == 1 else page[0].seq
+            hi = None if not has_more and before is None else page[-1].seq
+            out["notes"] = await self._notes(conv.id, lo, hi)
+        return 200, out
 
 
 class SearchApi(AsyncJsonResource):
