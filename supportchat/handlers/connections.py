@@ -91,10 +91,14 @@ class ConnectionRegistry:
         self._by_user: dict[str, dict[str, ClientSession]] = {}
         self._by_role: dict[str, dict[str, ClientSession]] = {}
         self._on_change = on_change
+        self._count = 0  # kept, not counted: len() runs on every open and close
         self.delivered = 0
 
     def add(self, session: ClientSession) -> None:
-        self._by_user.setdefault(session.user_id, {})[session.id] = session
+        group = self._by_user.setdefault(session.user_id, {})
+        if session.id not in group:
+            self._count += 1
+        group[session.id] = session
         self._by_role.setdefault(session.role, {})[session.id] = session
         self._changed()
 
@@ -102,17 +106,18 @@ class ConnectionRegistry:
         for index, key in ((self._by_user, session.user_id), (self._by_role, session.role)):
             group = index.get(key)
             if group is not None:
-                group.pop(session.id, None)
+                if group.pop(session.id, None) is not None and index is self._by_user:
+                    self._count -= 1
                 if not group:
                     del index[key]
         self._changed()
 
     def _changed(self) -> None:
         if self._on_change is not None:
-            self._on_change(len(self))
+            self._on_change(self._count)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._by_user.values())
+        return self._count
 
     def sessions(self) -> list[ClientSession]:
         return [s for g in self._by_user.values() for s in g.values()]

@@ -27,8 +27,9 @@ class WorkflowHooks(Protocol):
     async def admit(self, session: ClientSession) -> bool:
         """May this connection open? (Disabled accounts and revoked tokens may not.)"""
 
-    async def hello(self, session: ClientSession) -> dict[str, Any]:
-        """Extra fields for the session's ``hello``."""
+    async def hello(self, session: ClientSession, open_conversations: list[str]) -> dict[str, Any]:
+        """Extra fields for the session's ``hello``; ``open_conversations``:
+        the ids of the open conversations it has (already read for it)."""
 
     def session_closed(self, session: ClientSession) -> None:
         """A connection of this node closed."""
@@ -76,7 +77,7 @@ class NoWorkflow:
     async def admit(self, session: ClientSession) -> bool:
         return True
 
-    async def hello(self, session: ClientSession) -> dict[str, Any]:
+    async def hello(self, session: ClientSession, open_conversations: list[str]) -> dict[str, Any]:
         return {}
 
     def session_closed(self, session: ClientSession) -> None:

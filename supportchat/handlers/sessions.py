@@ -99,7 +99,7 @@ class Sessions:
         if session.role in ("agent", "admin"):
             queue = await self._store.list_unassigned(QUEUE_LIMIT)
             hello["queue"] = [c.to_wire() for c in queue]
-        hello.update(await self._hooks.hello(session))
+        hello.update(await self._hooks.hello(session, [s.conversation_id for s in states]))
         return hello
 
     def close(self, session: ClientSession) -> None:

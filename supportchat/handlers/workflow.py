@@ -38,16 +38,17 @@ class WorkflowChatHooks:
         agent = await self._q.wf.get_agent(session.user_id)
         return account_refusal(agent, session.principal) is None  # as at the handshake (supportchat.http.authn)
 
-    async def hello(self, session: ClientSession) -> dict[str, Any]:
+    async def hello(self, session: ClientSession, open_conversations: list[str]) -> dict[str, Any]:
         """The agent's status, capacity, load and team queue; a customer's
-        queue positions."""
+        queue positions (of the open conversations the hello already read:
+        no second query per connection)."""
         q = self._q
         if session.role == "customer":
             waiting = []
-            for conv in await q.store.list_conversations(session.user_id):
-                item = await q.wf.get_item(conv.id)
+            for conv_id in open_conversations:
+                item = await q.wf.get_item(conv_id)
                 if item is not None and item.state == QUEUED:
-                    waiting.append({"conversation": conv.id, "position": await q.position(conv.id, item.team_id)})
+                    waiting.append({"conversation": conv_id, "position": await q.position(conv_id, item.team_id)})
             return {"waiting": waiting} if waiting else {}
         q.agent_back(session.user_id)
         agent = await q.ensure_agent(session)

@@ -21,6 +21,7 @@ from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.connections import ClientSession
 from supportchat.metrics import Hop
 from supportchat.wire.frames import FrameError, parse_frame
+from supportchat.ws import quiet_debug
 
 SUBPROTOCOL = "supportchat.v1"
 log = Logger()
@@ -317,6 +318,7 @@ class ChatServerFactory(WebSocketServerFactory):
         chat_config: ChatConfig,
     ) -> None:
         super().__init__(reactor=reactor)
+        quiet_debug.install()  # Autobahn's debug arguments: formatted only if logged
         self._batched_timer = ReactorTimer(reactor)
         self.handler = handler
         self.background = background
