@@ -15,7 +15,7 @@ from supportchat.handlers.router import FrameRouter
 from supportchat.handlers.writer import MessageWriter
 from supportchat.metrics import Metrics
 from supportchat.storage.interfaces import ChatStore
-from supportchat.storage.models import TEXT, AppendRequest, AppendResult, StoreError, wire_id
+from supportchat.storage.models import SENDER_NAME, TEXT, AppendRequest, AppendResult, StoreError, wire_id
 from supportchat.wire.frames import FrameError, Read, SendMessage, Sync, Typing, reply
 
 
@@ -76,9 +76,13 @@ class MessageFrames:
         self._metrics.messages_received.inc()
         if session.role == "customer":
             await self._hooks.before_customer_message(session, frame.conversation, frame.ref)
-        data = None
+        data: dict[str, Any] | None = None
         if frame.attachments:
             data = {"attachments": await self._claim(session, frame)}
+        if session.role != "customer" and session.principal.name:
+            # Staff messages carry who wrote them (the visitor sees the agent's
+            # name, also after a transfer); customers' names stay in profiles.
+            data = {**(data or {}), SENDER_NAME: session.principal.name}
         request = AppendRequest(
             conversation_id=frame.conversation,
             sender_id=session.user_id,

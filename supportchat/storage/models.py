@@ -86,6 +86,11 @@ class Participant:
         return {"id": wire_id(self.user_id), "role": self.role}
 
 
+# In a text message's ``data``: the sender's display name when it was written
+# (staff only); on the wire as ``sender.name``.
+SENDER_NAME = "sender_name"
+
+
 @dataclass(frozen=True)
 class Message:
     conversation_id: str
@@ -114,12 +119,18 @@ class Message:
         if self.data is not None:
             if self.kind == EVENT:
                 frame["event"] = self.data
-            elif "attachments" in self.data:
+                return frame
+            data = self.data
+            if SENDER_NAME in data:
+                # The display name a staff member had when they wrote it.
+                frame["sender"]["name"] = data[SENDER_NAME]
+                data = {k: v for k, v in data.items() if k != SENDER_NAME}
+            if "attachments" in data:
                 # What the message stores; links are added per response
                 # (supportchat/attachments/links.py).
-                frame["attachments"] = self.data["attachments"]
-            else:
-                frame["event"] = self.data
+                frame["attachments"] = data["attachments"]
+            elif data:
+                frame["event"] = data
         return frame
 
 
