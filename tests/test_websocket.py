@@ -253,7 +253,7 @@ class ProtocolTests(unittest.TestCase):
             self.assertEqual((got["msg_id"], got["seq"], got["body"]), (ack["msg_id"], ack["seq"], body))
         agent.send({"type": "message", "ref": 9, "conversation": conv, "client_msg_id": "a1", "body": "hi!"})
         got = yield cust.next_frame("message")
-        self.assertEqual(got["sender"], {"id": "agent", "role": "agent"})
+        self.assertEqual(got["sender"], {"id": "agent", "role": "agent", "name": "Ann"})  # staff messages carry the name
         self.assertEqual(got["seq"], ack["seq"] + 1)
 
     @inlineCallbacks
