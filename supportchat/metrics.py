@@ -173,6 +173,21 @@ class Metrics:
             "attachment_scans_total", "Virus scans of uploads by result: clean, infected, unavailable.",
             ["result"], registry=r,
         )
+        # Webhooks (issue 17).
+        self.webhook_deliveries = Counter(
+            "webhook_deliveries_total",
+            "Webhook delivery attempts by endpoint id and outcome: delivered, failed, refused, gone, dead.",
+            ["endpoint", "outcome"], registry=r,
+        )
+        self.webhook_lag = Histogram(
+            "webhook_delivery_lag_seconds", "From an event's time in the log to the receiver's 2xx.",
+            buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0), registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "webhook_pending_conversations",
+            "Conversations with events an endpoint has not had yet (seen by the dispatcher's last round).",
+            ["endpoint"], registry=r,
+        )
         self.attachment_image_seconds = Histogram(
             "attachment_image_seconds", "Decoding, re-encoding and the thumbnail of one uploaded image.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r,

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
     from supportchat.redis.node import ClusterMonitor
     from supportchat.redis.presence import RedisPresenceStore
     from supportchat.redis.store import RedisChatStore
+    from supportchat.webhooks.client import WebhookClient
+    from supportchat.webhooks.dispatcher import WebhookDispatcher
+    from supportchat.webhooks.store import SqlWebhookStore
     from supportchat.workflow.canned import SqlCannedStore
     from supportchat.workflow.passwords import PasswordHasher
     from supportchat.workflow.profiles import ProfileService
@@ -94,6 +97,13 @@ class SupportChatServer:
     def bot_enabled(self) -> bool:
         """This node runs the bot: the bot role and ``[bot] enabled``."""
         return "bot" in self.roles and self.config.bot.enabled
+
+    @property
+    def runs_webhooks(self) -> bool:
+        """The webhook dispatcher runs where messages are written to SQL: an
+        embedded gateway, or the persister in Redis mode (one such node per
+        cluster, or receivers get more duplicates)."""
+        return ("persister" if self.redis_mode else "gateway") in self.roles
 
     # -- components ----------------------------------------------------
     def get_metrics(self) -> Metrics:
@@ -361,6 +371,31 @@ class SupportChatServer:
         """The one definition of business hours: ``[bot] business_hours`` in ``[bot] timezone``."""
         return self._once("business_hours",
                           lambda: BusinessHours(self.config.bot.business_hours, self.config.bot.timezone))
+
+    # -- webhooks ----------------------------------------------------------
+    def get_webhook_store(self) -> SqlWebhookStore:
+        """Endpoints, cursors and attempts (SQL, migration 012)."""
+        from supportchat.webhooks.store import SqlWebhookStore
+
+        return self._once("webhook_store", lambda: SqlWebhookStore(self.get_database()))
+
+    def get_webhook_client(self) -> WebhookClient:
+        """Outgoing webhook HTTP: treq on this reactor, behind the SSRF guard."""
+        from supportchat.webhooks.client import TreqWebhookClient, parse_networks
+
+        cfg = self.config.webhooks
+        return self._once("webhook_client", lambda: TreqWebhookClient(
+            self.reactor, parse_networks(cfg.allowed_private_networks), cfg.timeout))
+
+    def get_webhook_dispatcher(self) -> WebhookDispatcher:
+        """The service that delivers events from the log (service ``webhooks``)."""
+        from supportchat.webhooks.dispatcher import WebhookDispatcher
+
+        cfg = self.config.webhooks
+        return self._once("webhook_dispatcher", lambda: WebhookDispatcher(
+            self.reactor, self.get_webhook_store(), self.get_webhook_client(), self.get_metrics(),
+            self.get_background(), poll_interval=cfg.poll_interval, retry_min_delay=cfg.retry_min_delay,
+            retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for, concurrency=cfg.concurrency))
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> BotStateStore:

@@ -1,6 +1,7 @@
 """The service tree of one node, built from the container's getters:
 
-reactor watchdog -> database -> WAL checkpointer (SQLite) -> redis -> timers -> persister -> chat -> bot -> listeners,
+reactor watchdog -> database -> WAL checkpointer (SQLite) -> redis -> timers -> persister -> webhooks -> chat -> bot
+-> listeners,
 started in that order and stopped one at a time in reverse (listeners
 first, database then the watchdog last) by :class:`~supportchat.service.OrderedMultiService`.
 Which parts exist depends on the node's roles and on Redis mode."""
@@ -58,6 +59,10 @@ def build_service(server: SupportChatServer) -> IService:
             _timer(top, "retention", PURGE_INTERVAL, lambda: _retention_tick(server), reactor)
     if "persister" in roles and server.redis_mode:
         _add_persister(server, top)
+    if server.runs_webhooks:
+        dispatcher = server.get_webhook_dispatcher()
+        dispatcher.setName("webhooks")
+        dispatcher.setServiceParent(top)
     if gateway:
         chat = ChatService(
             reactor, server.get_chat_factory().close_all, server.get_handler(), server.get_background(),

@@ -441,6 +441,44 @@ class AttachmentsConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    """Signed webhooks from the durable log (docs/webhooks.md)."""
+
+    # Networks (CIDR) that webhook targets may resolve to although they are
+    # not public: loopback, private, link-local (cloud metadata), CGNAT.
+    allowed_private_networks: list[str] = field(default_factory=list)
+    # A failed delivery is retried after retry_min_delay seconds, doubling
+    # up to retry_max_delay (with jitter), for retry_for seconds; then dead.
+    retry_min_delay: float = 10.0
+    retry_max_delay: float = 3600.0
+    retry_for: float = 86400.0
+    # Connecting, and the whole answer, each within this many seconds.
+    timeout: float = 10.0
+    # How often the dispatcher looks for new events in the log.
+    poll_interval: float = 1.0
+    # Conversations delivered at once per endpoint (each one in seq order).
+    concurrency: int = 4
+
+    def validate(self, check: "_Checker") -> None:
+        import ipaddress
+
+        for i, cidr in enumerate(self.allowed_private_networks):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+                ok = True
+            except ValueError:
+                ok = False
+            check.that(ok, f"allowed_private_networks[{i}]", "must be a network in CIDR form, like 10.0.0.0/8")
+        check.that(self.retry_min_delay > 0, "retry_min_delay", "must be positive")
+        check.that(self.retry_max_delay >= self.retry_min_delay, "retry_max_delay",
+                   "must be at least retry_min_delay")
+        check.that(self.retry_for >= 0, "retry_for", "must not be negative")
+        check.that(0 < self.timeout <= 300, "timeout", "must be between 0 and 300 seconds")
+        check.that(0 < self.poll_interval <= 60, "poll_interval", "must be between 0 and 60 seconds")
+        check.that(1 <= self.concurrency <= 64, "concurrency", "must be between 1 and 64")
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -454,6 +492,7 @@ class Config:
     bot: BotConfig = field(default_factory=BotConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = "<defaults>"
 
     def database_url(self) -> str:
@@ -463,7 +502,8 @@ class Config:
         return "sqlite:///" + os.path.join(self.server.data_dir, "supportchat.db")
 
 
-SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile", "attachments")
+SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile", "attachments",
+            "webhooks")
 
 
 class _Checker:
@@ -645,4 +685,5 @@ def _section_classes() -> dict[str, type]:
         "bot": BotConfig,
         "profile": ProfileConfig,
         "attachments": AttachmentsConfig,
+        "webhooks": WebhooksConfig,
     }

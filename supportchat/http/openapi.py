@@ -30,6 +30,19 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+_EVENTS: dict[str, Any] = {"type": "array", "items": {"type": "string", "enum": [
+    "conversation.created", "message.created", "note.created", "conversation.assigned", "conversation.transferred",
+    "conversation.closed", "conversation.reopened", "conversation.rated", "customer.updated", "customer.erased"]}}
+WEBHOOK = _obj({"id": _S, "url": _S, "events": _EVENTS, "description": _S, "paused": _B,
+                "paused_reason": {"type": "string", "nullable": True, "enum": ["admin", "gone", None]},
+                "created_at": _N, "previous_secret_valid_until": {"type": "number", "nullable": True}})
+WEBHOOK_ATTEMPT = _obj({
+    "id": _S, "event_id": _S, "type": _S, "conversation": _S, "seq": _I, "attempt": _I, "ts": _N,
+    "outcome": {"type": "string", "enum": ["delivered", "failed", "refused", "gone", "dead"]},
+    "status_code": {"type": "integer", "nullable": True}, "latency": {"type": "number", "nullable": True},
+    "error": {"type": "string", "nullable": True}, "response_excerpt": {"type": "string", "nullable": True}})
+
+
 def _op(summary: str, ok: int = 200, ok_schema: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (401, 403), public: bool = False,
         tag: str = "workflow") -> dict[str, Any]:
@@ -228,6 +241,39 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_p("id", "customer user id")],
             "delete": _op("Erase a customer's conversations and messages (admins)", tag="privacy",
                           errors=(401, 403, 404)),
+        },
+        "/api/v1/webhooks": {
+            "get": _op("Webhook endpoints (admins; secrets are never listed)", tag="webhooks",
+                       ok_schema=_obj({"webhooks": {"type": "array", "items": WEBHOOK}}), errors=(401, 403)),
+            "post": _op("Register a webhook endpoint (admins); the answer holds its secret, shown only this once",
+                        201, dict(WEBHOOK, properties=dict(WEBHOOK["properties"], secret=_S)), tag="webhooks",
+                        body=_obj({"url": _S, "events": _EVENTS, "description": _S}, ("url", "events")),
+                        errors=(401, 403, 413)),
+        },
+        "/api/v1/webhooks/{id}": {
+            "parameters": [_p("id", "webhook id")],
+            "get": _op("One webhook endpoint (admins)", ok_schema=WEBHOOK, tag="webhooks", errors=(401, 403, 404)),
+            "patch": _op(
+                "Change the URL, events or description, pause or resume, or rotate the secret (the new one is in "
+                "the answer; the old one still signs, as a second v1, for grace_period seconds)", tag="webhooks",
+                ok_schema=dict(WEBHOOK, properties=dict(WEBHOOK["properties"], secret=_S)),
+                body=_obj({"url": _S, "events": _EVENTS, "description": _S, "paused": _B, "rotate_secret": _B,
+                           "grace_period": _N}), errors=(401, 403, 404)),
+            "delete": _op("Remove a webhook endpoint with its delivery history (admins)", tag="webhooks",
+                          ok_schema=_obj({"id": _S, "deleted": _B}), errors=(401, 403, 404)),
+        },
+        "/api/v1/webhooks/{id}/deliveries": {
+            "parameters": [_p("id", "webhook id")],
+            "get": _op("Delivery attempts, newest first (admins)", tag="webhooks",
+                       ok_schema=_obj({"deliveries": {"type": "array", "items": WEBHOOK_ATTEMPT}, "next_before": _S}),
+                       params=[_q("limit", _I, "at most 500"), _q("before", _S, "next_before of the previous page")],
+                       errors=(401, 403, 404)),
+        },
+        "/api/v1/webhooks/{id}/replay": {
+            "parameters": [_p("id", "webhook id")],
+            "post": _op("Send events again: those after an event id, or at or after a UNIX time (admins)", 202,
+                        _obj({"id": _S, "replaying_from": _N}), tag="webhooks",
+                        body=_obj({"since": {"oneOf": [_S, _N]}}, ("since",)), errors=(401, 403, 404)),
         },
     }
     return {

@@ -1,0 +1,1 @@
+"""Signed webhooks from the durable message log (issue 17; docs/webhooks.md)."""

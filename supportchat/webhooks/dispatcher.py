@@ -1,0 +1,215 @@
+"""The webhook dispatcher: a service that reads the durable log and POSTs
+each endpoint's events, at least once and in ``seq`` order per conversation.
+
+Every ``poll_interval`` seconds (on the injected clock) it lists the
+endpoints and starts a round for each one that is not paused and not
+already in a round, so a slow or hanging receiver only delays itself.
+A round asks the store for the conversations with entries after the
+endpoint's cursor whose retry is due, and works through up to
+``concurrency`` of them at once; inside a conversation one event at a
+time, in ``seq`` order: a 2xx moves the cursor past it (with the attempt,
+in one transaction); a failure records the attempt and sets the
+conversation's next try (exponential backoff with jitter, between
+``retry_min_delay`` and ``retry_max_delay``), so the later events of that
+conversation wait; once ``retry_for`` seconds have passed since its first
+failure the event is dead (recorded, counted, the cursor moves on; replay
+sends it again). ``410 Gone`` pauses the endpoint. A crash at any point
+loses nothing: the cursor only moves after the receiver's answer is
+recorded, so the worst case is sending that one event again.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from supportchat.background import BackgroundTasks
+from supportchat.metrics import Metrics
+from supportchat.webhooks.client import DeliveryError, Response, TargetRefused, WebhookClient
+from supportchat.webhooks.events import Event, headers_for, to_event
+from supportchat.webhooks.store import Attempt, Endpoint, Pending, SqlWebhookStore, attempt_id
+
+log = Logger()
+
+PAGE = 50  # log entries read at a time per conversation
+PENDING_LIMIT = 200  # conversations looked at per round
+
+
+class WebhookDispatcher(Service):
+    def __init__(self, clock: IReactorTime, store: SqlWebhookStore, client: WebhookClient, metrics: Metrics,
+                 background: BackgroundTasks, *, poll_interval: float = 1.0, retry_min_delay: float = 10.0,
+                 retry_max_delay: float = 3600.0, retry_for: float = 86400.0, concurrency: int = 4,
+                 rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self._store = store
+        self._client = client
+        self._metrics = metrics
+        self._background = background
+        self._poll = poll_interval
+        self._min = retry_min_delay
+        self._max = retry_max_delay
+        self._retry_for = retry_for
+        self._concurrency = concurrency
+        self._rng = rng or random.Random()
+        self._call: IDelayedCall | None = None
+        self._busy: set[str] = set()
+        self._gone: set[str] = set()
+        self._inflight: set[Deferred[Any]] = set()
+
+    # -- service --
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(0)
+
+    def stopService(self) -> "Deferred[Any]":
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return DeferredList(list(self._inflight), consumeErrors=True)
+
+    def poke(self) -> None:
+        """Run a round now (new endpoint, replay) instead of at the next tick."""
+        if self.running and self._call is not None and self._call.active():
+            self._call.reset(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._call = self._clock.callLater(delay, self._tick)
+
+    def _track(self, d: "Deferred[Any]") -> None:
+        self._inflight.add(d)
+
+        def done(result: Any) -> Any:
+            self._inflight.discard(d)
+            return result
+
+        d.addBoth(done)
+
+    def _tick(self) -> None:
+        self._call = None
+        d = self._background.run("webhook_dispatch", lambda: Deferred.fromCoroutine(self._start_rounds()))
+        self._track(d)
+        d.addBoth(lambda _: self._schedule(self._poll))
+
+    async def _start_rounds(self) -> None:
+        self._gone.clear()
+        for endpoint in await self._store.endpoints():
+            if endpoint.paused or endpoint.id in self._busy or not self.running:
+                continue
+            self._busy.add(endpoint.id)
+            d = self._background.run(f"webhook_round {endpoint.id}",
+                                     lambda e=endpoint: Deferred.fromCoroutine(self._round(e)))
+            d.addBoth(self._free, endpoint.id)
+            self._track(d)
+
+    def _free(self, result: Any, endpoint_id: str) -> Any:
+        self._busy.discard(endpoint_id)
+        return result
+
+    # -- one endpoint --
+
+    async def _round(self, endpoint: Endpoint) -> None:
+        pending = await self._store.pending(endpoint, self._clock.seconds(), PENDING_LIMIT)
+        self._metrics.webhook_pending.labels(endpoint.id).set(len(pending))
+        if not pending:
+            return
+        limit = DeferredSemaphore(self._concurrency)
+        runs = [limit.run(self._conversation, endpoint, p) for p in pending]
+        results = await DeferredList(runs, consumeErrors=True)
+        for ok, value in results:
+            if not ok:
+                log.failure("webhook {endpoint} conversation failed", value, endpoint=endpoint.id)
+
+    def _stopped(self, endpoint: Endpoint) -> bool:
+        return not self.running or endpoint.id in self._gone
+
+    async def _conversation(self, endpoint: Endpoint, pending: Pending) -> None:
+        conv = pending.conversation_id
+        cursor, attempts, first = pending.delivered_seq, pending.attempts, pending.first_failed_at
+        while not self._stopped(endpoint):
+            entries = await self._store.entries(conv, cursor, endpoint.since_ts, PAGE)
+            skip: int | None = None
+            for message in entries:
+                event = to_event(message) if message.ts >= endpoint.since_ts else None
+                if event is None or event.type not in endpoint.events:
+                    skip = message.seq
+                    continue
+                if skip is not None:
+                    await self._store.advance(endpoint.id, conv, skip)
+                    cursor, skip = skip, None
+                if self._stopped(endpoint):
+                    return
+                if not await self._deliver(endpoint, event, cursor, attempts, first):
+                    return
+                cursor, attempts, first = event.seq, 0, None
+            if skip is not None:
+                await self._store.advance(endpoint.id, conv, skip)
+                cursor = skip
+            if len(entries) < PAGE:
+                return
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` (1, 2, ...):
+        min_delay doubled each time up to max_delay, then a random half to
+        whole of it (jitter)."""
+        base = min(self._max, self._min * 2.0 ** min(attempt - 1, 40))
+        return base / 2 + self._rng.random() * base / 2
+
+    async def _deliver(self, endpoint: Endpoint, event: Event, cursor: int, attempts: int,
+                       first: float | None) -> bool:
+        """One attempt; True when the conversation may go on to its next event."""
+        now = self._clock.seconds()
+        headers = headers_for(event, endpoint.secrets(now), int(now))
+        number = attempts + 1
+        response: Response | None = None
+        error: str | None = None
+        outcome = "failed"
+        try:
+            response = await self._client.post(endpoint.url, headers, event.body)
+        except TargetRefused as e:
+            outcome, error = "refused", str(e)[:200]
+        except DeliveryError as e:
+            error = str(e)[:200] or type(e).__name__
+        except Exception as e:  # the client's own bug must not stop the dispatcher
+            log.failure("webhook client failed")
+            error = type(e).__name__
+        done = self._clock.seconds()
+
+        def attempt(result: str) -> Attempt:
+            return Attempt(
+                id=attempt_id(done), endpoint_id=endpoint.id, event_id=event.id, event_type=event.type,
+                conversation_id=event.conversation_id, seq=event.seq, attempt=number, ts=done, outcome=result,
+                status_code=response.status if response is not None else None,
+                latency=response.seconds if response is not None else None, error=error,
+                response_excerpt=response.excerpt if response is not None else None)
+
+        counter = self._metrics.webhook_deliveries
+        if response is not None and 200 <= response.status < 300:
+            await self._store.advance(endpoint.id, event.conversation_id, event.seq, attempt("delivered"))
+            counter.labels(endpoint.id, "delivered").inc()
+            self._metrics.webhook_lag.observe(max(0.0, done - event.created_at))
+            return True
+        first = now if first is None else first
+        if response is not None and response.status == 410:
+            self._gone.add(endpoint.id)
+            await self._store.failed(attempt("gone"), cursor, number, first, done)
+            await self._store.pause(endpoint.id, "gone")
+            counter.labels(endpoint.id, "gone").inc()
+            log.warn("webhook endpoint {endpoint} answered 410 Gone: paused", endpoint=endpoint.id)
+            return False
+        if done - first >= self._retry_for:
+            await self._store.advance(endpoint.id, event.conversation_id, event.seq, attempt("dead"))
+            counter.labels(endpoint.id, "dead").inc()
+            log.warn("webhook event {event} to {endpoint} is dead after {n} attempts", event=event.id,
+                     endpoint=endpoint.id, n=number)
+            return True
+        await self._store.failed(attempt(outcome), cursor, number, first, done + self.backoff(number))
+        counter.labels(endpoint.id, outcome).inc()
+        return False

@@ -1,0 +1,287 @@
+"""Endpoints, cursors and delivery attempts in SQL (migration 012).
+
+Events are not copied anywhere: the dispatcher reads them from the
+``messages`` table after a per endpoint and conversation cursor
+(``delivered_seq``), so the append path writes nothing for webhooks. Only
+log entries at or after the endpoint's ``since_ts`` (its registration, or
+an earlier replay point) are events for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from supportchat.storage.database import Cursor, Database
+from supportchat.storage.models import Message
+from supportchat.storage.rows import MSG_COLS, msg_from_row
+
+EP_COLS = ("id, url, events, description, secret, old_secret, old_secret_until, paused, paused_reason, since_ts, "
+           "created_at")
+DELIVERY_COLS = ("id, endpoint_id, event_id, event_type, conversation_id, seq, attempt, ts, outcome, status_code, "
+                 "latency, error, response_excerpt")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url: str
+    events: tuple[str, ...]
+    description: str
+    secret: str
+    old_secret: str | None
+    old_secret_until: float | None
+    paused: bool
+    paused_reason: str | None
+    since_ts: float
+    created_at: float
+
+    def secrets(self, now: float) -> list[str]:
+        """The secrets that sign now: the current one, and the previous one
+        until its grace period ends."""
+        out = [self.secret]
+        if self.old_secret and self.old_secret_until is not None and now < self.old_secret_until:
+            out.append(self.old_secret)
+        return out
+
+    def to_wire(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id, "url": self.url, "events": list(self.events), "description": self.description,
+            "paused": self.paused, "paused_reason": self.paused_reason, "created_at": self.created_at,
+            "previous_secret_valid_until": self.old_secret_until
+            if self.old_secret_until is not None and now < self.old_secret_until else None,
+        }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    conversation_id: str
+    seq: int
+    attempt: int
+    ts: float
+    outcome: str  # delivered, failed, dead, refused, gone
+    status_code: int | None = None
+    latency: float | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "event_id": self.event_id, "type": self.event_type, "conversation": self.conversation_id,
+            "seq": self.seq, "attempt": self.attempt, "ts": self.ts, "outcome": self.outcome,
+            "status_code": self.status_code, "latency": self.latency, "error": self.error,
+            "response_excerpt": self.response_excerpt,
+        }
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A conversation with log entries this endpoint has not had yet."""
+
+    conversation_id: str
+    delivered_seq: int
+    attempts: int
+    first_failed_at: float | None
+
+
+def new_id(prefix: str) -> str:
+    return prefix + os.urandom(12).hex()
+
+
+_counter = itertools.count()
+
+
+def attempt_id(now: float) -> str:
+    """Sortable by time: microseconds, then this process's counter (attempts
+    in the same microsecond keep their order), then randomness; in hex."""
+    return f"{int(now * 1_000_000):014x}{next(_counter) % 16**8:08x}{os.urandom(4).hex()}"
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        id=row[0], url=row[1], events=tuple(json.loads(row[2])), description=row[3], secret=row[4],
+        old_secret=row[5], old_secret_until=None if row[6] is None else float(row[6]), paused=bool(row[7]),
+        paused_reason=row[8], since_ts=float(row[9]), created_at=float(row[10]),
+    )
+
+
+def _attempt(row: Any) -> Attempt:
+    return Attempt(
+        id=row[0], endpoint_id=row[1], event_id=row[2], event_type=row[3], conversation_id=row[4], seq=int(row[5]),
+        attempt=int(row[6]), ts=float(row[7]), outcome=row[8], status_code=None if row[9] is None else int(row[9]),
+        latency=None if row[10] is None else float(row[10]), error=row[11], response_excerpt=row[12],
+    )
+
+
+def _set_cursor_txn(cur: Cursor, endpoint_id: str, conversation_id: str, delivered_seq: int, attempts: int,
+                    first_failed_at: float | None, next_at: float | None) -> None:
+    cur.execute(
+        "UPDATE webhook_cursors SET delivered_seq = ?, attempts = ?, first_failed_at = ?, next_at = ? "
+        "WHERE endpoint_id = ? AND conversation_id = ?",
+        (delivered_seq, attempts, first_failed_at, next_at, endpoint_id, conversation_id))
+    if cur.rowcount == 0:
+        cur.execute(
+            "INSERT INTO webhook_cursors (endpoint_id, conversation_id, delivered_seq, attempts, first_failed_at, "
+            "next_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (endpoint_id, conversation_id, delivered_seq, attempts, first_failed_at, next_at))
+
+
+def _insert_attempt_txn(cur: Cursor, a: Attempt) -> None:
+    cur.execute(
+        f"INSERT INTO webhook_deliveries ({DELIVERY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (a.id, a.endpoint_id, a.event_id, a.event_type, a.conversation_id, a.seq, a.attempt, a.ts, a.outcome,
+         a.status_code, a.latency, a.error, a.response_excerpt))
+
+
+class SqlWebhookStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- endpoints (admin REST) --
+
+    def add(self, endpoint: Endpoint) -> "Deferred[None]":
+        def txn(cur: Cursor) -> None:
+            e = endpoint
+            cur.execute(f"INSERT INTO webhook_endpoints ({EP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (e.id, e.url, json.dumps(list(e.events)), e.description, e.secret, e.old_secret,
+                         e.old_secret_until, int(e.paused), e.paused_reason, e.since_ts, e.created_at))
+        return self._db.run_interaction("webhook_add", txn)
+
+    def get(self, endpoint_id: str) -> "Deferred[Endpoint | None]":
+        def txn(cur: Cursor) -> Endpoint | None:
+            cur.execute(f"SELECT {EP_COLS} FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
+            row = cur.fetchone()
+            return None if row is None else _endpoint(row)
+        return self._db.run_interaction("webhook_get", txn)
+
+    def endpoints(self) -> "Deferred[list[Endpoint]]":
+        def txn(cur: Cursor) -> list[Endpoint]:
+            cur.execute(f"SELECT {EP_COLS} FROM webhook_endpoints ORDER BY created_at, id")
+            return [_endpoint(r) for r in cur.fetchall()]
+        return self._db.run_interaction("webhook_list", txn)
+
+    def update(self, endpoint: Endpoint) -> "Deferred[None]":
+        def txn(cur: Cursor) -> None:
+            e = endpoint
+            cur.execute(
+                "UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, secret = ?, old_secret = ?, "
+                "old_secret_until = ?, paused = ?, paused_reason = ?, since_ts = ? WHERE id = ?",
+                (e.url, json.dumps(list(e.events)), e.description, e.secret, e.old_secret, e.old_secret_until,
+                 int(e.paused), e.paused_reason, e.since_ts, e.id))
+        return self._db.run_interaction("webhook_update", txn)
+
+    def pause(self, endpoint_id: str, reason: str) -> "Deferred[None]":
+        def txn(cur: Cursor) -> None:
+            cur.execute("UPDATE webhook_endpoints SET paused = 1, paused_reason = ? WHERE id = ?",
+                        (reason, endpoint_id))
+        return self._db.run_interaction("webhook_pause", txn)
+
+    def delete(self, endpoint_id: str) -> "Deferred[bool]":
+        def txn(cur: Cursor) -> bool:
+            cur.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
+            found = cur.rowcount > 0
+            cur.execute("DELETE FROM webhook_cursors WHERE endpoint_id = ?", (endpoint_id,))
+            cur.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = ?", (endpoint_id,))
+            return found
+        return self._db.run_interaction("webhook_delete", txn)
+
+    def attempts(self, endpoint_id: str, limit: int, before: str | None = None) -> "Deferred[list[Attempt]]":
+        """Newest first; ``before`` an attempt id (the next page)."""
+        def txn(cur: Cursor) -> list[Attempt]:
+            if before:
+                cur.execute(f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE endpoint_id = ? AND id < ? "
+                            "ORDER BY id DESC LIMIT ?", (endpoint_id, before, limit))
+            else:
+                cur.execute(f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE endpoint_id = ? "
+                            "ORDER BY id DESC LIMIT ?", (endpoint_id, limit))
+            return [_attempt(r) for r in cur.fetchall()]
+        return self._db.run_interaction("webhook_attempts", txn)
+
+    def replay(self, endpoint_id: str, since: str | float) -> "Deferred[float | None]":
+        """Move the endpoint's cursors back so that the events after event id
+        ``since`` (a string), or at or after timestamp ``since`` (a number),
+        are sent again. The replay point as a timestamp, or None when the
+        event id is unknown."""
+        def txn(cur: Cursor) -> float | None:
+            anchor: tuple[str, int] | None = None
+            if isinstance(since, str):
+                if not since.startswith("evt_"):
+                    return None
+                cur.execute("SELECT conversation_id, seq, ts FROM messages WHERE msg_id = ?", (since[4:],))
+                row = cur.fetchone()
+                if row is None:
+                    return None
+                anchor, ts = (row[0], int(row[1])), float(row[2])
+            else:
+                ts = float(since)
+            cur.execute("SELECT conversation_id, MIN(seq) FROM messages WHERE ts >= ? GROUP BY conversation_id",
+                        (ts,))
+            starts = {r[0]: int(r[1]) - 1 for r in cur.fetchall()}
+            if anchor is not None:
+                starts[anchor[0]] = anchor[1]
+            cur.execute("SELECT conversation_id, delivered_seq FROM webhook_cursors WHERE endpoint_id = ?",
+                        (endpoint_id,))
+            current = {r[0]: int(r[1]) for r in cur.fetchall()}
+            for conversation_id, start in starts.items():
+                if conversation_id in current and current[conversation_id] > start:
+                    _set_cursor_txn(cur, endpoint_id, conversation_id, start, 0, None, None)
+            cur.execute("UPDATE webhook_endpoints SET since_ts = ? WHERE id = ? AND since_ts > ?",
+                        (ts, endpoint_id, ts))
+            return ts
+        return self._db.run_interaction("webhook_replay", txn)
+
+    # -- the dispatcher --
+
+    def pending(self, endpoint: Endpoint, now: float, limit: int) -> "Deferred[list[Pending]]":
+        """Conversations active since the endpoint's ``since_ts`` with entries
+        after its cursor whose retry (if any) is due."""
+        def txn(cur: Cursor) -> list[Pending]:
+            cur.execute(
+                "SELECT c.id, COALESCE(w.delivered_seq, 0), COALESCE(w.attempts, 0), w.first_failed_at "
+                "FROM conversations c LEFT JOIN webhook_cursors w "
+                "ON w.endpoint_id = ? AND w.conversation_id = c.id "
+                "WHERE c.last_ts >= ? AND c.last_seq > COALESCE(w.delivered_seq, 0) "
+                "AND (w.next_at IS NULL OR w.next_at <= ?) ORDER BY c.last_ts LIMIT ?",
+                (endpoint.id, endpoint.since_ts, now, limit))
+            return [Pending(r[0], int(r[1]), int(r[2]), None if r[3] is None else float(r[3]))
+                    for r in cur.fetchall()]
+        return self._db.run_interaction("webhook_pending", txn)
+
+    def entries(self, conversation_id: str, after_seq: int, since_ts: float, limit: int) -> "Deferred[list[Message]]":
+        def txn(cur: Cursor) -> list[Message]:
+            cur.execute(f"SELECT {MSG_COLS} FROM messages WHERE conversation_id = ? AND seq > ? "
+                        "ORDER BY seq LIMIT ?", (conversation_id, after_seq, limit))
+            # Entries before since_ts are skipped (not events for this endpoint) but still move the cursor.
+            return [msg_from_row(r) for r in cur.fetchall()]
+        return self._db.run_interaction("webhook_entries", txn)
+
+    def advance(self, endpoint_id: str, conversation_id: str, seq: int,
+                attempt: Attempt | None = None) -> "Deferred[None]":
+        """The cursor past ``seq`` (delivered, dead, or not an event for this
+        endpoint), with the attempt that settled it."""
+        def txn(cur: Cursor) -> None:
+            if attempt is not None:
+                _insert_attempt_txn(cur, attempt)
+            _set_cursor_txn(cur, endpoint_id, conversation_id, seq, 0, None, None)
+        return self._db.run_interaction("webhook_advance", txn)
+
+    def failed(self, attempt: Attempt, delivered_seq: int, attempts: int, first_failed_at: float,
+               next_at: float) -> "Deferred[None]":
+        """A failed attempt; the conversation waits until ``next_at``."""
+        def txn(cur: Cursor) -> None:
+            _insert_attempt_txn(cur, attempt)
+            _set_cursor_txn(cur, attempt.endpoint_id, attempt.conversation_id, delivered_seq, attempts,
+                            first_failed_at, next_at)
+        return self._db.run_interaction("webhook_failed", txn)
+
+    def record(self, attempt: Attempt) -> "Deferred[None]":
+        return self._db.run_interaction("webhook_record", lambda cur: _insert_attempt_txn(cur, attempt))
