@@ -41,6 +41,11 @@ ROUTES: dict[bytes, list[tuple[str, str, Any]]] = {
                 ("PATCH", "/canned/x", {"body": "x"}), ("DELETE", "/canned/x", None)],
     b"customers": [("GET", "/customers?phone=%2B4930123456", None), ("GET", "/customers/cust1/profile", None),
                    ("PUT", "/customers/cust1/profile", {"name": "Mallory"})],
+    b"webhooks": [("GET", "/webhooks", None), ("GET", "/webhooks/wh_1", None),
+                  ("GET", "/webhooks/wh_1/deliveries", None),
+                  ("POST", "/webhooks", {"url": "https://hooks.example.com/", "events": ["message.created"]}),
+                  ("POST", "/webhooks/wh_1/replay", {"since": 0}), ("PATCH", "/webhooks/wh_1", {"paused": True}),
+                  ("DELETE", "/webhooks/wh_1", None)],
 }
 
 
