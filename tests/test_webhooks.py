@@ -404,11 +404,15 @@ class WebhookServerBase(unittest.TestCase):
     timeout = 60
     allowed = ["127.0.0.0/8"]
 
+    def sections(self) -> dict[str, Any]:
+        return {"webhooks": {"allowed_private_networks": self.allowed, "poll_interval": 0.02,
+                             "retry_min_delay": 0.05, "retry_max_delay": 0.2}}
+
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.running = yield start_server(self, webhooks={
-            "allowed_private_networks": self.allowed, "poll_interval": 0.02, "retry_min_delay": 0.05,
-            "retry_max_delay": 0.2})
+        self.running = yield start_server(self, **self.sections())
+        if self.running.server.redis_mode:
+            yield self.running.server.get_redis().connected_once
         self.api = Api(self.running.port)
         self.admin = token("root", "admin")
         self.server = self.running.server
@@ -521,6 +525,19 @@ class WebhookServerTests(WebhookServerBase):
         self.assertEqual(code, 404)
 
 
+class RedisModeWebhookTests(WebhookServerTests):
+    """The same with Redis in between: messages go to the stream, the persister flushes them to SQL, and the
+    dispatcher (on the persister's node) delivers from there."""
+
+    def sections(self) -> dict[str, Any]:
+        from tests import redis_support
+
+        if redis_support.REDIS_SKIP:
+            raise unittest.SkipTest(redis_support.REDIS_SKIP)
+        url = redis_support.shared().url
+        return dict(super().sections(), redis={"url": url, "prefix": f"wh{os.getpid()}{id(self)}:"})
+
+
 class WebhookGuardServerTests(WebhookServerBase):
     """The same server with no allowed network: private targets are refused."""
 
@@ -545,3 +562,97 @@ class WebhookGuardServerTests(WebhookServerBase):
         rows = yield until(lambda: self.server.get_webhook_store().attempts("wh_private", 10))
         self.assertEqual(rows[0].outcome, "refused")
         self.assertEqual(receiver.requests, [])
+
+
+class HoldingReceiver(Receiver):
+    """Answers 200 to the first ``answered`` requests, then holds every request unanswered (a receiver
+    that hangs) until ``release`` is set."""
+
+    def __init__(self, answered: int) -> None:
+        super().__init__()
+        self.answered = answered
+        self.release = False
+        self.acked: list[str] = []  # event ids answered 200
+
+    def render_POST(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        body = super().render_POST(request)
+        if self.release or len(self.requests) <= self.answered:
+            self.acked.append(json.loads(self.requests[-1][1])["id"])
+            return body
+        return NOT_DONE_YET
+
+
+class KillTests(unittest.TestCase):
+    """A real ``twistd`` node killed with SIGKILL while deliveries are in flight."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_kill_9_with_200_pending_loses_none(self) -> Any:
+        """200 events over four conversations; the receiver answers 40 then hangs; the node is killed -9 with
+        requests in flight; after a restart all 200 arrive, each conversation's in seq order (a repeat only of
+        an event that was in flight), and no event the receiver had acknowledged is sent again."""
+        import sqlite3
+
+        from tests.support import ServerProcess, free_port
+
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "supportchat.db")
+        migrate_blocking(SqliteEngine(path))
+        receiver = HoldingReceiver(40)
+        url = listen(self, receiver)
+        db = Database(SqliteEngine(path), reactor=None, threadless=True)
+        db.start()
+
+        def txn(cur: Any) -> None:
+            for c in range(4):
+                cur.execute("INSERT INTO conversations (id, customer_id, status, created_at, last_seq, last_ts) "
+                            "VALUES (?, 'c:alice', 'open', 1000, 50, 1100)", (f"conv{c}",))
+                for seq in range(1, 51):
+                    cur.execute("INSERT INTO messages (msg_id, conversation_id, seq, sender_id, sender_role, kind, "
+                                "body, ts) VALUES (?, ?, ?, 'c:alice', 'customer', 'text', 'hi', ?)",
+                                (f"m{c}-{seq}", f"conv{c}", seq, 1000.0 + seq))
+
+        self.successResultOf(db.run_interaction("seed", txn))
+        self.successResultOf(SqlWebhookStore(db).add(Endpoint(
+            "wh_k", url, ("message.created",), "", "s", None, None, False, None, 0.0, 0.0)))
+        db.close()
+        env = {"SUPPORTCHAT_WEBHOOKS_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8",
+               "SUPPORTCHAT_WEBHOOKS_POLL_INTERVAL": "0.05", "SUPPORTCHAT_WEBHOOKS_RETRY_MIN_DELAY": "0.1",
+               "SUPPORTCHAT_WEBHOOKS_RETRY_MAX_DELAY": "0.2", "SUPPORTCHAT_WEBHOOKS_TIMEOUT": "30"}
+        node = ServerProcess(data_dir, free_port(), env)
+        self.addCleanup(node.kill)
+        yield node.start()
+        yield receiver.wait_for(44)  # 40 answered, 4 conversations' next events held
+
+        def committed() -> "Deferred[bool]":
+            with sqlite3.connect(path) as conn:
+                (n,) = conn.execute("SELECT COUNT(*) FROM webhook_deliveries WHERE outcome = 'delivered'").fetchone()
+            return defer.succeed(n == 40)
+
+        yield until(committed)
+        before = {json.loads(body)["id"] for _, body in receiver.requests}
+        acked = set(receiver.acked)
+        node.signal("KILL")
+        yield node.ended()
+        sent_before = len(receiver.requests)
+        receiver.release = True
+        again = ServerProcess(data_dir, node.port, env)
+        self.addCleanup(again.kill)
+        yield again.start()
+
+        def all_arrived() -> "Deferred[bool]":
+            return defer.succeed(len({e["id"] for e in receiver.events()}) == 200)
+
+        yield until(all_arrived, tries=1500)
+        after = [e["id"] for e in receiver.events()[sent_before:]]
+        self.assertEqual(acked & set(after), set())
+        for c in range(4):
+            seqs = [e["data"]["seq"] for e in receiver.events() if e["data"]["conversation"] == f"conv{c}"]
+            self.assertEqual(seqs, sorted(seqs), f"conv{c} out of order")
+            self.assertEqual(sorted(set(seqs)), list(range(1, 51)))
+        repeated = [i for i in after if i in before]
+        self.assertLessEqual(len(repeated), 4)
