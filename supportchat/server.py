@@ -102,8 +102,9 @@ class SupportChatServer:
     def runs_webhooks(self) -> bool:
         """The webhook dispatcher runs where messages are written to SQL: an
         embedded gateway, or the persister in Redis mode (one such node per
-        cluster, or receivers get more duplicates)."""
-        return ("persister" if self.redis_mode else "gateway") in self.roles
+        cluster, or receivers get more duplicates), unless ``[webhooks]
+        dispatch`` is off."""
+        return self.config.webhooks.dispatch and ("persister" if self.redis_mode else "gateway") in self.roles
 
     # -- components ----------------------------------------------------
     def get_metrics(self) -> Metrics:

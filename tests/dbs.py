@@ -23,7 +23,8 @@ from supportchat.storage.engines import Engine, MysqlEngine, PostgresEngine, eng
 PG_ADMIN_URL = os.environ.get("SUPPORTCHAT_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN_URL = os.environ.get("SUPPORTCHAT_TEST_MYSQL_ADMIN_URL", "mysql://root@127.0.0.1:3306/mysql")
 PREFIX = "supportchat_test_"
-TABLES = ("messages", "participants", "idempotency_keys", "conversations", "attachments")
+TABLES = ("messages", "participants", "idempotency_keys", "conversations", "attachments", "webhook_endpoints",
+          "webhook_cursors", "webhook_deliveries")
 
 _unreachable: dict[str, str | None] = {}
 _shared: dict[str, str] = {}

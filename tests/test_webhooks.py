@@ -101,6 +101,29 @@ class GuardTests(unittest.TestCase):
             self.assertIn("webhooks.", str(e.exception))
 
 
+class ServiceTreeTests(unittest.TestCase):
+    def test_dispatcher_where_messages_reach_sql(self) -> None:
+        """The service `webhooks` exists on an embedded node and on a Redis-mode persister, not on a Redis-mode
+        gateway, and not where `[webhooks] dispatch` is off."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from supportchat.app.services import build_service
+        from supportchat.server import SupportChatServer
+        from tests.support import make_config
+
+        def names(roles: tuple[str, ...], **sections: Any) -> set[str]:
+            data_dir = self.mktemp()
+            os.makedirs(data_dir)
+            server = SupportChatServer(MemoryReactorClock(), make_config(data_dir, **sections), roles)
+            return {s.name for s in build_service(server)}  # type: ignore[attr-defined]
+
+        redis = {"url": "redis://127.0.0.1:1/0"}
+        self.assertIn("webhooks", names(("gateway", "persister", "bot")))
+        self.assertIn("webhooks", names(("persister",), redis=redis))
+        self.assertNotIn("webhooks", names(("gateway",), redis=redis))
+        self.assertNotIn("webhooks", names(("gateway", "persister", "bot"), webhooks={"dispatch": False}))
+
+
 class Receiver(Resource):
     """A real HTTP receiver: records each request, answers with ``answer(n)`` (status, body)."""
 
@@ -245,12 +268,12 @@ def _endpoint(url: str = "http://127.0.0.1:9/hook", events: tuple[str, ...] = ("
 class DispatcherTests(unittest.TestCase):
     """The dispatcher on a Clock, a threadless SQLite database and the client twin."""
 
+    kind = "sqlite"
+
     def setUp(self) -> None:
-        engine = SqliteEngine(os.path.join(self.mktemp() + ".db"))
-        migrate_blocking(engine)
-        self.db = Database(engine, reactor=None, threadless=True)
-        self.db.start()
-        self.addCleanup(self.db.close)
+        from tests.dbs import threadless_db
+
+        self.db = threadless_db(self, self.kind)
         self.store = SqlWebhookStore(self.db)
         self.clock = Clock()
         self.clock.advance(5000)
@@ -382,6 +405,18 @@ class DispatcherTests(unittest.TestCase):
             self.assertTrue(base / 2 <= wait <= base, (n, wait))
 
 
+class PostgresDispatcherTests(DispatcherTests):
+    """The same on PostgreSQL (the store's SQL on that engine)."""
+
+    kind = "postgresql"
+
+
+class MariadbDispatcherTests(DispatcherTests):
+    """The same on MariaDB."""
+
+    kind = "mariadb"
+
+
 def until(check: Callable[[], Any], tries: int = 300) -> "Deferred[Any]":
     """Ask the running server until ``check`` (a Deferred-returning call) gives a true value."""
     from twisted.internet import reactor
@@ -406,7 +441,7 @@ class WebhookServerBase(unittest.TestCase):
 
     def sections(self) -> dict[str, Any]:
         return {"webhooks": {"allowed_private_networks": self.allowed, "poll_interval": 0.02,
-                             "retry_min_delay": 0.05, "retry_max_delay": 0.2}}
+                             "retry_min_delay": 0.05, "retry_max_delay": 0.2, "timeout": 1.0}}
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -501,6 +536,39 @@ class WebhookServerTests(WebhookServerBase):
         code, body = yield self.api.call("POST", path + "/replay", self.admin, {"since": 0})
         yield receiver.wait_for(6)
         self.assertEqual([e["id"] for e in receiver.events()[4:6]], ids[1:3])
+
+    @inlineCallbacks
+    def test_hanging_receiver_does_not_block_others(self) -> Any:
+        """An endpoint whose receiver never answers times out and is retried, while another endpoint gets
+        every event at once; the timeouts are listed as failed attempts."""
+        from twisted.web.server import NOT_DONE_YET
+
+        held: list[Any] = []
+
+        class Hang(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                held.append(request)
+                return NOT_DONE_YET
+
+        hanging = yield self.register(listen(self, Hang()))
+        receiver = Receiver()
+        yield self.register(listen(self, receiver))
+        conv = yield self.conversation()
+        yield self.say(conv, 3)
+        yield receiver.wait_for(3)
+        self.assertEqual([e["data"]["seq"] for e in receiver.events()], [1, 2, 3])
+        code, page = yield self.api.call("GET", f"/webhooks/{hanging['id']}/deliveries", self.admin)
+        self.assertEqual(page["deliveries"], [])  # its first request is still waiting for an answer
+
+        def two_failures() -> "Deferred[Any]":
+            d = self.api.call("GET", f"/webhooks/{hanging['id']}/deliveries", self.admin)
+            return d.addCallback(lambda r: len(r[1]["deliveries"]) >= 2 and r[1]["deliveries"])
+
+        attempts = yield until(two_failures, tries=1000)
+        self.assertEqual({(a["seq"], a["outcome"], a["status_code"]) for a in attempts}, {(1, "failed", None)})
+        self.assertTrue(all(a["error"] for a in attempts))
 
     @inlineCallbacks
     def test_only_admins(self) -> Any:

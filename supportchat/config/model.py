@@ -458,6 +458,9 @@ class WebhooksConfig:
     poll_interval: float = 1.0
     # Conversations delivered at once per endpoint (each one in seq order).
     concurrency: int = 4
+    # Whether this node runs the dispatcher (when it writes messages to SQL:
+    # embedded, or the persister role); one node per cluster should.
+    dispatch: bool = True
 
     def validate(self, check: "_Checker") -> None:
         import ipaddress
