@@ -163,3 +163,19 @@ def threadless_db(testcase: Any, kind: str) -> Database:
     db.start()
     testcase.addCleanup(db.close)
     return db
+
+
+class StoreContract:
+    """What every store contract mixin shares: a fresh ``self.store`` from
+    ``make_store()`` per test, and ``ok(d)`` for the result of a Deferred
+    that has already fired (threadless databases and twins run inline)."""
+
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store = self.make_store()
+
+    def ok(self, d: Any) -> Any:
+        return self.successResultOf(d)  # type: ignore[attr-defined]
+

@@ -33,7 +33,7 @@ from supportchat.attachments.upload import MultipartReader, clean_name, process_
 from supportchat.http.attachments_api import parse_range
 from supportchat.storage.models import NotFound
 from tests import attachment_files as files
-from tests.dbs import threadless_db
+from tests.dbs import StoreContract, threadless_db
 
 
 def run_upload(testcase: unittest.TestCase, data: bytes, filename: str = "f.bin", declared: str = "",
@@ -468,16 +468,7 @@ def attachment(aid: str, uploader: str = "c:alice", created: float = 1000.0, **k
     return Attachment(**values)
 
 
-class AttachmentStoreContract:
-    def make_store(self) -> Any:
-        raise NotImplementedError
-
-    def setUp(self) -> None:
-        self.store = self.make_store()
-
-    def ok(self, d: Any) -> Any:
-        return self.successResultOf(d)  # type: ignore[attr-defined]
-
+class AttachmentStoreContract(StoreContract):
     def refused(self, d: Any, kind: type) -> Exception:
         return self.failureResultOf(d, kind).value  # type: ignore[attr-defined]
 

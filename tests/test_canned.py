@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from supportchat.workflow.canned import Canned, MemoryCannedStore, SqlCannedStore
 from supportchat.workflow.models import WorkflowError
-from tests.dbs import threadless_db
+from tests.dbs import StoreContract, threadless_db
 from tests.support import connect, start_server, token
 from tests.test_workflow import PASSWORD, Api
 
@@ -23,16 +23,7 @@ def canned(cid: str, scope: str, owner: str, shortcut: str, body: str = "text") 
     return Canned(cid, scope, owner, shortcut, "", body, "boss", 1.0, 1.0)
 
 
-class CannedStoreContract:
-    def make_store(self) -> Any:
-        raise NotImplementedError
-
-    def setUp(self) -> None:
-        self.store = self.make_store()
-
-    def ok(self, d: Any) -> Any:
-        return self.successResultOf(d)  # type: ignore[attr-defined]
-
+class CannedStoreContract(StoreContract):
     def test_visibility_by_team_and_owner(self) -> None:
         """An agent sees their team's and their own responses, by shortcut; admins (None) every team's."""
         for c in (canned("1", "team", "sales", "ship"), canned("2", "team", "billing", "refund"),

@@ -25,7 +25,7 @@ from supportchat.workflow.profiles import (
     Keyring, MemoryProfileStore, ProfileInvalid, ProfileKeyError, ProfileService, SqlProfileStore, StoredProfile,
     decrypt, encrypt, key_id, mask, normalise_phone, phone_index, validate,
 )
-from tests.dbs import threadless_db
+from tests.dbs import StoreContract, threadless_db
 from tests.support import SECRET, connect, close_client, start_server, token
 from tests.test_workflow import Api
 
@@ -192,16 +192,7 @@ class ServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(run(svc.find_by_phone("+1 555 0100")), [])
 
 
-class ProfileStoreContract:
-    def make_store(self) -> Any:
-        raise NotImplementedError
-
-    def setUp(self) -> None:
-        self.store = self.make_store()
-
-    def ok(self, d: Any) -> Any:
-        return self.successResultOf(d)  # type: ignore[attr-defined]
-
+class ProfileStoreContract(StoreContract):
     def test_put_get_replace_and_index(self) -> None:
         """put inserts then replaces; JSON fields round-trip; lookup by any of several indexes."""
         a = StoredProfile("c1", "Ann", "a@x.org", {"plan": "pro", "seats": 3, "vip": True}, {"phone": "v1:k1:AA"},

@@ -10,21 +10,12 @@ from twisted.trial import unittest
 from supportchat.workflow.memory import MemoryWorkflowStore
 from supportchat.workflow.models import Agent, WorkflowError
 from supportchat.workflow.store import SqlWorkflowStore
-from tests.dbs import threadless_db
+from tests.dbs import StoreContract, threadless_db
 
 TABLES = ("agents", "teams", "refresh_tokens", "work_items", "work_notes")
 
 
-class WorkflowStoreContract:
-    def make_store(self) -> Any:
-        raise NotImplementedError
-
-    def setUp(self) -> None:
-        self.store = self.make_store()
-
-    def ok(self, d: Any) -> Any:
-        return self.successResultOf(d)  # type: ignore[attr-defined]
-
+class WorkflowStoreContract(StoreContract):
     def agent(self, agent_id: str, team: str = "", capacity: int = 2, online: bool = True) -> None:
         self.ok(self.store.create_agent(Agent(agent_id, agent_id, agent_id, "agent", team, capacity, created_at=1.0)))
         if online:
