@@ -123,8 +123,9 @@ class WorkflowTests(unittest.TestCase):
     @inlineCallbacks
     def test_queued_entries_show_the_first_message_and_its_language(self) -> Any:
         """GET /api/v1/inbox?state=queued gives each queued conversation the
-        customer's first text message (cut at 140 characters) and a language
-        guessed from its script: who waits, and for what, without joining."""
+        customer's first text message (cut at 140 characters) and its
+        language: the one the visitor's client gave with ``start``, else a
+        guess from the script: who waits, and for what, without joining."""
         cust = yield self.ws(token("cust"))
         cust.send({"type": "start", "team": "sales"})
         conv = (yield cust.next_frame("conversation"))["conversation"]["id"]
@@ -135,11 +136,19 @@ class WorkflowTests(unittest.TestCase):
         other = yield self.ws(token("cust2"))
         other.send({"type": "start", "team": "sales"})
         quiet = (yield other.next_frame("conversation"))["conversation"]["id"]
+        said = yield self.ws(token("cust3"))
+        said.send({"type": "start", "team": "sales", "lang": "pt-BR"})
+        told = (yield said.next_frame("conversation"))["conversation"]["id"]
+        yield self.reply(said, {"type": "message", "conversation": told, "client_msg_id": "p1", "body": "Hello"})
         code, body = yield self.api.call("GET", "/inbox?state=queued", self.tokens["ann"])
         self.assertEqual(code, 200)
         by_id = {c["conversation"]: c for c in body["conversations"]}
         self.assertEqual((by_id[conv]["preview"], by_id[conv]["lang"]), (first[:140], "zh"))
         self.assertEqual((by_id[quiet]["preview"], by_id[quiet]["lang"]), (None, None))
+        # The language the visitor's client gave at start beats any guess (Latin script says nothing).
+        self.assertEqual((by_id[told]["preview"], by_id[told]["lang"]), ("Hello", "pt-BR"))
+        bad = yield self.reply(said, {"type": "start", "lang": "<script>"})
+        self.assertEqual((bad["type"], bad["code"]), ("error", "bad_request"))
 
     @inlineCallbacks
     def test_team_works_a_conversation_end_to_end(self) -> Any:

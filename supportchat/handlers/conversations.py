@@ -41,7 +41,7 @@ class ConversationFrames:
             raise FrameError("forbidden", "only customers start conversations", frame.ref)
         await self._hooks.check_start(session, frame.team, frame.ref)
         conv, created = await self._store.open_conversation(session.user_id, self._clock.seconds())
-        await self._hooks.enter(session, conv, created, frame.team)
+        await self._hooks.enter(session, conv, created, frame.team, frame.lang)
         session.send(reply({"type": "conversation", "conversation": conv.to_wire()}, frame.ref))
         await self._hooks.entered(session, conv, created)
         if created:

@@ -44,7 +44,8 @@ class WorkflowHooks(Protocol):
     async def check_start(self, session: ClientSession, team: str, ref: Any) -> None:
         """Before ``start`` creates anything: raise ``FrameError`` to refuse."""
 
-    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
+    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str,
+                    lang: str = "") -> None:
         """``start`` opened ``conv``: before the customer is answered (so no
         one can act on it before its lifecycle is logged)."""
 
@@ -92,7 +93,8 @@ class NoWorkflow:
     async def check_start(self, session: ClientSession, team: str, ref: Any) -> None:
         pass
 
-    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
+    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str,
+                    lang: str = "") -> None:
         pass
 
     async def entered(self, session: ClientSession, conv: Conversation, created: bool) -> None:

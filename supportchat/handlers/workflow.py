@@ -98,14 +98,18 @@ class WorkflowChatHooks:
         if team and team not in {t.id for t in await self._q.wf.list_teams()}:
             raise FrameError("not_found", "no such team", ref)
 
-    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str) -> None:
+    async def enter(self, session: ClientSession, conv: Conversation, created: bool, team: str,
+                    lang: str = "") -> None:
         """A new conversation is logged (``created``, then ``queued`` unless
         the bot answers first) before its work item can be taken: the log
-        reads created, queued, assigned."""
+        reads created, queued, assigned. ``created`` carries the visitor's
+        language when the client said it (``start``'s ``lang``)."""
         q = self._q
         if created:
-            await q.system_event(conv.id, "created", {"customer": {"id": session.principal.user_id}, "team": team},
-                                 "The conversation was created", f"workflow:created:{conv.id}")
+            data: dict[str, Any] = {"customer": {"id": session.principal.user_id}, "team": team}
+            if lang:
+                data["lang"] = lang
+            await q.system_event(conv.id, "created", data, "The conversation was created", f"workflow:created:{conv.id}")
             if not q.bot_first:
                 await q.queued(conv.id, team, "new", f"workflow:queued:{conv.id}:new")
         await q.wf.enqueue(conv.id, session.user_id, team, conv.created_at, BOT if q.bot_first else QUEUED)

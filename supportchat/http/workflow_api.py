@@ -44,7 +44,7 @@ from supportchat.config.model import AuthConfig, WorkflowConfig
 from supportchat.http.common import client_ip
 from supportchat.http.history import MAX_INT, AsyncJsonResource, HttpError, authenticate, int_arg, path_segments, str_arg
 from supportchat.storage.interfaces import HistoryStore
-from supportchat.storage.models import TEXT
+from supportchat.storage.models import EVENT, TEXT
 from supportchat.wire.frames import text_problem
 from supportchat.workflow.models import STATUSES, Agent, WorkflowError
 from supportchat.ratelimit import FailureBackoff
@@ -397,13 +397,19 @@ class InboxApi(WorkflowResource):
         self._history = history
 
     async def _preview(self, conversation_id: str) -> dict[str, Any]:
+        """The first customer text, and the language: the one the visitor's
+        client gave at ``start`` (in the ``created`` event), else a guess
+        from that text's script."""
         if self._history is None:
             return {}
+        said: str | None = None
         for m in await self._history.messages_page(conversation_id, 0, None, 30):
-            if m.kind == TEXT and m.sender_role == "customer" and m.body.strip():
+            if m.kind == EVENT and (m.data or {}).get("name") == "created":
+                said = (m.data or {}).get("lang") or None
+            elif m.kind == TEXT and m.sender_role == "customer" and m.body.strip():
                 text = m.body.strip()
-                return {"preview": text[:PREVIEW_CHARS], "lang": guess_language(text)}
-        return {"preview": None, "lang": None}
+                return {"preview": text[:PREVIEW_CHARS], "lang": said or guess_language(text)}
+        return {"preview": None, "lang": said}
 
     async def get(self, request: Request) -> tuple[int, Any]:
         principal = await self.principal(request)

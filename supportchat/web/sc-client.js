@@ -104,6 +104,7 @@ export class SupportChatClient extends EventTarget {
   constructor(opts = {}) {
     super();
     this.server = (opts.server || globalThis.location.origin).replace(/\/+$/, "");
+    this.lang = opts.lang || ""; // sent with "start"
     this.wsPath = opts.wsPath || "/ws";
     this._token = opts.token || null;
     this._getToken = opts.getToken || null;
@@ -846,10 +847,13 @@ export class SupportChatClient extends EventTarget {
   }
 
   // -------------------------------------------------------------- actions
-  /** Customers: open (or get) my conversation. */
+  /** Customers: open (or get) my conversation (``lang``: the visitor's
+   * language, shown to the agents with the queued conversation). */
   async start() {
     await this.ready();
-    const r = await this.request({ type: "start" });
+    const frame = { type: "start" };
+    if (this.lang) frame.lang = this.lang;
+    const r = await this.request(frame);
     const c = this._conv(r.conversation.id);
     Object.assign(c.info, r.conversation);
     c.lastSeq = Math.max(c.lastSeq, r.conversation.last_seq || 0);

@@ -179,8 +179,15 @@ export function mount(opts) {
     el("div", { class: "head" }, el("h2", { text: title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, uploadNote, counter, form);
   root.append(launcher, panel);
 
+  // The visitor's language for the agents: the browser's own tag (e.g. "zh-CN")
+  // when it is the language the widget speaks, else the widget's language.
+  const navigatorTag = () => {
+    const nav = (globalThis.navigator && navigator.language) || "";
+    return nav.split("-")[0].toLowerCase() === LANG.split("-")[0].toLowerCase() ? nav : LANG;
+  };
   const client = new SupportChatClient({
     server: opts.server,
+    lang: navigatorTag(),
     storageKey: "sc-widget",
     getToken: (t) => (opts.token ? Promise.resolve(opts.token) : visitorToken(opts.server, t)),
     // an anonymous visitor whose token is refused becomes a new visitor at once;

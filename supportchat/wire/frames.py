@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -44,6 +45,9 @@ class Pong:
 class Start:
     ref: Any = None
     team: str = ""
+    # The visitor's language (a BCP 47 tag such as "zh-CN"), shown to agents
+    # with the queued conversation; "" when the client did not say.
+    lang: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# A BCP 47 language tag, loosely: "en", "zh-CN", "zh-Hans-CN", "es-419".
+_LANG_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
+
 # One decoder for every frame (json.loads with an option builds a new one per
 # call). NaN and Infinity are not JSON: refused.
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
@@ -230,7 +237,10 @@ def parse_frame(text: str, max_body_chars: int, sync_limit_max: int) -> ClientFr
         team = data.get("team", "")
         if not isinstance(team, str) or len(team) > MAX_ID_LENGTH:
             raise FrameError("bad_request", f"'team' must be a string of at most {MAX_ID_LENGTH} characters", ref)
-        return Start(ref, _check_text("team", team, ref))
+        lang = data.get("lang", "")
+        if not isinstance(lang, str) or (lang and not _LANG_TAG.fullmatch(lang)):
+            raise FrameError("bad_request", "'lang' must be a language tag such as \"en\" or \"zh-CN\"", ref)
+        return Start(ref, _check_text("team", team, ref), lang)
     if kind == "accept":
         return Accept(_str(data, "conversation", ref), ref)
     if kind == "message":

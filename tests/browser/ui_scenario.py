@@ -662,7 +662,8 @@ class Scenario:
         item = agent.locator("#queue li.queue-item", has_text="访客")
         if bot_enabled():
             expect(item.locator(".preview")).to_have_text("你好")
-            expect(item.locator(".lang")).to_have_text("中文")
+            # the widget sent the browser's language (zh-CN) with "start"
+            expect(item.locator(".lang")).to_have_text("中文（中国）")
         expect(item).to_have_count(1)
         expect(item).to_contain_text("已等待")
         expect(item.locator("button.accept")).to_have_text("接入")
