@@ -391,12 +391,14 @@ class SupportChatServer:
     def get_webhook_dispatcher(self) -> WebhookDispatcher:
         """The service that delivers events from the log (service ``webhooks``)."""
         from supportchat.webhooks.dispatcher import WebhookDispatcher
+        from supportchat.webhooks.store import SqlOutbox
 
         cfg = self.config.webhooks
         return self._once("webhook_dispatcher", lambda: WebhookDispatcher(
             self.reactor, self.get_webhook_store(), self.get_webhook_client(), self.get_metrics(),
             self.get_background(), poll_interval=cfg.poll_interval, retry_min_delay=cfg.retry_min_delay,
-            retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for, concurrency=cfg.concurrency))
+            retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for, concurrency=cfg.concurrency,
+            outbox=SqlOutbox(self.get_database())))
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> BotStateStore:

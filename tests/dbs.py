@@ -24,7 +24,8 @@ PG_ADMIN_URL = os.environ.get("SUPPORTCHAT_TEST_PG_ADMIN_URL", "postgresql://pos
 MYSQL_ADMIN_URL = os.environ.get("SUPPORTCHAT_TEST_MYSQL_ADMIN_URL", "mysql://root@127.0.0.1:3306/mysql")
 PREFIX = "supportchat_test_"
 TABLES = ("messages", "participants", "idempotency_keys", "conversations", "attachments", "webhook_endpoints",
-          "webhook_cursors", "webhook_deliveries")
+          "webhook_cursors", "webhook_deliveries", "webhook_outbox", "webhook_outbox_state", "work_items",
+          "work_notes")
 
 _unreachable: dict[str, str | None] = {}
 _shared: dict[str, str] = {}

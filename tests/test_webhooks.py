@@ -265,6 +265,12 @@ def _endpoint(url: str = "http://127.0.0.1:9/hook", events: tuple[str, ...] = ("
     return Endpoint("wh_1", url, events, "", "secret-1", None, None, False, None, since, 0.0)
 
 
+def replace_id(endpoint: Endpoint) -> Endpoint:
+    from dataclasses import replace
+
+    return replace(endpoint, id="wh_2", url="http://127.0.0.1:9/other")
+
+
 class DispatcherTests(unittest.TestCase):
     """The dispatcher on a Clock, a threadless SQLite database and the client twin."""
 
@@ -395,6 +401,59 @@ class DispatcherTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(self.ids(), ["evt_a-3"])
         self.assertEqual(json.loads(self.client.sent[0].body)["type"], "conversation.closed")
+
+    def test_notes_and_ratings_from_the_outbox(self) -> None:
+        """A note and a rating are written with their event in the same transaction; an endpoint subscribed
+        to them gets each once, with the body stored at the time (retried with the same bytes, a later event
+        of the conversation held back meanwhile); one not subscribed gets none; a replay resends them."""
+        from supportchat.webhooks.store import SqlOutbox
+        from supportchat.workflow.store import SqlWorkflowStore
+
+        self.successResultOf(self.store.add(_endpoint(events=("note.created", "conversation.rated"),
+                                                      since=4000.0)))
+        self.successResultOf(self.store.add(replace_id(_endpoint(events=("message.created",), since=4000.0))))
+        wf = SqlWorkflowStore(self.db)
+        self.log("a", (TEXT, None))
+        self.successResultOf(wf.add_note("a", "ann", "VIP customer", 5000.0, 1))
+
+        def closed(cur: Any) -> None:
+            cur.execute("INSERT INTO work_items (conversation_id, customer_id, team_id, state, queued_at) "
+                        "VALUES ('a', 'c:alice', '', 'closed', 1000)")
+        self.successResultOf(self.db.run_interaction("closed", closed))
+        self.assertTrue(self.successResultOf(wf.rate("a", 5, "great", 5001.0)))
+        self.client.hosts = {}
+        first_note: list[bytes] = []
+        original = self.answer
+
+        def answer(request: SentRequest) -> Response:
+            doc = json.loads(request.body)
+            if doc["type"] == "note.created" and len(first_note) < 2:
+                first_note.append(request.body)
+                return Response(500, "", 0.01)
+            return original(request)
+
+        self.client.answer = answer
+        self.dispatcher(outbox=SqlOutbox(self.db))
+        self.clock.advance(0)
+        sent = [json.loads(r.body) for r in self.client.sent if "note" in r.body.decode() or "rating" in r.body.decode()]
+        self.assertEqual([d["type"] for d in sent], ["note.created"])  # the rating waits for the note
+        for _ in range(20):
+            self.clock.advance(10)
+        outbox_sent = [r for r in self.client.sent if json.loads(r.body)["type"] in ("note.created",
+                                                                                    "conversation.rated")]
+        types = [json.loads(r.body)["type"] for r in outbox_sent]
+        self.assertEqual(types, ["note.created"] * 3 + ["conversation.rated"])
+        self.assertEqual(len({r.body for r in outbox_sent[:3]}), 1)
+        note = json.loads(outbox_sent[0].body)
+        self.assertEqual((note["data"]["body"], note["data"]["conversation"], note["created_at"]),
+                         ("VIP customer", "a", 5000.0))
+        self.assertEqual(json.loads(outbox_sent[3].body)["data"]["rating"], 5)
+        self.assertFalse([r for r in self.client.sent if r.url.endswith("/other")
+                          and json.loads(r.body)["type"] != "message.created"])
+        self.successResultOf(self.store.replay("wh_1", 4999.0))
+        self.clock.advance(1)
+        again = [json.loads(r.body)["id"] for r in self.client.sent[len(self.client.sent) - 2:]]
+        self.assertEqual(again, [note["id"], json.loads(outbox_sent[3].body)["id"]])
 
     def test_backoff_grows_with_jitter_up_to_max(self) -> None:
         """The wait doubles from retry_min_delay, lies between half and all of it, and stops at the maximum."""
@@ -536,6 +595,28 @@ class WebhookServerTests(WebhookServerBase):
         code, body = yield self.api.call("POST", path + "/replay", self.admin, {"since": 0})
         yield receiver.wait_for(6)
         self.assertEqual([e["id"] for e in receiver.events()[4:6]], ids[1:3])
+
+    @inlineCallbacks
+    def test_note_from_the_outbox(self) -> Any:
+        """An internal note (written with its event in one transaction) reaches an endpoint subscribed to
+        note.created, signed; an endpoint subscribed to messages only never sees it."""
+        notes = Receiver()
+        messages = Receiver()
+        hook = yield self.register(listen(self, notes), ["note.created"])
+        yield self.register(listen(self, messages), ["message.created"])
+        conv = yield self.conversation()
+        yield self.server.get_workflow_store().add_note(conv, "ann", "VIP, be quick", self.server.reactor.seconds(), 0)
+        yield self.say(conv, 1)
+        yield notes.wait_for(1)
+        yield messages.wait_for(1)
+        headers, body = notes.requests[0]
+        doc = json.loads(body)
+        self.assertEqual((doc["type"], doc["data"]["body"], doc["data"]["conversation"]),
+                         ("note.created", "VIP, be quick", conv))
+        import time
+
+        self.assertTrue(verify(hook["secret"], headers["supportchat-signature"], body, time.time()))
+        self.assertEqual([e["type"] for e in messages.events()], ["message.created"])
 
     @inlineCallbacks
     def test_hanging_receiver_does_not_block_others(self) -> Any:

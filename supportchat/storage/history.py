@@ -111,7 +111,9 @@ def _delete_conversations_batch_txn(cur: Cursor, ids: list[str], batch: int) -> 
         _retire_attachments_txn(cur, "conversation_id", ids)
         for table, column in (("participants", "conversation_id"), ("idempotency_keys", "conversation_id"),
                               ("work_notes", "conversation_id"), ("work_items", "conversation_id"),
-                              ("bot_states", "conversation_id"), ("conversations", "id")):
+                              ("bot_states", "conversation_id"), ("webhook_outbox", "conversation_id"),
+                              ("webhook_cursors", "conversation_id"), ("webhook_deliveries", "conversation_id"),
+                              ("conversations", "id")):
             cur.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             deleted += cur.rowcount
     return deleted

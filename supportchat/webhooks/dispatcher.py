@@ -21,7 +21,7 @@ recorded, so the worst case is sending that one event again.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
@@ -32,19 +32,21 @@ from supportchat.background import BackgroundTasks
 from supportchat.metrics import Metrics
 from supportchat.webhooks.client import DeliveryError, Response, TargetRefused, WebhookClient
 from supportchat.webhooks.events import Event, headers_for, to_event
-from supportchat.webhooks.store import Attempt, Endpoint, Pending, SqlWebhookStore, attempt_id
+from supportchat.webhooks.store import Attempt, Endpoint, Pending, SqlOutbox, SqlWebhookStore, attempt_id
 
 log = Logger()
 
 PAGE = 50  # log entries read at a time per conversation
-PENDING_LIMIT = 200  # conversations looked at per round
+PENDING_LIMIT = 200  # conversations (or outbox events) looked at per round
+PURGE_EVERY = 3600.0  # outbox events older than retry_for and this are removed, this often
+OUTBOX_TYPES = ("note.created", "conversation.rated")
 
 
 class WebhookDispatcher(Service):
     def __init__(self, clock: IReactorTime, store: SqlWebhookStore, client: WebhookClient, metrics: Metrics,
                  background: BackgroundTasks, *, poll_interval: float = 1.0, retry_min_delay: float = 10.0,
                  retry_max_delay: float = 3600.0, retry_for: float = 86400.0, concurrency: int = 4,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, outbox: SqlOutbox | None = None) -> None:
         self._clock = clock
         self._store = store
         self._client = client
@@ -56,6 +58,8 @@ class WebhookDispatcher(Service):
         self._retry_for = retry_for
         self._concurrency = concurrency
         self._rng = rng or random.Random()
+        self._outbox_store = outbox
+        self._purged_at = -PURGE_EVERY
         self._call: IDelayedCall | None = None
         self._busy: set[str] = set()
         self._gone: set[str] = set()
@@ -100,6 +104,10 @@ class WebhookDispatcher(Service):
 
     async def _start_rounds(self) -> None:
         self._gone.clear()
+        now = self._clock.seconds()
+        if self._outbox_store is not None and now - self._purged_at >= PURGE_EVERY:
+            self._purged_at = now
+            await self._outbox_store.purge(now - self._retry_for - PURGE_EVERY)
         for endpoint in await self._store.endpoints():
             if endpoint.paused or endpoint.id in self._busy or not self.running:
                 continue
@@ -118,14 +126,15 @@ class WebhookDispatcher(Service):
     async def _round(self, endpoint: Endpoint) -> None:
         pending = await self._store.pending(endpoint, self._clock.seconds(), PENDING_LIMIT)
         self._metrics.webhook_pending.labels(endpoint.id).set(len(pending))
-        if not pending:
-            return
-        limit = DeferredSemaphore(self._concurrency)
-        runs = [limit.run(self._conversation, endpoint, p) for p in pending]
-        results = await DeferredList(runs, consumeErrors=True)
-        for ok, value in results:
-            if not ok:
-                log.failure("webhook {endpoint} conversation failed", value, endpoint=endpoint.id)
+        if pending:
+            limit = DeferredSemaphore(self._concurrency)
+            runs = [limit.run(self._conversation, endpoint, p) for p in pending]
+            results = await DeferredList(runs, consumeErrors=True)
+            for ok, value in results:
+                if not ok:
+                    log.failure("webhook {endpoint} conversation failed", value, endpoint=endpoint.id)
+        if any(t in OUTBOX_TYPES for t in endpoint.events):
+            await self._outbox(endpoint, set())
 
     def _stopped(self, endpoint: Endpoint) -> bool:
         return not self.running or endpoint.id in self._gone
@@ -164,7 +173,41 @@ class WebhookDispatcher(Service):
 
     async def _deliver(self, endpoint: Endpoint, event: Event, cursor: int, attempts: int,
                        first: float | None) -> bool:
-        """One attempt; True when the conversation may go on to its next event."""
+        """One attempt of a log event; True when the conversation may go on to its next event."""
+        conv, store = event.conversation_id, self._store
+        return await self._attempt(
+            endpoint, event, attempts, first,
+            delivered=lambda a: store.advance(endpoint.id, conv, event.seq, a),
+            failed=lambda a, n, f, at: store.failed(a, cursor, n, f, at),
+            dead=lambda a: store.advance(endpoint.id, conv, event.seq, a))
+
+    async def _outbox(self, endpoint: Endpoint, blocked: set[str]) -> None:
+        """Outbox events (notes, ratings) in order; a conversation whose event
+        waits for a retry holds its later ones back."""
+        outbox = self._outbox_store
+        if outbox is None:
+            return
+        for item in await outbox.pending(endpoint, self._clock.seconds(), PENDING_LIMIT):
+            if self._stopped(endpoint):
+                return
+            if item.conversation_id in blocked or item.attempts < 0:
+                blocked.add(item.conversation_id)
+                continue
+            event = Event(item.event_id, item.event_type, item.conversation_id, 0, item.created_at, item.body)
+            event_id = item.event_id  # the callbacks run before the next iteration
+            ok = await self._attempt(
+                endpoint, event, item.attempts, item.first_failed_at,
+                delivered=lambda a: outbox.settle(endpoint.id, event_id, a, True),
+                failed=lambda a, n, f, at: outbox.settle(endpoint.id, event_id, a, False, n, f, at),
+                dead=lambda a: outbox.settle(endpoint.id, event_id, a, True))
+            if not ok:
+                blocked.add(item.conversation_id)
+
+    async def _attempt(self, endpoint: Endpoint, event: Event, attempts: int, first: float | None,
+                       delivered: Callable[[Attempt], "Deferred[None]"],
+                       failed: Callable[[Attempt, int, float, float], "Deferred[None]"],
+                       dead: Callable[[Attempt], "Deferred[None]"]) -> bool:
+        """One attempt; True when what follows it may go."""
         now = self._clock.seconds()
         headers = headers_for(event, endpoint.secrets(now), int(now))
         number = attempts + 1
@@ -192,24 +235,24 @@ class WebhookDispatcher(Service):
 
         counter = self._metrics.webhook_deliveries
         if response is not None and 200 <= response.status < 300:
-            await self._store.advance(endpoint.id, event.conversation_id, event.seq, attempt("delivered"))
+            await delivered(attempt("delivered"))
             counter.labels(endpoint.id, "delivered").inc()
             self._metrics.webhook_lag.observe(max(0.0, done - event.created_at))
             return True
         first = now if first is None else first
         if response is not None and response.status == 410:
             self._gone.add(endpoint.id)
-            await self._store.failed(attempt("gone"), cursor, number, first, done)
+            await failed(attempt("gone"), number, first, done)
             await self._store.pause(endpoint.id, "gone")
             counter.labels(endpoint.id, "gone").inc()
             log.warn("webhook endpoint {endpoint} answered 410 Gone: paused", endpoint=endpoint.id)
             return False
         if done - first >= self._retry_for:
-            await self._store.advance(endpoint.id, event.conversation_id, event.seq, attempt("dead"))
+            await dead(attempt("dead"))
             counter.labels(endpoint.id, "dead").inc()
             log.warn("webhook event {event} to {endpoint} is dead after {n} attempts", event=event.id,
                      endpoint=endpoint.id, n=number)
             return True
-        await self._store.failed(attempt(outcome), cursor, number, first, done + self.backoff(number))
+        await failed(attempt(outcome), number, first, done + self.backoff(number))
         counter.labels(endpoint.id, outcome).inc()
         return False

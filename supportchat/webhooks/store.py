@@ -190,6 +190,7 @@ class SqlWebhookStore:
             cur.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
             found = cur.rowcount > 0
             cur.execute("DELETE FROM webhook_cursors WHERE endpoint_id = ?", (endpoint_id,))
+            cur.execute("DELETE FROM webhook_outbox_state WHERE endpoint_id = ?", (endpoint_id,))
             cur.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = ?", (endpoint_id,))
             return found
         return self._db.run_interaction("webhook_delete", txn)
@@ -218,9 +219,14 @@ class SqlWebhookStore:
                     return None
                 cur.execute("SELECT conversation_id, seq, ts FROM messages WHERE msg_id = ?", (since[4:],))
                 row = cur.fetchone()
-                if row is None:
-                    return None
-                anchor, ts = (row[0], int(row[1])), float(row[2])
+                if row is not None:
+                    anchor, ts = (row[0], int(row[1])), float(row[2])
+                else:
+                    cur.execute("SELECT created_at FROM webhook_outbox WHERE event_id = ?", (since,))
+                    found = cur.fetchone()
+                    if found is None:
+                        return None
+                    ts = float(found[0])
             else:
                 ts = float(since)
             cur.execute("SELECT conversation_id, MIN(seq) FROM messages WHERE ts >= ? GROUP BY conversation_id",
@@ -234,6 +240,9 @@ class SqlWebhookStore:
             for conversation_id, start in starts.items():
                 if conversation_id in current and current[conversation_id] > start:
                     _set_cursor_txn(cur, endpoint_id, conversation_id, start, 0, None, None)
+            cur.execute("DELETE FROM webhook_outbox_state WHERE endpoint_id = ? AND event_id IN "
+                        "(SELECT event_id FROM webhook_outbox WHERE created_at >= ? AND event_id <> ?)",
+                        (endpoint_id, ts, since if isinstance(since, str) else ""))
             cur.execute("UPDATE webhook_endpoints SET since_ts = ? WHERE id = ? AND since_ts > ?",
                         (ts, endpoint_id, ts))
             return ts
@@ -285,3 +294,81 @@ class SqlWebhookStore:
 
     def record(self, attempt: Attempt) -> "Deferred[None]":
         return self._db.run_interaction("webhook_record", lambda cur: _insert_attempt_txn(cur, attempt))
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event of the outbox (a note, a rating) with this endpoint's retry state."""
+
+    event_id: str
+    event_type: str
+    conversation_id: str
+    created_at: float
+    body: bytes
+    attempts: int
+    first_failed_at: float | None
+
+
+def _set_outbox_state_txn(cur: Cursor, endpoint_id: str, event_id: str, done: bool, attempts: int,
+                          first_failed_at: float | None, next_at: float | None) -> None:
+    cur.execute("UPDATE webhook_outbox_state SET done = ?, attempts = ?, first_failed_at = ?, next_at = ? "
+                "WHERE endpoint_id = ? AND event_id = ?",
+                (int(done), attempts, first_failed_at, next_at, endpoint_id, event_id))
+    if cur.rowcount == 0:
+        cur.execute("INSERT INTO webhook_outbox_state (endpoint_id, event_id, done, attempts, first_failed_at, "
+                    "next_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (endpoint_id, event_id, int(done), attempts, first_failed_at, next_at))
+
+
+class SqlOutbox:
+    """The endpoint-side view of ``webhook_outbox`` (storage/outbox.py writes it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def pending(self, endpoint: Endpoint, now: float, limit: int) -> "Deferred[list[OutboxEvent]]":
+        """Subscribed events since the endpoint's ``since_ts`` not yet settled
+        for it, oldest first; those waiting for a retry included (the
+        dispatcher holds back the later events of their conversation)."""
+        def txn(cur: Cursor) -> list[OutboxEvent]:
+            types = list(endpoint.events)
+            marks = ", ".join("?" for _ in types)
+            cur.execute(
+                "SELECT o.event_id, o.event_type, o.conversation_id, o.created_at, o.body, "
+                "COALESCE(s.attempts, 0), s.first_failed_at, s.next_at FROM webhook_outbox o "
+                "LEFT JOIN webhook_outbox_state s ON s.endpoint_id = ? AND s.event_id = o.event_id "
+                f"WHERE o.created_at >= ? AND o.event_type IN ({marks}) AND (s.done IS NULL OR s.done = 0) "
+                "ORDER BY o.created_at, o.event_id LIMIT ?",
+                (endpoint.id, endpoint.since_ts, *types, limit))
+            out = []
+            for r in cur.fetchall():
+                body = r[4] if isinstance(r[4], bytes) else str(r[4]).encode("utf-8")
+                waiting = r[7] is not None and float(r[7]) > now
+                out.append(OutboxEvent(r[0], r[1], r[2], float(r[3]), body, -1 if waiting else int(r[5]),
+                                       None if r[6] is None else float(r[6])))
+            return out
+        return self._db.run_interaction("webhook_outbox_pending", txn)
+
+    def settle(self, endpoint_id: str, event_id: str, attempt: Attempt | None, done: bool, attempts: int = 0,
+               first_failed_at: float | None = None, next_at: float | None = None) -> "Deferred[None]":
+        def txn(cur: Cursor) -> None:
+            if attempt is not None:
+                _insert_attempt_txn(cur, attempt)
+            _set_outbox_state_txn(cur, endpoint_id, event_id, done, attempts, first_failed_at, next_at)
+        return self._db.run_interaction("webhook_outbox_settle", txn)
+
+    def replay(self, endpoint_id: str, since: float) -> "Deferred[None]":
+        """Outbox events at or after ``since`` become pending again for the endpoint."""
+        def txn(cur: Cursor) -> None:
+            cur.execute("DELETE FROM webhook_outbox_state WHERE endpoint_id = ? AND event_id IN "
+                        "(SELECT event_id FROM webhook_outbox WHERE created_at >= ?)", (endpoint_id, since))
+        return self._db.run_interaction("webhook_outbox_replay", txn)
+
+    def purge(self, before: float) -> "Deferred[int]":
+        """Remove outbox events (and their states) created before ``before``."""
+        def txn(cur: Cursor) -> int:
+            cur.execute("DELETE FROM webhook_outbox_state WHERE event_id IN "
+                        "(SELECT event_id FROM webhook_outbox WHERE created_at < ?)", (before,))
+            cur.execute("DELETE FROM webhook_outbox WHERE created_at < ?", (before,))
+            return cur.rowcount
+        return self._db.run_interaction("webhook_outbox_purge", txn)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from supportchat.storage.database import Cursor, Database
+from supportchat.storage.outbox import add_outbox_txn
 from supportchat.workflow.models import (
     ASSIGNED,
     BOT,
@@ -453,7 +454,11 @@ def _rate_txn(cur: Cursor, conversation_id: str, rating: int, comment: str | Non
         "UPDATE work_items SET rating = ?, rating_comment = ?, rated_at = ? WHERE conversation_id = ? AND state = ?",
         (rating, comment, now, conversation_id, CLOSED),
     )
-    return cur.rowcount > 0
+    if cur.rowcount <= 0:
+        return False
+    add_outbox_txn(cur, "conversation.rated", conversation_id, now,
+                   {"conversation": conversation_id, "rating": rating, "comment": comment, "ts": now})
+    return True
 
 
 def _list_items_txn(
@@ -500,6 +505,7 @@ def _add_note_txn(cur: Cursor, conversation_id: str, author_id: str, body: str, 
     note = Note(conversation_id, author_id, body, now, after_seq, uuid.uuid4().hex)
     cur.execute("INSERT INTO work_notes (conversation_id, author_id, body, ts, after_seq, note_id)"
                 " VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, author_id, body, now, after_seq, note.id))
+    add_outbox_txn(cur, "note.created", conversation_id, now, note.to_wire())
     return note
 
 
