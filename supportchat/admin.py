@@ -365,7 +365,7 @@ def _data_command(command: str, sub: Any, config: Config) -> int:
             return 0
         batch = config.database.retention_batch
         key = customer_key(customer)
-        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(key, batch)))
+        deleted = _now(repeat_batches(lambda: history.erase_customer_batch(key, batch, time.time())))
         sys.stdout.write(f"erased customer {customer}: {deleted} rows deleted\n")
         return 0
 

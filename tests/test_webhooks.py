@@ -455,6 +455,38 @@ class DispatcherTests(unittest.TestCase):
         again = [json.loads(r.body)["id"] for r in self.client.sent[len(self.client.sent) - 2:]]
         self.assertEqual(again, [note["id"], json.loads(outbox_sent[3].body)["id"]])
 
+    def test_customer_updated_and_erased(self) -> None:
+        """A profile change emits customer.updated (never the encrypted sensitive fields), the same profile
+        stored again emits nothing; erasing the customer removes the undelivered customer.updated events and
+        emits customer.erased once everything is gone."""
+        from supportchat.storage.history import SqlHistoryStore, repeat_batches
+        from supportchat.webhooks.store import SqlOutbox
+        from supportchat.workflow.profiles import SqlProfileStore, StoredProfile
+
+        self.successResultOf(self.store.add(_endpoint(events=("customer.updated", "customer.erased"), since=10.0)))
+        profiles = SqlProfileStore(self.db)
+        profile = StoredProfile("alice", "Alice", "alice@example.com", {"plan": "gold"}, {"phone": "v1:secret"},
+                                None, 100.0)
+        self.successResultOf(profiles.put(profile))
+        from dataclasses import replace
+
+        self.successResultOf(profiles.put(replace(profile, updated_at=101.0)))  # unchanged
+        self.successResultOf(profiles.put(replace(profile, name="Alice B.", updated_at=102.0)))
+        self.dispatcher(outbox=SqlOutbox(self.db))
+        self.clock.advance(0)
+        docs = [json.loads(r.body) for r in self.client.sent]
+        self.assertEqual([(d["type"], d["data"]["name"]) for d in docs],
+                         [("customer.updated", "Alice"), ("customer.updated", "Alice B.")])
+        self.assertNotIn("secret", b"".join(r.body for r in self.client.sent).decode())
+        self.assertEqual(docs[0]["data"]["customer"], {"id": "alice"})
+        self.successResultOf(profiles.put(replace(profile, name="Alice C.", updated_at=103.0)))
+        history = SqlHistoryStore(self.db)
+        self.successResultOf(repeat_batches(lambda: history.erase_customer_batch(customer_key("alice"), 10, 200.0)))
+        self.clock.advance(1)
+        docs = [json.loads(r.body) for r in self.client.sent]
+        self.assertEqual([d["type"] for d in docs[2:]], ["customer.erased"])
+        self.assertEqual((docs[2]["data"], docs[2]["created_at"]), ({"customer": {"id": "alice"}}, 200.0))
+
     def test_backoff_grows_with_jitter_up_to_max(self) -> None:
         """The wait doubles from retry_min_delay, lies between half and all of it, and stops at the maximum."""
         d = WebhookDispatcher(self.clock, self.store, self.client, self.metrics, self.background,

@@ -73,7 +73,8 @@ class AdminApi(AsyncJsonResource):
     async def delete(self, request: Request) -> tuple[int, Any]:
         customer = await self._customer(request, [])
         key = customer_key(customer)
-        deleted = await repeat_batches(lambda: self._history.erase_customer_batch(key, self._batch), self._clock)
+        deleted = await repeat_batches(
+            lambda: self._history.erase_customer_batch(key, self._batch, self._clock.seconds()), self._clock)
         if self._after_erase is not None:
             await self._after_erase()
         return 200, {"customer_id": customer, "erased": True, "deleted_rows": deleted}

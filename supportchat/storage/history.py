@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.models import Conversation, Message, wire_id
+from supportchat.storage.outbox import add_outbox_txn, forget_customer_txn
 from supportchat.storage.rows import CONV_COLS as _CONV_COLS
 from supportchat.storage.rows import MSG_COLS as _MSG_COLS
 from supportchat.storage.rows import conv_from_row as _conv
@@ -142,12 +143,14 @@ def retention_batch_txn(cur: Cursor, cutoff: float, batch: int) -> int:
     return _delete_conversations_batch_txn(cur, ids, batch) if ids else 0
 
 
-def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
+def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int, now: float = 0.0) -> int:
     """One batch of erasing a customer (``customer_id`` is their principal
     key): their conversations (messages, participants, idempotency keys,
     workflow item with rating and internal notes, bot state), then anything
     else under their key, their profile (kept under their plain id)
-    included."""
+    included; the webhook outbox's events about them. The last batch (the
+    one that finds nothing left) adds the ``customer.erased`` event at
+    ``now``."""
     cur.execute(
         "SELECT id FROM conversations WHERE customer_id = ? ORDER BY id LIMIT ?",
         (customer_id, CONVERSATIONS_PER_BATCH),
@@ -170,6 +173,10 @@ def erase_customer_batch_txn(cur: Cursor, customer_id: str, batch: int) -> int:
         deleted += cur.rowcount
     cur.execute("DELETE FROM customer_profiles WHERE customer_id = ?", (wire_id(customer_id),))
     deleted += cur.rowcount
+    deleted += forget_customer_txn(cur, customer_id)
+    if deleted == 0:
+        # The last batch: all is gone. Tell the webhooks (in this transaction).
+        add_outbox_txn(cur, "customer.erased", "", now, {"customer": {"id": wire_id(customer_id)}})
     return deleted
 
 
@@ -238,8 +245,8 @@ class SqlHistoryStore:
     def retention_batch(self, cutoff: float, batch: int) -> "Deferred[int]":
         return self._db.run_interaction("retention_batch", retention_batch_txn, cutoff, batch)
 
-    def erase_customer_batch(self, customer_id: str, batch: int) -> "Deferred[int]":
-        return self._db.run_interaction("erase_customer_batch", erase_customer_batch_txn, customer_id, batch)
+    def erase_customer_batch(self, customer_id: str, batch: int, now: float = 0.0) -> "Deferred[int]":
+        return self._db.run_interaction("erase_customer_batch", erase_customer_batch_txn, customer_id, batch, now)
 
     def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":
         return self._db.run_interaction("export_customer", export_customer_txn, customer_id)

@@ -102,7 +102,7 @@ class HistoryStore(Protocol):
         """Delete some of what belongs to conversations closed before
         ``cutoff`` (at most ``batch`` messages); rows deleted, 0 when done."""
 
-    def erase_customer_batch(self, customer_id: str, batch: int) -> "Deferred[int]":
+    def erase_customer_batch(self, customer_id: str, batch: int, now: float = 0.0) -> "Deferred[int]":
         """Delete some of what is stored about a customer; 0 when done."""
 
     def export_customer(self, customer_id: str) -> "Deferred[dict[str, Any]]":

@@ -336,7 +336,7 @@ class MemoryHistoryStore:
         ]
         return succeed(self._delete(ids))
 
-    def erase_customer_batch(self, customer_id: str, batch: int) -> "Deferred[int]":
+    def erase_customer_batch(self, customer_id: str, batch: int, now: float = 0.0) -> "Deferred[int]":
         ids = [c.id for c in self._c._conversations.values() if c.customer_id == customer_id]
         n = self._delete(ids)
         keys = self._c.idempotency._keys

@@ -39,7 +39,7 @@ log = Logger()
 PAGE = 50  # log entries read at a time per conversation
 PENDING_LIMIT = 200  # conversations (or outbox events) looked at per round
 PURGE_EVERY = 3600.0  # outbox events older than retry_for and this are removed, this often
-OUTBOX_TYPES = ("note.created", "conversation.rated")
+OUTBOX_TYPES = ("note.created", "conversation.rated", "customer.updated", "customer.erased")
 
 
 class WebhookDispatcher(Service):
@@ -190,8 +190,9 @@ class WebhookDispatcher(Service):
         for item in await outbox.pending(endpoint, self._clock.seconds(), PENDING_LIMIT):
             if self._stopped(endpoint):
                 return
-            if item.conversation_id in blocked or item.attempts < 0:
-                blocked.add(item.conversation_id)
+            key = item.conversation_id or "customer:" + item.subject  # what keeps its order
+            if key in blocked or item.attempts < 0:
+                blocked.add(key)
                 continue
             event = Event(item.event_id, item.event_type, item.conversation_id, 0, item.created_at, item.body)
             event_id = item.event_id  # the callbacks run before the next iteration
@@ -201,7 +202,7 @@ class WebhookDispatcher(Service):
                 failed=lambda a, n, f, at: outbox.settle(endpoint.id, event_id, a, False, n, f, at),
                 dead=lambda a: outbox.settle(endpoint.id, event_id, a, True))
             if not ok:
-                blocked.add(item.conversation_id)
+                blocked.add(key)
 
     async def _attempt(self, endpoint: Endpoint, event: Event, attempts: int, first: float | None,
                        delivered: Callable[[Attempt], "Deferred[None]"],

@@ -307,6 +307,7 @@ class OutboxEvent:
     body: bytes
     attempts: int
     first_failed_at: float | None
+    subject: str = ""
 
 
 def _set_outbox_state_txn(cur: Cursor, endpoint_id: str, event_id: str, done: bool, attempts: int,
@@ -335,7 +336,7 @@ class SqlOutbox:
             marks = ", ".join("?" for _ in types)
             cur.execute(
                 "SELECT o.event_id, o.event_type, o.conversation_id, o.created_at, o.body, "
-                "COALESCE(s.attempts, 0), s.first_failed_at, s.next_at FROM webhook_outbox o "
+                "COALESCE(s.attempts, 0), s.first_failed_at, s.next_at, o.subject FROM webhook_outbox o "
                 "LEFT JOIN webhook_outbox_state s ON s.endpoint_id = ? AND s.event_id = o.event_id "
                 f"WHERE o.created_at >= ? AND o.event_type IN ({marks}) AND (s.done IS NULL OR s.done = 0) "
                 "ORDER BY o.created_at, o.event_id LIMIT ?",
@@ -345,7 +346,7 @@ class SqlOutbox:
                 body = r[4] if isinstance(r[4], bytes) else str(r[4]).encode("utf-8")
                 waiting = r[7] is not None and float(r[7]) > now
                 out.append(OutboxEvent(r[0], r[1], r[2], float(r[3]), body, -1 if waiting else int(r[5]),
-                                       None if r[6] is None else float(r[6])))
+                                       None if r[6] is None else float(r[6]), r[8] or ""))
             return out
         return self._db.run_interaction("webhook_outbox_pending", txn)
 

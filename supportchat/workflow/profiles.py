@@ -49,6 +49,8 @@ from twisted.internet.defer import Deferred, succeed
 from supportchat.config.model import ProfileConfig
 from supportchat.keyring import Keyring, ProfileKeyError
 from supportchat.storage.database import Cursor, Database
+from supportchat.storage.models import customer_key
+from supportchat.storage.outbox import add_outbox_txn
 
 STANDARD = ("name", "email", "phone")
 FIELD_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -208,11 +210,19 @@ def _get_txn(cur: Cursor, customer_id: str) -> StoredProfile | None:
 
 
 def _put_txn(cur: Cursor, p: StoredProfile) -> None:
+    before = _get_txn(cur, p.customer_id)
     values = (p.name, p.email, _dumps(p.attributes), _dumps(p.sensitive), p.phone_index, p.updated_at)
-    cur.execute("UPDATE customer_profiles SET name = ?, email = ?, attributes = ?, sensitive_values = ?, phone_index = ?,"
-                " updated_at = ? WHERE customer_id = ?", (*values, p.customer_id))
-    if cur.rowcount == 0 and _get_txn(cur, p.customer_id) is None:
+    if before is not None:
+        cur.execute("UPDATE customer_profiles SET name = ?, email = ?, attributes = ?, sensitive_values = ?,"
+                    " phone_index = ?, updated_at = ? WHERE customer_id = ?", (*values, p.customer_id))
+    else:
         cur.execute(f"INSERT INTO customer_profiles ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", (p.customer_id, *values))
+    if before is not None and replace(before, updated_at=p.updated_at) == p:
+        return  # nothing changed (a token's profile claim on every connection): no event
+    # The webhook event, in the same transaction; sensitive fields never leave.
+    add_outbox_txn(cur, "customer.updated", "", p.updated_at,
+                   {"customer": {"id": p.customer_id}, "name": p.name, "email": p.email, "attributes": p.attributes,
+                    "updated_at": p.updated_at}, subject=customer_key(p.customer_id))
 
 
 def _by_index_txn(cur: Cursor, indexes: list[str]) -> list[StoredProfile]:
