@@ -470,7 +470,8 @@ class DispatcherTests(unittest.TestCase):
         self.successResultOf(profiles.put(profile))
         from dataclasses import replace
 
-        self.successResultOf(profiles.put(replace(profile, updated_at=101.0)))  # unchanged
+        # Unchanged (the sensitive value re-encrypted, its blind index the same):
+        self.successResultOf(profiles.put(replace(profile, sensitive={"phone": "v1:other"}, updated_at=101.0)))
         self.successResultOf(profiles.put(replace(profile, name="Alice B.", updated_at=102.0)))
         self.dispatcher(outbox=SqlOutbox(self.db))
         self.clock.advance(0)

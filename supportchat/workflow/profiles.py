@@ -217,8 +217,12 @@ def _put_txn(cur: Cursor, p: StoredProfile) -> None:
                     " phone_index = ?, updated_at = ? WHERE customer_id = ?", (*values, p.customer_id))
     else:
         cur.execute(f"INSERT INTO customer_profiles ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)", (p.customer_id, *values))
-    if before is not None and replace(before, updated_at=p.updated_at) == p:
-        return  # nothing changed (a token's profile claim on every connection): no event
+    if before is not None and (before.name, before.email, before.attributes, before.phone_index) == (
+            p.name, p.email, p.attributes, p.phone_index):
+        # Nothing an integrator sees changed (a token's profile claim on every
+        # connection; sensitive values are re-encrypted each time, their blind
+        # index tells whether the phone changed): no event.
+        return
     # The webhook event, in the same transaction; sensitive fields never leave.
     add_outbox_txn(cur, "customer.updated", "", p.updated_at,
                    {"customer": {"id": p.customer_id}, "name": p.name, "email": p.email, "attributes": p.attributes,
