@@ -488,6 +488,30 @@ class DispatcherTests(unittest.TestCase):
         self.assertEqual([d["type"] for d in docs[2:]], ["customer.erased"])
         self.assertEqual((docs[2]["data"], docs[2]["created_at"]), ({"customer": {"id": "alice"}}, 200.0))
 
+    def test_old_attempts_are_purged(self) -> None:
+        """Delivery attempts older than 30 days are removed by the dispatcher's hourly purge; recent ones stay."""
+        from supportchat.webhooks.store import Attempt
+
+        self.clock.advance(60 * 86400)
+        now = self.clock.seconds()
+        for i, ts in enumerate((now - 31 * 86400, now - 29 * 86400)):
+            self.successResultOf(self.store.record(Attempt(f"a{i}", "wh_1", "evt_x", "message.created", "a", 1, 1,
+                                                           ts, "delivered")))
+        self.dispatcher()
+        self.clock.advance(0)
+        self.assertEqual([a.id for a in self.successResultOf(self.store.attempts("wh_1", 10))], ["a1"])
+
+    def test_admin_change_keeps_the_dispatchers_pause(self) -> None:
+        """An admin's change read before a 410 paused the endpoint does not resume it (only `paused` does)."""
+        from dataclasses import replace
+
+        self.successResultOf(self.store.add(_endpoint()))
+        read = self.successResultOf(self.store.get("wh_1"))
+        self.successResultOf(self.store.pause("wh_1", "gone"))
+        self.successResultOf(self.store.update(replace(read, description="CRM"), pause=False))
+        now = self.successResultOf(self.store.get("wh_1"))
+        self.assertEqual((now.description, now.paused, now.paused_reason), ("CRM", True, "gone"))
+
     def test_backoff_grows_with_jitter_up_to_max(self) -> None:
         """The wait doubles from retry_min_delay, lies between half and all of it, and stops at the maximum."""
         d = WebhookDispatcher(self.clock, self.store, self.client, self.metrics, self.background,

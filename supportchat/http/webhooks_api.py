@@ -171,7 +171,7 @@ class WebhooksApi(AsyncJsonResource):
             changed = replace(changed, secret=secret, old_secret=endpoint.secret, old_secret_until=now + grace)
         elif "rotate_secret" in data and data["rotate_secret"] is not False:
             raise HttpError(400, "bad_request", "rotate_secret must be true or false")
-        await self._store.update(changed)
+        await self._store.update(changed, pause="paused" in data)
         if endpoint.paused and not changed.paused:
             self._poke()
         body = changed.to_wire(now)

@@ -39,6 +39,7 @@ log = Logger()
 PAGE = 50  # log entries read at a time per conversation
 PENDING_LIMIT = 200  # conversations (or outbox events) looked at per round
 PURGE_EVERY = 3600.0  # outbox events older than retry_for and this are removed, this often
+KEEP_ATTEMPTS = 30 * 86400.0  # the deliveries list reaches back this far (or retry_for, if longer)
 OUTBOX_TYPES = ("note.created", "conversation.rated", "customer.updated", "customer.erased")
 
 
@@ -105,9 +106,11 @@ class WebhookDispatcher(Service):
     async def _start_rounds(self) -> None:
         self._gone.clear()
         now = self._clock.seconds()
-        if self._outbox_store is not None and now - self._purged_at >= PURGE_EVERY:
+        if now - self._purged_at >= PURGE_EVERY:
             self._purged_at = now
-            await self._outbox_store.purge(now - self._retry_for - PURGE_EVERY)
+            await self._store.purge_attempts(now - max(KEEP_ATTEMPTS, self._retry_for + PURGE_EVERY))
+            if self._outbox_store is not None:
+                await self._outbox_store.purge(now - self._retry_for - PURGE_EVERY)
         for endpoint in await self._store.endpoints():
             if endpoint.paused or endpoint.id in self._busy or not self.running:
                 continue
@@ -124,7 +127,10 @@ class WebhookDispatcher(Service):
     # -- one endpoint --
 
     async def _round(self, endpoint: Endpoint) -> None:
-        pending = await self._store.pending(endpoint, self._clock.seconds(), PENDING_LIMIT)
+        if not any(t not in OUTBOX_TYPES for t in endpoint.events):
+            pending = []  # nothing of the message log is subscribed: leave its cursors alone
+        else:
+            pending = await self._store.pending(endpoint, self._clock.seconds(), PENDING_LIMIT)
         self._metrics.webhook_pending.labels(endpoint.id).set(len(pending))
         if pending:
             limit = DeferredSemaphore(self._concurrency)

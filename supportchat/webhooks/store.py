@@ -169,15 +169,27 @@ class SqlWebhookStore:
             return [_endpoint(r) for r in cur.fetchall()]
         return self._db.run_interaction("webhook_list", txn)
 
-    def update(self, endpoint: Endpoint) -> "Deferred[None]":
+    def update(self, endpoint: Endpoint, pause: bool = True) -> "Deferred[None]":
+        """Store an admin's change. ``since_ts`` is the replay's, and the
+        pause state (unless ``pause``) the dispatcher's: neither is
+        overwritten from an older read."""
         def txn(cur: Cursor) -> None:
             e = endpoint
             cur.execute(
                 "UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, secret = ?, old_secret = ?, "
-                "old_secret_until = ?, paused = ?, paused_reason = ?, since_ts = ? WHERE id = ?",
-                (e.url, json.dumps(list(e.events)), e.description, e.secret, e.old_secret, e.old_secret_until,
-                 int(e.paused), e.paused_reason, e.since_ts, e.id))
+                "old_secret_until = ? WHERE id = ?",
+                (e.url, json.dumps(list(e.events)), e.description, e.secret, e.old_secret, e.old_secret_until, e.id))
+            if pause:
+                cur.execute("UPDATE webhook_endpoints SET paused = ?, paused_reason = ? WHERE id = ?",
+                            (int(e.paused), e.paused_reason, e.id))
         return self._db.run_interaction("webhook_update", txn)
+
+    def purge_attempts(self, before: float) -> "Deferred[int]":
+        """Forget delivery attempts recorded before ``before``."""
+        def txn(cur: Cursor) -> int:
+            cur.execute("DELETE FROM webhook_deliveries WHERE ts < ?", (before,))
+            return cur.rowcount
+        return self._db.run_interaction("webhook_purge_attempts", txn)
 
     def pause(self, endpoint_id: str, reason: str) -> "Deferred[None]":
         def txn(cur: Cursor) -> None:
