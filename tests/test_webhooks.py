@@ -238,6 +238,36 @@ class TreqClientTests(WebhookClientContract, unittest.TestCase):
         self.assertEqual(response.status, 200)
 
     @inlineCallbacks
+    def test_https_certificates_are_verified(self) -> Any:
+        """An https receiver whose certificate the client cannot verify gets no request (the attempt fails);
+        with its issuer trusted, the same receiver is reached (host name checked against the certificate)."""
+        from twisted.internet import reactor
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+
+        from tests.test_websocket import self_signed
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key_path, cert_path, pem = self_signed(directory)
+        with open(key_path, "rb") as f:
+            server_cert = PrivateCertificate.loadPEM(f.read() + pem)
+        receiver = Receiver()
+        port = reactor.listenSSL(0, Site(receiver), server_cert.options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"https://localhost:{port.getHost().port}/hook"
+
+        def resolve(host: str, port: int) -> "Deferred[list[str]]":
+            return defer.succeed(["127.0.0.1"])
+
+        untrusted = TreqWebhookClient(reactor, LOOPBACK, 5.0, resolve=resolve)
+        with self.assertRaises(DeliveryError):
+            yield untrusted.post(url, {}, b"{}")
+        self.assertEqual(receiver.requests, [])
+        trusted = TreqWebhookClient(reactor, LOOPBACK, 5.0, resolve=resolve, trust_root=Certificate.loadPEM(pem))
+        response = yield trusted.post(url, {}, b'{"ok":1}')
+        self.assertEqual((response.status, receiver.requests[0][1]), (200, b'{"ok":1}'))
+
+    @inlineCallbacks
     def test_hanging_receiver_times_out(self) -> Any:
         """A receiver that never answers fails the attempt with DeliveryError after the timeout."""
         from twisted.internet import reactor

@@ -135,13 +135,15 @@ class TreqWebhookClient:
     connections; ``timeout`` bounds connecting and the whole answer."""
 
     def __init__(self, reactor: Any, allowed: Sequence[Network], timeout: float,
-                 resolve: Callable[[str, int], "Deferred[list[str]]"] | None = None) -> None:
+                 resolve: Callable[[str, int], "Deferred[list[str]]"] | None = None, trust_root: Any = None) -> None:
+        """``trust_root`` (an ``IOpenSSLTrustRoot``; tests) replaces the
+        platform's certificate authorities; host names are verified either way."""
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self._reactor = reactor
         self._timeout = timeout
-        endpoints = _GuardedEndpoints(reactor, list(allowed), timeout, resolve or _resolver(reactor))
+        endpoints = _GuardedEndpoints(reactor, list(allowed), timeout, resolve or _resolver(reactor), trust_root)
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=HTTPConnectionPool(reactor, persistent=False))
         self._http = HTTPClient(agent)
 
@@ -195,11 +197,12 @@ class _GuardedEndpoints:
     against the host name)."""
 
     def __init__(self, reactor: Any, allowed: list[Network], timeout: float,
-                 resolve: Callable[[str, int], "Deferred[list[str]]"]) -> None:
+                 resolve: Callable[[str, int], "Deferred[list[str]]"], trust_root: Any = None) -> None:
         self._reactor = reactor
         self._allowed = allowed
         self._timeout = timeout
         self._resolve = resolve
+        self._trust_root = trust_root
 
     def endpointForURI(self, uri: Any) -> Any:
         return _GuardedEndpoint(self, uri.scheme.decode("ascii"), uri.host.decode("idna"), uri.port)
@@ -240,7 +243,12 @@ class _GuardedEndpoint:
         else:
             endpoint = TCP4ClientEndpoint(f._reactor, address, self._port, timeout=f._timeout)
         if self._scheme == "https":
-            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(self._host.encode("idna"), self._port)
+            if f._trust_root is not None:
+                from twisted.internet.ssl import optionsForClientTLS
+
+                creator = optionsForClientTLS(self._host, trustRoot=f._trust_root)
+            else:
+                creator = BrowserLikePolicyForHTTPS().creatorForNetloc(self._host.encode("idna"), self._port)
             endpoint = wrapClientTLS(creator, endpoint)
         protocol = await endpoint.connect(protocol_factory)
         peer = protocol.transport.getPeer()
