@@ -518,6 +518,25 @@ class DispatcherTests(unittest.TestCase):
         self.assertEqual([d["type"] for d in docs[2:]], ["customer.erased"])
         self.assertEqual((docs[2]["data"], docs[2]["created_at"]), ({"customer": {"id": "alice"}}, 200.0))
 
+    def test_late_entries_are_found_by_the_sweep(self) -> None:
+        """Rounds look at recently active conversations (an index range, not every conversation ever); an
+        entry that reaches SQL with an old time (a persister's backlog) is delivered by the next full sweep;
+        a replay reaches old conversations at once."""
+        from supportchat.webhooks.dispatcher import SWEEP
+
+        self.successResultOf(self.store.add(_endpoint()))
+        self.dispatcher()
+        self.clock.advance(0)  # the first round is a full sweep: nothing yet
+        self.log("old", (TEXT, None))  # last_ts 2000, the clock is past 5000
+        self.clock.advance(1)
+        self.assertEqual(self.ids(), [])
+        for _ in range(int(SWEEP)):
+            self.clock.advance(1)
+        self.assertEqual(self.ids(), ["evt_old-1"])
+        self.successResultOf(self.store.replay("wh_1", 0.0))
+        self.clock.advance(1)
+        self.assertEqual(self.ids(), ["evt_old-1", "evt_old-1"])
+
     def test_old_attempts_are_purged(self) -> None:
         """Delivery attempts older than 30 days are removed by the dispatcher's hourly purge; recent ones stay."""
         from supportchat.webhooks.store import Attempt

@@ -39,6 +39,8 @@ log = Logger()
 PAGE = 50  # log entries read at a time per conversation
 PENDING_LIMIT = 200  # conversations (or outbox events) looked at per round
 PURGE_EVERY = 3600.0  # outbox events older than retry_for and this are removed, this often
+RECENT = 600.0  # a round looks at conversations active this recently...
+SWEEP = 600.0  # ...and this often at all of them
 KEEP_ATTEMPTS = 30 * 86400.0  # the deliveries list reaches back this far (or retry_for, if longer)
 OUTBOX_TYPES = ("note.created", "conversation.rated", "customer.updated", "customer.erased")
 
@@ -63,6 +65,7 @@ class WebhookDispatcher(Service):
         self._purged_at = -PURGE_EVERY
         self._call: IDelayedCall | None = None
         self._busy: set[str] = set()
+        self._swept: dict[str, float] = {}  # endpoint -> when its last full scan started
         self._gone: set[str] = set()
         self._inflight: set[Deferred[Any]] = set()
 
@@ -127,10 +130,17 @@ class WebhookDispatcher(Service):
     # -- one endpoint --
 
     async def _round(self, endpoint: Endpoint) -> None:
+        now = self._clock.seconds()
         if not any(t not in OUTBOX_TYPES for t in endpoint.events):
             pending = []  # nothing of the message log is subscribed: leave its cursors alone
         else:
-            pending = await self._store.pending(endpoint, self._clock.seconds(), PENDING_LIMIT)
+            # Conversations active in the last RECENT seconds, and every SWEEP
+            # seconds all of them since the endpoint's registration (entries
+            # that reached SQL late: a persister's backlog, a retried commit).
+            full = now - self._swept.get(endpoint.id, -SWEEP) >= SWEEP
+            if full:
+                self._swept[endpoint.id] = now
+            pending = await self._store.pending(endpoint, now, PENDING_LIMIT, 0.0 if full else now - RECENT)
         self._metrics.webhook_pending.labels(endpoint.id).set(len(pending))
         if pending:
             limit = DeferredSemaphore(self._concurrency)

@@ -250,8 +250,14 @@ class SqlWebhookStore:
                         (endpoint_id,))
             current = {r[0]: int(r[1]) for r in cur.fetchall()}
             for conversation_id, start in starts.items():
-                if conversation_id in current and current[conversation_id] > start:
-                    _set_cursor_txn(cur, endpoint_id, conversation_id, start, 0, None, None)
+                # Due at once (next_at 0), so the dispatcher finds it however old
+                # its last activity; without a cursor nothing of it was settled:
+                # from the beginning (entries before since_ts are skipped).
+                if conversation_id not in current:
+                    _set_cursor_txn(cur, endpoint_id, conversation_id, 0, 0, None, 0.0)
+                else:
+                    _set_cursor_txn(cur, endpoint_id, conversation_id, min(start, current[conversation_id]), 0,
+                                    None, 0.0)
             cur.execute("DELETE FROM webhook_outbox_state WHERE endpoint_id = ? AND event_id IN "
                         "(SELECT event_id FROM webhook_outbox WHERE created_at >= ? AND event_id <> ?)",
                         (endpoint_id, ts, since if isinstance(since, str) else ""))
@@ -262,19 +268,37 @@ class SqlWebhookStore:
 
     # -- the dispatcher --
 
-    def pending(self, endpoint: Endpoint, now: float, limit: int) -> "Deferred[list[Pending]]":
-        """Conversations active since the endpoint's ``since_ts`` with entries
-        after its cursor whose retry (if any) is due."""
+    def pending(self, endpoint: Endpoint, now: float, limit: int, active_since: float = 0.0
+                ) -> "Deferred[list[Pending]]":
+        """Conversations with entries after the endpoint's cursor that may go
+        now: those whose retry is due (or that a replay sent back), then those
+        active since ``active_since`` (and the endpoint's ``since_ts``) with
+        no retry waiting. Both reads use an index: the first the cursors'
+        ``next_at``, the second ``conversations.last_ts``, so a caller that
+        passes a recent ``active_since`` does not walk every conversation
+        the endpoint ever had."""
         def txn(cur: Cursor) -> list[Pending]:
+            cur.execute(
+                "SELECT w.conversation_id, w.delivered_seq, w.attempts, w.first_failed_at "
+                "FROM webhook_cursors w JOIN conversations c ON c.id = w.conversation_id "
+                "WHERE w.endpoint_id = ? AND w.next_at <= ? AND c.last_seq > w.delivered_seq "
+                "ORDER BY w.next_at LIMIT ?", (endpoint.id, now, limit))
+            rows = list(cur.fetchall())
             cur.execute(
                 "SELECT c.id, COALESCE(w.delivered_seq, 0), COALESCE(w.attempts, 0), w.first_failed_at "
                 "FROM conversations c LEFT JOIN webhook_cursors w "
                 "ON w.endpoint_id = ? AND w.conversation_id = c.id "
                 "WHERE c.last_ts >= ? AND c.last_seq > COALESCE(w.delivered_seq, 0) "
-                "AND (w.next_at IS NULL OR w.next_at <= ?) ORDER BY c.last_ts LIMIT ?",
-                (endpoint.id, endpoint.since_ts, now, limit))
-            return [Pending(r[0], int(r[1]), int(r[2]), None if r[3] is None else float(r[3]))
-                    for r in cur.fetchall()]
+                "AND w.next_at IS NULL ORDER BY c.last_ts LIMIT ?",
+                (endpoint.id, max(endpoint.since_ts, active_since), limit))
+            rows += cur.fetchall()
+            seen: set[str] = set()
+            out = []
+            for r in rows[:limit]:
+                if r[0] not in seen:
+                    seen.add(r[0])
+                    out.append(Pending(r[0], int(r[1]), int(r[2]), None if r[3] is None else float(r[3])))
+            return out
         return self._db.run_interaction("webhook_pending", txn)
 
     def entries(self, conversation_id: str, after_seq: int, since_ts: float, limit: int) -> "Deferred[list[Message]]":
