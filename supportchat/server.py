@@ -398,7 +398,7 @@ class SupportChatServer:
             self.reactor, self.get_webhook_store(), self.get_webhook_client(), self.get_metrics(),
             self.get_background(), poll_interval=cfg.poll_interval, retry_min_delay=cfg.retry_min_delay,
             retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for, concurrency=cfg.concurrency,
-            outbox=SqlOutbox(self.get_database())))
+            outbox=SqlOutbox(self.get_database()), bus=None if self.redis_mode else self.get_bus()))
 
     # -- bot ---------------------------------------------------------------
     def get_bot_states(self) -> BotStateStore:

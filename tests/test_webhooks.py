@@ -328,9 +328,9 @@ class DispatcherTests(unittest.TestCase):
         return Response(200, "", 0.01)
 
     def dispatcher(self, **kw: Any) -> WebhookDispatcher:
+        kw.setdefault("poll_interval", 1.0)
         d = WebhookDispatcher(self.clock, self.store, self.client, self.metrics, self.background,
-                              poll_interval=1.0, retry_min_delay=10.0, retry_max_delay=100.0,
-                              rng=random.Random(1), **kw)
+                              retry_min_delay=10.0, retry_max_delay=100.0, rng=random.Random(1), **kw)
         d.startService()
         self.addCleanup(self.stop, d)
         return d
@@ -340,10 +340,10 @@ class DispatcherTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.background.running, 0)
 
-    def log(self, conv: str, *entries: tuple[str, dict[str, Any] | None]) -> None:
+    def log(self, conv: str, *entries: tuple[str, dict[str, Any] | None], last_ts: float = 2000.0) -> None:
         def txn(cur: Any) -> None:
             cur.execute("INSERT INTO conversations (id, customer_id, status, created_at, last_seq, last_ts) "
-                        "VALUES (?, ?, 'open', 1000, ?, 2000)", (conv, customer_key("alice"), len(entries)))
+                        "VALUES (?, ?, 'open', 1000, ?, ?)", (conv, customer_key("alice"), len(entries), last_ts))
             for seq, (kind, data) in enumerate(entries, 1):
                 cur.execute("INSERT INTO messages (msg_id, conversation_id, seq, sender_id, sender_role, kind, "
                             "body, data, ts) VALUES (?, ?, ?, 'c:alice', 'customer', ?, 'hi', ?, ?)",
@@ -536,6 +536,30 @@ class DispatcherTests(unittest.TestCase):
         self.successResultOf(self.store.replay("wh_1", 0.0))
         self.clock.advance(1)
         self.assertEqual(self.ids(), ["evt_old-1", "evt_old-1"])
+
+    def test_a_published_message_wakes_the_dispatcher(self) -> None:
+        """On the embedded node a message delivery on the bus brings the next round within WAKE_DELAY instead
+        of poll_interval; with no endpoint registered deliveries change nothing; stopping unsubscribes."""
+        from supportchat.bus.interfaces import Delivery
+        from supportchat.bus.memory import LocalBus
+        from supportchat.webhooks.dispatcher import WAKE_DELAY
+
+        bus = LocalBus()
+        d = self.dispatcher(bus=bus, poll_interval=30.0)
+        self.clock.advance(0)
+        bus.publish(Delivery(frame={"type": "message"}))
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), self.clock.seconds() + 30.0)  # no endpoint: no wake-up
+        self.successResultOf(self.store.add(_endpoint()))
+        d.poke()
+        self.clock.advance(0)
+        self.log("a", (TEXT, None), last_ts=self.clock.seconds())
+        bus.publish(Delivery(frame={"type": "message"}))
+        self.clock.advance(WAKE_DELAY)
+        self.assertEqual(self.ids(), ["evt_a-1"])
+        self.assertEqual(len(bus._subscribers), 1)
+        d.stopService()
+        self.assertEqual(bus._subscribers, [])
 
     def test_old_attempts_are_purged(self) -> None:
         """Delivery attempts older than 30 days are removed by the dispatcher's hourly purge; recent ones stay."""

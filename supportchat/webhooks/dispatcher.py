@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
+from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.metrics import Metrics
 from supportchat.webhooks.client import DeliveryError, Response, TargetRefused, WebhookClient
 from supportchat.webhooks.events import Event, headers_for, to_event
@@ -39,6 +40,7 @@ log = Logger()
 PAGE = 50  # log entries read at a time per conversation
 PENDING_LIMIT = 200  # conversations (or outbox events) looked at per round
 PURGE_EVERY = 3600.0  # outbox events older than retry_for and this are removed, this often
+WAKE_DELAY = 0.05  # a delivery on the bus brings the next round this close, at most
 RECENT = 600.0  # a round looks at conversations active this recently...
 SWEEP = 600.0  # ...and this often at all of them
 KEEP_ATTEMPTS = 30 * 86400.0  # the deliveries list reaches back this far (or retry_for, if longer)
@@ -49,7 +51,11 @@ class WebhookDispatcher(Service):
     def __init__(self, clock: IReactorTime, store: SqlWebhookStore, client: WebhookClient, metrics: Metrics,
                  background: BackgroundTasks, *, poll_interval: float = 1.0, retry_min_delay: float = 10.0,
                  retry_max_delay: float = 3600.0, retry_for: float = 86400.0, concurrency: int = 4,
-                 rng: random.Random | None = None, outbox: SqlOutbox | None = None) -> None:
+                 rng: random.Random | None = None, outbox: SqlOutbox | None = None,
+                 bus: MessageBus | None = None) -> None:
+        """``bus``: on the embedded node, where a published message is already
+        in SQL, its deliveries wake the dispatcher (at most every WAKE_DELAY
+        seconds) instead of waiting for the next poll."""
         self._clock = clock
         self._store = store
         self._client = client
@@ -68,15 +74,25 @@ class WebhookDispatcher(Service):
         self._swept: dict[str, float] = {}  # endpoint -> when its last full scan started
         self._gone: set[str] = set()
         self._inflight: set[Deferred[Any]] = set()
+        self._bus = bus
+        self._unsubscribe: Callable[[], None] | None = None
+        self._has_endpoints = False
+        self._wakes = 0  # deliveries seen that asked for a round
+        self._tick_wakes = 0  # ... when the current tick or round started
 
     # -- service --
 
     def startService(self) -> None:
         super().startService()
+        if self._bus is not None:
+            self._unsubscribe = self._bus.subscribe(self._delivered)
         self._schedule(0)
 
     def stopService(self) -> "Deferred[Any]":
         super().stopService()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -86,6 +102,14 @@ class WebhookDispatcher(Service):
         """Run a round now (new endpoint, replay) instead of at the next tick."""
         if self.running and self._call is not None and self._call.active():
             self._call.reset(0)
+
+    def _delivered(self, delivery: Delivery) -> None:
+        """A bus delivery (on the message's path: kept to a few comparisons)."""
+        if self._has_endpoints and delivery.frame.get("type") == "message":
+            self._wakes += 1
+            call = self._call
+            if call is not None and call.active() and call.getTime() > self._clock.seconds() + WAKE_DELAY:
+                call.reset(WAKE_DELAY)
 
     def _schedule(self, delay: float) -> None:
         if self.running:
@@ -102,29 +126,36 @@ class WebhookDispatcher(Service):
 
     def _tick(self) -> None:
         self._call = None
+        self._tick_wakes = self._wakes
         d = self._background.run("webhook_dispatch", lambda: Deferred.fromCoroutine(self._start_rounds()))
         self._track(d)
-        d.addBoth(lambda _: self._schedule(self._poll))
+        d.addBoth(lambda _: self._schedule(WAKE_DELAY if self._wakes != self._tick_wakes else self._poll))
 
     async def _start_rounds(self) -> None:
         self._gone.clear()
+        endpoints = await self._store.endpoints()
+        self._has_endpoints = bool(endpoints)
         now = self._clock.seconds()
         if now - self._purged_at >= PURGE_EVERY:
             self._purged_at = now
             await self._store.purge_attempts(now - max(KEEP_ATTEMPTS, self._retry_for + PURGE_EVERY))
             if self._outbox_store is not None:
                 await self._outbox_store.purge(now - self._retry_for - PURGE_EVERY)
-        for endpoint in await self._store.endpoints():
+        for endpoint in endpoints:
             if endpoint.paused or endpoint.id in self._busy or not self.running:
                 continue
             self._busy.add(endpoint.id)
             d = self._background.run(f"webhook_round {endpoint.id}",
                                      lambda e=endpoint: Deferred.fromCoroutine(self._round(e)))
-            d.addBoth(self._free, endpoint.id)
+            d.addBoth(self._free, endpoint.id, self._wakes)
             self._track(d)
 
-    def _free(self, result: Any, endpoint_id: str) -> Any:
+    def _free(self, result: Any, endpoint_id: str, wakes: int) -> Any:
         self._busy.discard(endpoint_id)
+        if self._wakes != wakes:  # messages came while it was busy: another round soon
+            call = self._call
+            if call is not None and call.active() and call.getTime() > self._clock.seconds() + WAKE_DELAY:
+                call.reset(WAKE_DELAY)
         return result
 
     # -- one endpoint --
