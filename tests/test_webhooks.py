@@ -567,12 +567,27 @@ class DispatcherTests(unittest.TestCase):
 
         self.clock.advance(60 * 86400)
         now = self.clock.seconds()
+        self.successResultOf(self.store.add(_endpoint()))
         for i, ts in enumerate((now - 31 * 86400, now - 29 * 86400)):
             self.successResultOf(self.store.record(Attempt(f"a{i}", "wh_1", "evt_x", "message.created", "a", 1, 1,
                                                            ts, "delivered")))
         self.dispatcher()
         self.clock.advance(0)
         self.assertEqual([a.id for a in self.successResultOf(self.store.attempts("wh_1", 10))], ["a1"])
+
+    def test_deleted_endpoint_leaves_no_rows(self) -> None:
+        """A delivery that settles after its endpoint was deleted writes no cursor or attempt."""
+        from supportchat.webhooks.store import Attempt
+
+        self.successResultOf(self.store.add(_endpoint()))
+        self.successResultOf(self.store.delete("wh_1"))
+        attempt = Attempt("a1", "wh_1", "evt_a-1", "message.created", "a", 1, 1, 1.0, "delivered")
+        self.successResultOf(self.store.advance("wh_1", "a", 1, attempt))
+
+        def count(cur: Any) -> int:
+            cur.execute("SELECT (SELECT COUNT(*) FROM webhook_cursors) + (SELECT COUNT(*) FROM webhook_deliveries)")
+            return int(cur.fetchone()[0])
+        self.assertEqual(self.successResultOf(self.db.run_interaction("count", count)), 0)
 
     def test_admin_change_keeps_the_dispatchers_pause(self) -> None:
         """An admin's change read before a 410 paused the endpoint does not resume it (only `paused` does)."""

@@ -128,18 +128,19 @@ def _set_cursor_txn(cur: Cursor, endpoint_id: str, conversation_id: str, deliver
         "UPDATE webhook_cursors SET delivered_seq = ?, attempts = ?, first_failed_at = ?, next_at = ? "
         "WHERE endpoint_id = ? AND conversation_id = ?",
         (delivered_seq, attempts, first_failed_at, next_at, endpoint_id, conversation_id))
-    if cur.rowcount == 0:
+    if cur.rowcount == 0:  # (not for an endpoint deleted meanwhile)
         cur.execute(
             "INSERT INTO webhook_cursors (endpoint_id, conversation_id, delivered_seq, attempts, first_failed_at, "
-            "next_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (endpoint_id, conversation_id, delivered_seq, attempts, first_failed_at, next_at))
+            "next_at) SELECT id, ?, ?, ?, ?, ? FROM webhook_endpoints WHERE id = ?",
+            (conversation_id, delivered_seq, attempts, first_failed_at, next_at, endpoint_id))
 
 
 def _insert_attempt_txn(cur: Cursor, a: Attempt) -> None:
-    cur.execute(
-        f"INSERT INTO webhook_deliveries ({DELIVERY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (a.id, a.endpoint_id, a.event_id, a.event_type, a.conversation_id, a.seq, a.attempt, a.ts, a.outcome,
-         a.status_code, a.latency, a.error, a.response_excerpt))
+    cur.execute(  # (not for an endpoint deleted meanwhile)
+        f"INSERT INTO webhook_deliveries ({DELIVERY_COLS}) SELECT ?, id, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+        "FROM webhook_endpoints WHERE id = ?",
+        (a.id, a.event_id, a.event_type, a.conversation_id, a.seq, a.attempt, a.ts, a.outcome,
+         a.status_code, a.latency, a.error, a.response_excerpt, a.endpoint_id))
 
 
 class SqlWebhookStore:
@@ -353,8 +354,8 @@ def _set_outbox_state_txn(cur: Cursor, endpoint_id: str, event_id: str, done: bo
                 (int(done), attempts, first_failed_at, next_at, endpoint_id, event_id))
     if cur.rowcount == 0:
         cur.execute("INSERT INTO webhook_outbox_state (endpoint_id, event_id, done, attempts, first_failed_at, "
-                    "next_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (endpoint_id, event_id, int(done), attempts, first_failed_at, next_at))
+                    "next_at) SELECT id, ?, ?, ?, ?, ? FROM webhook_endpoints WHERE id = ?",
+                    (event_id, int(done), attempts, first_failed_at, next_at, endpoint_id))
 
 
 class SqlOutbox:
