@@ -188,6 +188,11 @@ class Metrics:
             "Conversations with events an endpoint has not had yet (seen by the dispatcher's last round).",
             ["endpoint"], registry=r,
         )
+        # Email to visitors (issue 17).
+        self.emails = Counter(
+            "emails_total", "Emails to visitors by kind (reply, transcript) and outcome: sent, failed, dead.",
+            ["kind", "outcome"], registry=r,
+        )
         self.attachment_image_seconds = Histogram(
             "attachment_image_seconds", "Decoding, re-encoding and the thumbnail of one uploaded image.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r,

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
     from supportchat.bot.knowledge import Knowledge
     from supportchat.bot.node import BotNode
     from supportchat.bot.state import BotStateStore
+    from supportchat.email.dispatcher import EmailDispatcher
+    from supportchat.email.sender import EmailSender
+    from supportchat.email.store import SqlEmailStore
     from supportchat.handlers.notices import StaffNotices
     from supportchat.handlers.queue import WorkQueue
     from supportchat.redis.bus import RedisBus
@@ -105,6 +108,13 @@ class SupportChatServer:
         cluster, or receivers get more duplicates), unless ``[webhooks]
         dispatch`` is off."""
         return self.config.webhooks.dispatch and ("persister" if self.redis_mode else "gateway") in self.roles
+
+    @property
+    def runs_email(self) -> bool:
+        """The email service runs where the webhook dispatcher would: the
+        node that writes messages to SQL, when ``[email]`` is enabled."""
+        cfg = self.config.email
+        return cfg.enabled and cfg.dispatch and ("persister" if self.redis_mode else "gateway") in self.roles
 
     # -- components ----------------------------------------------------
     def get_metrics(self) -> Metrics:
@@ -401,6 +411,36 @@ class SupportChatServer:
             outbox=SqlOutbox(self.get_database()), bus=None if self.redis_mode else self.get_bus()))
 
     # -- bot ---------------------------------------------------------------
+    # -- email -------------------------------------------------------------
+    def get_email_store(self) -> SqlEmailStore:
+        """Email subscriptions and the email outbox (migration 016)."""
+        from supportchat.email.store import SqlEmailStore
+
+        return self._once("email_store", lambda: SqlEmailStore(self.get_database()))
+
+    def get_email_sender(self) -> EmailSender:
+        """Twisted's ESMTP client on this reactor, as ``[email]`` says."""
+        from supportchat.email.sender import SmtpEmailSender
+
+        cfg = self.config.email
+        return self._once("email_sender", lambda: SmtpEmailSender(
+            self.reactor, cfg.smtp_host, cfg.smtp_port, username=cfg.smtp_username, password=cfg.smtp_password,
+            starttls=cfg.starttls, timeout=cfg.timeout))
+
+    def email_public_url(self) -> str:
+        return self.config.email.public_url or self.config.server.public_url
+
+    def get_email_dispatcher(self) -> EmailDispatcher:
+        """The service that queues and sends visitor emails (service ``email``)."""
+        from supportchat.email.dispatcher import EmailDispatcher
+
+        cfg = self.config.email
+        return self._once("email_dispatcher", lambda: EmailDispatcher(
+            self.reactor, self.get_email_store(), self.get_email_sender(), self.get_metrics(),
+            self.get_background(), from_addr=cfg.from_address, public_url=self.email_public_url(),
+            secret=self.get_secret(), poll_interval=cfg.poll_interval, retry_min_delay=cfg.retry_min_delay,
+            retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for))
+
     def get_bot_states(self) -> BotStateStore:
         """Bot dialogue state: a Redis hash per conversation in Redis mode, SQL otherwise."""
         def make() -> BotStateStore:

@@ -25,7 +25,7 @@ MYSQL_ADMIN_URL = os.environ.get("SUPPORTCHAT_TEST_MYSQL_ADMIN_URL", "mysql://ro
 PREFIX = "supportchat_test_"
 TABLES = ("messages", "participants", "idempotency_keys", "conversations", "attachments", "webhook_endpoints",
           "webhook_cursors", "webhook_deliveries", "webhook_outbox", "webhook_outbox_state", "work_items",
-          "work_notes", "customer_profiles")
+          "work_notes", "customer_profiles", "email_subscriptions", "email_outbox")
 
 _unreachable: dict[str, str | None] = {}
 _shared: dict[str, str] = {}

@@ -20,7 +20,7 @@ from tests.support import Api, connect, raw_handshake, start_server, token
 PASSWORD = "correct horse battery"
 
 # Every route under /api/v1 that needs no token.
-PUBLIC = {b"visitors", b"login", b"refresh", b"openapi.json", b"widget-config"}
+PUBLIC = {b"visitors", b"login", b"refresh", b"openapi.json", b"widget-config", b"unsubscribe"}
 
 # Each authenticated route with every method it serves: (method, path, body).
 ROUTES: dict[bytes, list[tuple[str, str, Any]]] = {
@@ -41,6 +41,7 @@ ROUTES: dict[bytes, list[tuple[str, str, Any]]] = {
                 ("PATCH", "/canned/x", {"body": "x"}), ("DELETE", "/canned/x", None)],
     b"customers": [("GET", "/customers?phone=%2B4930123456", None), ("GET", "/customers/cust1/profile", None),
                    ("PUT", "/customers/cust1/profile", {"name": "Mallory"})],
+    b"email": [("POST", "/email", {"conversation": "c_1", "email": "visitor@example.org"})],
     b"webhooks": [("GET", "/webhooks", None), ("GET", "/webhooks/wh_1", None),
                   ("GET", "/webhooks/wh_1/deliveries", None),
                   ("POST", "/webhooks", {"url": "https://hooks.example.com/", "events": ["message.created"]}),

@@ -136,7 +136,7 @@ def body_limits(config: Config) -> BodyLimits:
     json_small = min(MAX_BODY, default)
     routes = {path: json_small for path in (
         "/api/v1/login", "/api/v1/refresh", "/api/v1/agents", "/api/v1/teams", "/api/v1/canned",
-        "/api/v1/customers", "/api/v1/webhooks",
+        "/api/v1/customers", "/api/v1/webhooks", "/api/v1/email", "/api/v1/unsubscribe",
     )}
     if config.attachments.enabled:
         from supportchat.http.attachments_api import MULTIPART_OVERHEAD
@@ -198,6 +198,12 @@ def _mount_api(server: SupportChatServer, v1: Resource) -> None:
     v1.putChild(b"webhooks", WebhooksApi(
         reactor, authn, server.get_webhook_store(), parse_networks(config.webhooks.allowed_private_networks),
         poke=lambda: server.get_webhook_dispatcher().poke() if server.runs_webhooks else None))
+    from supportchat.http.email_api import EmailApi, UnsubscribeResource
+
+    v1.putChild(b"email", EmailApi(
+        reactor, authn, server.get_email_store(), config.email.enabled, server.get_allowed_origins(),
+        poke=lambda: server.get_email_dispatcher().poke() if server.runs_email else None))
+    v1.putChild(b"unsubscribe", UnsubscribeResource(reactor, server.get_email_store(), server.get_secret()))
     from supportchat.http.openapi import OpenApiResource
 
     v1.putChild(b"openapi.json", OpenApiResource())

@@ -1,6 +1,6 @@
 """The service tree of one node, built from the container's getters:
 
-reactor watchdog -> database -> WAL checkpointer (SQLite) -> redis -> timers -> persister -> webhooks -> chat -> bot
+reactor watchdog -> database -> WAL checkpointer (SQLite) -> redis -> timers -> persister -> webhooks -> email -> chat -> bot
 -> listeners,
 started in that order and stopped one at a time in reverse (listeners
 first, database then the watchdog last) by :class:`~supportchat.service.OrderedMultiService`.
@@ -63,6 +63,10 @@ def build_service(server: SupportChatServer) -> IService:
         dispatcher = server.get_webhook_dispatcher()
         dispatcher.setName("webhooks")
         dispatcher.setServiceParent(top)
+    if server.runs_email:
+        mailer = server.get_email_dispatcher()
+        mailer.setName("email")
+        mailer.setServiceParent(top)
     if gateway:
         chat = ChatService(
             reactor, server.get_chat_factory().close_all, server.get_handler(), server.get_background(),

@@ -482,6 +482,58 @@ class WebhooksConfig:
 
 
 @dataclass
+class EmailConfig:
+    """Email to visitors through SMTP: offline replies and transcripts (docs/email.md)."""
+
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    # AUTH when a username is set; the password only from the environment
+    # (SUPPORTCHAT_EMAIL_SMTP_PASSWORD), never from a file, never logged.
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    # off: plain SMTP; opportunistic: STARTTLS when offered; required: refuse without it.
+    starttls: str = "opportunistic"
+    # Seconds for connecting, and for the whole SMTP exchange.
+    timeout: float = 30.0
+    # The From of every email, e.g. "Support <support@example.com>".
+    from_address: str = ""
+    # Base URL for the unsubscribe and attachment links (else server.public_url).
+    public_url: str = ""
+    # How often the outbox is looked at (seconds).
+    poll_interval: float = 5.0
+    # A failed send waits retry_min_delay seconds, doubling up to
+    # retry_max_delay (with jitter), and is retried for retry_for seconds.
+    retry_min_delay: float = 60.0
+    retry_max_delay: float = 3600.0
+    retry_for: float = 172800.0
+    # Whether this node sends (the node that writes messages to SQL); one per cluster.
+    dispatch: bool = True
+
+    def validate(self, check: "_Checker") -> None:
+        from email.utils import parseaddr
+
+        check.that(bool(self.smtp_host.strip()), "smtp_host", "must not be empty")
+        check.that(0 < self.smtp_port < 65536, "smtp_port", "must be a TCP port")
+        check.that(self.starttls in ("off", "opportunistic", "required"), "starttls",
+                   "must be off, opportunistic or required")
+        check.that(not self.smtp_password or check.sources.get("email.smtp_password", "").startswith("environment"),
+                   "smtp_password", "set it only through the environment variable SUPPORTCHAT_EMAIL_SMTP_PASSWORD")
+        check.that(not self.smtp_password or bool(self.smtp_username), "smtp_password",
+                   "needs smtp_username")
+        check.that(0 < self.timeout <= 600, "timeout", "must be between 0 and 600 seconds")
+        address = parseaddr(self.from_address)[1]
+        check.that(not self.enabled or "@" in address, "from_address", "must be an email address when enabled")
+        check.that(not self.public_url or self.public_url.startswith(("http://", "https://")), "public_url",
+                   "must be an http(s) URL")
+        check.that(0 < self.poll_interval <= 600, "poll_interval", "must be between 0 and 600 seconds")
+        check.that(self.retry_min_delay > 0, "retry_min_delay", "must be positive")
+        check.that(self.retry_max_delay >= self.retry_min_delay, "retry_max_delay",
+                   "must be at least retry_min_delay")
+        check.that(self.retry_for >= 0, "retry_for", "must not be negative")
+
+
+@dataclass
 class Config:
     """The whole configuration."""
 
@@ -496,6 +548,7 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
     source: str = "<defaults>"
 
     def database_url(self) -> str:
@@ -506,7 +559,7 @@ class Config:
 
 
 SECTIONS = ("server", "database", "auth", "websocket", "chat", "redis", "bot", "workflow", "profile", "attachments",
-            "webhooks")
+            "webhooks", "email")
 
 
 class _Checker:
@@ -689,4 +742,5 @@ def _section_classes() -> dict[str, type]:
         "profile": ProfileConfig,
         "attachments": AttachmentsConfig,
         "webhooks": WebhooksConfig,
+        "email": EmailConfig,
     }

@@ -43,6 +43,9 @@ WEBHOOK_ATTEMPT = _obj({
     "error": {"type": "string", "nullable": True}, "response_excerpt": {"type": "string", "nullable": True}})
 
 
+_HTML = {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _op(summary: str, ok: int = 200, ok_schema: dict[str, Any] | None = None, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None, errors: tuple[int, ...] = (401, 403), public: bool = False,
         tag: str = "workflow") -> dict[str, Any]:
@@ -241,6 +244,20 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_p("id", "customer user id")],
             "delete": _op("Erase a customer's conversations and messages (admins)", tag="privacy",
                           errors=(401, 403, 404)),
+        },
+        "/api/v1/email": {
+            "post": _op("Leave an email address for the customer's own conversation (the offline form): agent "
+                        "replies are then emailed too, and with transcript the conversation at close (customers; "
+                        "404 when email is off)", ok_schema=_obj({"conversation": _S, "email": _S, "transcript": _B}),
+                        body=_obj({"conversation": _S, "email": _S, "transcript": _B, "lang": _S},
+                                  ("conversation", "email")), tag="email", errors=(401, 403, 404, 413)),
+        },
+        "/api/v1/unsubscribe": {
+            "get": {"summary": "The signed link in every email: a page with a button that stops the emails "
+                               "(query: conversation, token)", "tags": ["email"], "security": [],
+                    "responses": {"200": _HTML, "404": _HTML}},
+            "post": {"summary": "Stop the emails of a conversation (the signed link's query)", "tags": ["email"],
+                     "security": [], "responses": {"200": _HTML, "404": _HTML, "503": _HTML}},
         },
         "/api/v1/webhooks": {
             "get": _op("Webhook endpoints (admins; secrets are never listed)", tag="webhooks",

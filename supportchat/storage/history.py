@@ -114,6 +114,7 @@ def _delete_conversations_batch_txn(cur: Cursor, ids: list[str], batch: int) -> 
                               ("work_notes", "conversation_id"), ("work_items", "conversation_id"),
                               ("bot_states", "conversation_id"), ("webhook_outbox", "conversation_id"),
                               ("webhook_cursors", "conversation_id"), ("webhook_deliveries", "conversation_id"),
+                              ("email_subscriptions", "conversation_id"), ("email_outbox", "conversation_id"),
                               ("conversations", "id")):
             cur.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
             deleted += cur.rowcount

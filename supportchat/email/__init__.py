@@ -1,0 +1,1 @@
+"""Email to visitors: offline replies and transcripts through SMTP, from a durable outbox (docs/email.md)."""
