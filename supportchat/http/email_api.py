@@ -132,9 +132,15 @@ class UnsubscribeResource(Resource):
             return None
         return conversation, token
 
+    def render(self, request: Request) -> Any:
+        # Errors are JSON like every other route; only the pages are HTML.
+        if request.method not in (b"GET", b"POST"):
+            return json_error(request, 405, "bad_request", "method not allowed; use GET, POST", {"allow": "GET, POST"})
+        if any(getattr(request, "postpath", None) or []) or self._link(request) is None:
+            return json_error(request, 404, "not_found", "this unsubscribe link is not valid")
+        return super().render(request)
+
     def render_GET(self, request: Request) -> bytes:
-        if self._link(request) is None:
-            return self._page(request, 404, "Link not valid / 链接无效", "")
         query = html.escape(request.uri.decode("utf-8", "replace").partition("?")[2])
         form = (f'<form method="post" action="?{query}"><button type="submit">'
                 'Stop emails about this conversation / 退订此会话的邮件</button></form>')
@@ -142,8 +148,7 @@ class UnsubscribeResource(Resource):
 
     def render_POST(self, request: Request) -> Any:
         link = self._link(request)
-        if link is None:
-            return self._page(request, 404, "Link not valid / 链接无效", "")
+        assert link is not None  # checked in render
         d = self._store.unsubscribe(link[0], self._clock.seconds())
 
         def done(_: Any) -> None:
@@ -153,7 +158,8 @@ class UnsubscribeResource(Resource):
             request.finish()
 
         def failed(_: Any) -> None:
-            request.write(self._page(request, 503, "Try again later / 请稍后再试", ""))
+            request.write(json_error(request, 503, "unavailable", "the database is unavailable; retry shortly",
+                                     {"retry-after": "5"}))
             request.finish()
 
         d.addCallbacks(done, failed)

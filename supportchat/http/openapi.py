@@ -255,9 +255,9 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/unsubscribe": {
             "get": {"summary": "The signed link in every email: a page with a button that stops the emails "
                                "(query: conversation, token)", "tags": ["email"], "security": [],
-                    "responses": {"200": _HTML, "404": _HTML}},
+                    "responses": {"200": _HTML, "404": _ERR}},
             "post": {"summary": "Stop the emails of a conversation (the signed link's query)", "tags": ["email"],
-                     "security": [], "responses": {"200": _HTML, "404": _HTML, "503": _HTML}},
+                     "security": [], "responses": {"200": _HTML, "404": _ERR, "503": _ERR}},
         },
         "/api/v1/webhooks": {
             "get": _op("Webhook endpoints (admins; secrets are never listed)", tag="webhooks",
