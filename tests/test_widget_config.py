@@ -97,3 +97,13 @@ class WidgetConfigServerTests(unittest.TestCase):
         self.assertEqual((code, inbox["conversations"]), (200, []))
         code, body = yield api.call("POST", "/widget-config", None, {})
         self.assertEqual(code, 405)
+
+    @inlineCallbacks
+    def test_email_tells_whether_the_offline_form_is_offered(self) -> Any:
+        """`email` is false by default and true with [email] enabled (the widget offers its offline form)."""
+        running = yield start_server(self)
+        code, body = yield Api(running.port).call("GET", "/widget-config", None)
+        self.assertEqual((code, body["email"]), (200, False))
+        running = yield start_server(self, email={"enabled": True, "from_address": "help@example.com"})
+        code, body = yield Api(running.port).call("GET", "/widget-config", None)
+        self.assertEqual((code, body["email"]), (200, True))

@@ -249,7 +249,8 @@ def _widget_config(server: SupportChatServer) -> Resource:
             return any(a.status == "online" and not a.disabled for a in await store.list_agents())
 
     return WidgetConfig(server.reactor, server.get_knowledge() if config.bot.enabled else None,
-                        server.get_business_hours(), agents_online, server.get_allowed_origins())
+                        server.get_business_hours(), agents_online, server.get_allowed_origins(),
+                        email=config.email.enabled)
 
 
 def _mount_workflow_api(server: SupportChatServer, v1: Resource) -> None:

@@ -113,11 +113,11 @@ def openapi_document() -> dict[str, Any]:
             tag="customers")},
         "/api/v1/widget-config": {"get": _op(
             "What the widget shows on opening, without creating a conversation: the bot's greeting (per language) and "
-            "quick replies, business hours (open_now, next_open) and whether an agent is online (cached 5 s; CORS "
-            "for allowed origins)",
+            "quick replies, business hours (open_now, next_open), whether an agent is online, and whether the offline "
+            "email form may be offered (email; cached 5 s; CORS for allowed origins)",
             ok_schema=_obj({"greeting": {"type": "object", "nullable": True}, "quick_replies": {"type": "array"},
                             "open_now": {"type": "boolean"}, "next_open": {"type": "number", "nullable": True},
-                            "agents_online": {"type": "boolean", "nullable": True}}),
+                            "agents_online": {"type": "boolean", "nullable": True}, "email": {"type": "boolean"}}),
             public=True, errors=(), tag="customers")},
         "/api/v1/me": {"get": _op(
             "Whose is this token, and is it still good? 401 carries error.reason (expired, signature, audience, "

@@ -5,14 +5,16 @@ conversation (public; CORS for the origins that may open the WebSocket).
     200 {"greeting": {"en": "...", "zh": "..."} | null,
          "quick_replies": [{"label", "text", "i18n"?}],
          "open_now": bool, "next_open": <unix time> | null,
-         "agents_online": bool | null}
+         "agents_online": bool | null, "email": bool}
 
 ``greeting`` and ``quick_replies`` are the bot's (its knowledge file, every
 language it has; null and [] with the bot off); ``open_now``/``next_open``
 come from the business hours (``next_open`` is null when always open);
 ``agents_online`` says whether an enabled agent is online (null with the
-workflow off). The answer is computed at most once every CACHE_SECONDS per
-node, so page views cost no query each.
+workflow off); ``email`` whether the widget may offer the offline form
+(``[email] enabled``: ``POST /api/v1/email``, docs/email.md). The answer
+is computed at most once every CACHE_SECONDS per node, so page views cost
+no query each.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ class WidgetConfig(AsyncJsonResource):
     routes = {b"GET": "get"}
 
     def __init__(self, clock: IReactorTime, knowledge: Knowledge | None, hours: BusinessHours,
-                 agents_online: Callable[[], Awaitable[bool]] | None, allowed_origins: Sequence[str] = ()) -> None:
+                 agents_online: Callable[[], Awaitable[bool]] | None, allowed_origins: Sequence[str] = (),
+                 email: bool = False) -> None:
         super().__init__()
         self._clock = clock
         self._knowledge = knowledge
         self._hours = hours
         self._agents_online = agents_online
+        self._email = email
         self._origins = {o for o in (normalize_origin(x) for x in allowed_origins) if o}
         self._cached: tuple[float, dict[str, Any]] | None = None
 
@@ -71,4 +75,5 @@ class WidgetConfig(AsyncJsonResource):
             "open_now": open_now,
             "next_open": None if open_now else self._hours.next_open(now),
             "agents_online": await self._agents_online() if self._agents_online is not None else None,
+            "email": self._email,
         }

@@ -75,6 +75,12 @@ textarea { flex: 1; resize: none; border: 1px solid #d0d7de; border-radius: 8px;
 .sc-file-size { color: #57606a; }
 .send { background: #1f6feb; color: #fff; border: 0; border-radius: 8px; padding: 0 14px; cursor: pointer; font-weight: 600; }
 .restart { margin: 8px auto; display: block; }
+.email { margin: 0; padding: 8px 14px; border-top: 1px solid #d0d7de; font-size: 13px; }
+.email p { margin: 0 0 6px; }
+.email .row { display: flex; gap: 6px; }
+.email input[type=email] { flex: 1; min-width: 0; padding: 6px 8px; border: 1px solid #8c959f; border-radius: 6px; font-size: 13px; }
+.email label.check { display: block; margin-top: 6px; }
+.email .email-status { margin: 6px 0 0; }
 .auth { margin: 10px; padding: 10px 12px; border: 1px solid #d4a72c; border-left-width: 4px; border-radius: 8px; background: #fff8c5; color: #1f2328; }
 .auth[hidden] { display: none; }
 .auth p { margin: 0 0 8px; }
@@ -170,13 +176,26 @@ export function mount(opts) {
   const uploadNote = el("div", { class: "sc-upload", role: "status" });
   const form = el("form", { "aria-label": t("widget.form") }, attachBtn, fileInput, input, sendBtn);
   const restart = el("button", { type: "button", class: "sc-chip restart", hidden: true, text: t("widget.restart") });
+  // The offline form: after hours or with nobody online, the visitor may leave an
+  // address (POST /api/v1/email); agent replies, and the transcript if asked, come by email.
+  const emailInput = el("input", { type: "email", id: "sc-email", autocomplete: "email", maxlength: "254", required: true, placeholder: t("widget.email.placeholder") });
+  const emailTranscript = el("input", { type: "checkbox", id: "sc-email-transcript" });
+  const emailStatus = el("p", { class: "email-status", role: "status" });
+  const emailForm = el("form", { class: "email", hidden: true, "aria-label": t("widget.email.form") },
+    el("p", { text: t("widget.email.offer") }),
+    el("div", { class: "row" },
+      el("label", { for: "sc-email", class: "sr", text: t("widget.email.label") }), emailInput,
+      el("button", { type: "submit", class: "sc-chip", text: t("widget.email.save") })),
+    el("label", { class: "check", for: "sc-email-transcript" }, emailTranscript, " ", t("widget.email.transcript")),
+    emailStatus);
+  const emailSaved = new Set();
   // The server refused the token and no new one could be had: say so, offer to start again.
   const authText = el("p", {});
   const authBtn = el("button", { type: "button", class: "sc-chip" });
   const authBox = el("div", { class: "auth", role: "alert", hidden: true }, authText, authBtn);
   const title = opts.title || t("widget.title");
   const panel = el("section", { class: "panel" + side, id: "sc-panel", role: "dialog", "aria-label": t("widget.dialog", { title }), hidden: true },
-    el("div", { class: "head" }, el("h2", { text: title }), conn, closeBtn), scroll, queue, typing, rating, restart, authBox, uploadNote, counter, form);
+    el("div", { class: "head" }, el("h2", { text: title }), conn, closeBtn), scroll, queue, typing, emailForm, rating, restart, authBox, uploadNote, counter, form);
   root.append(launcher, panel);
 
   // The visitor's language for the agents: the browser's own tag (e.g. "zh-CN")
@@ -228,6 +247,7 @@ export function mount(opts) {
     queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
     renderIntro(c, pending);
     const closed = isClosed(c);
+    emailForm.hidden = !(widgetConfig && widgetConfig.email && c && !closed && (emailSaved.has(c.id) || expectation()));
     const ratingWasHidden = rating.hidden;
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
     if (ratingWasHidden && !rating.hidden) scroll.scrollTop = scroll.scrollHeight; // the last message stays in view
@@ -325,6 +345,34 @@ export function mount(opts) {
     }
     render();
   }
+
+  emailForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const c = current();
+    const address = emailInput.value.trim();
+    if (!c || !emailInput.checkValidity() || !address) {
+      emailStatus.textContent = t("widget.email.invalid");
+      return;
+    }
+    try {
+      const r = await fetch(opts.server + "/api/v1/email", {
+        method: "POST",
+        headers: { authorization: "Bearer " + client._token, "content-type": "application/json" },
+        body: JSON.stringify({ conversation: c.id, email: address, transcript: emailTranscript.checked, lang: navigatorTag() }),
+      });
+      if (r.status === 400) emailStatus.textContent = t("widget.email.invalid");
+      else if (!r.ok) emailStatus.textContent = t("widget.email.failed");
+      else {
+        emailSaved.add(c.id);
+        emailStatus.textContent = t("widget.email.saved", { email: address });
+        emailInput.value = "";
+        emailInput.disabled = true;
+      }
+    } catch (err) {
+      emailStatus.textContent = t("widget.email.failed");
+    }
+    render();
+  });
 
   function setOpen(v) {
     isOpen = v;
