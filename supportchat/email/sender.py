@@ -72,6 +72,8 @@ class SmtpEmailSender:
         class Factory(ESMTPSenderFactory):
             """Also tells when the connection is gone, so a send ends with it."""
 
+            noisy = False
+
             def clientConnectionFailed(self, connector: Any, err: Failure) -> None:
                 super().clientConnectionFailed(connector, err)
                 if not closed.called:

@@ -181,11 +181,12 @@ export function mount(opts) {
   const emailInput = el("input", { type: "email", id: "sc-email", autocomplete: "email", maxlength: "254", required: true, placeholder: t("widget.email.placeholder") });
   const emailTranscript = el("input", { type: "checkbox", id: "sc-email-transcript" });
   const emailStatus = el("p", { class: "email-status", role: "status" });
-  const emailForm = el("form", { class: "email", hidden: true, "aria-label": t("widget.email.form") },
+  const emailSave = el("button", { type: "button", class: "sc-chip", text: t("widget.email.save") });
+  // a group, not a second <form>: the message form stays the widget's only form
+  const emailForm = el("div", { class: "email", role: "group", hidden: true, "aria-label": t("widget.email.form") },
     el("p", { text: t("widget.email.offer") }),
     el("div", { class: "row" },
-      el("label", { for: "sc-email", class: "sr", text: t("widget.email.label") }), emailInput,
-      el("button", { type: "submit", class: "sc-chip", text: t("widget.email.save") })),
+      el("label", { for: "sc-email", class: "sr", text: t("widget.email.label") }), emailInput, emailSave),
     el("label", { class: "check", for: "sc-email-transcript" }, emailTranscript, " ", t("widget.email.transcript")),
     emailStatus);
   const emailSaved = new Set();
@@ -346,8 +347,14 @@ export function mount(opts) {
     render();
   }
 
-  emailForm.addEventListener("submit", async (e) => {
-    e.preventDefault();
+  emailInput.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      saveEmail();
+    }
+  });
+  emailSave.addEventListener("click", () => saveEmail());
+  async function saveEmail() {
     const c = current();
     const address = emailInput.value.trim();
     if (!c || !emailInput.checkValidity() || !address) {
@@ -367,12 +374,13 @@ export function mount(opts) {
         emailStatus.textContent = t("widget.email.saved", { email: address });
         emailInput.value = "";
         emailInput.disabled = true;
+        emailSave.disabled = true;
       }
     } catch (err) {
       emailStatus.textContent = t("widget.email.failed");
     }
     render();
-  });
+  }
 
   function setOpen(v) {
     isOpen = v;

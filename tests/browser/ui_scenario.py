@@ -173,7 +173,11 @@ class Scenario:
         self.expect = expect
         expect.set_options(timeout=WAIT)
         data_dir = tempfile.mkdtemp(prefix="sc-ui-")
-        self.server = Server(data_dir, free_port(), os.path.join(self.artifacts, "server.log"))
+        # [email] on (the widget's offline form); nothing listens on the SMTP
+        # port, so the emails stay queued (tests/test_email.py sends them).
+        self.server = Server(data_dir, free_port(), os.path.join(self.artifacts, "server.log"), env={
+            "SUPPORTCHAT_EMAIL_ENABLED": "true", "SUPPORTCHAT_EMAIL_FROM_ADDRESS": "help@example.com",
+            "SUPPORTCHAT_EMAIL_SMTP_HOST": "127.0.0.1", "SUPPORTCHAT_EMAIL_SMTP_PORT": str(free_port())})
         self.server.start()
         self.base = f"http://127.0.0.1:{self.server.port}"
         try:
@@ -283,6 +287,21 @@ class Scenario:
         expect(first).to_have_attribute("data-status", re.compile("sent|seen"))
         expect(first).to_have_attribute("data-seq", re.compile(r"^\d+$"))
         self.check("customer message is acknowledged")
+        if workflow_enabled():
+            # Nobody online: the offline form offers to take an email address.
+            group = cust.locator("#supportchat-widget .email")
+            expect(group).to_be_visible()
+            address = cust.locator("#supportchat-widget #sc-email")
+            address.fill("not an address")
+            cust.locator("#supportchat-widget .email button").click()
+            expect(group.locator(".email-status")).to_contain_text("Please enter an email address")
+            address.fill("visitor@example.org")
+            cust.locator("#supportchat-widget #sc-email-transcript").check()
+            address.press("Enter")
+            expect(group.locator(".email-status")).to_contain_text("replies will also go to visitor@example.org")
+            self.axe(cust, "widget offline email form")
+            self.check("nobody online: the widget's offline form refuses a bad address and keeps a good one "
+                       "(POST /api/v1/email) with the transcript asked for")
         if bot_enabled():
             # The first-line bot (issue 6) greets and answers: ask it for a human,
             # with its quick-reply button when it offers one.
