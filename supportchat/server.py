@@ -434,10 +434,16 @@ class SupportChatServer:
         """The service that queues and sends visitor emails (service ``email``)."""
         from supportchat.email.dispatcher import EmailDispatcher
 
+        from supportchat.attachments.links import LinkSigner
+
         cfg = self.config.email
+        # Attachment links that last as long as an email is read: the same
+        # signature as the chat's links, a longer expiry.
+        links = LinkSigner(self.get_secret(), cfg.attachment_link_ttl, self.reactor.seconds, self.email_public_url())
         return self._once("email_dispatcher", lambda: EmailDispatcher(
             self.reactor, self.get_email_store(), self.get_email_sender(), self.get_metrics(),
             self.get_background(), from_addr=cfg.from_address, public_url=self.email_public_url(),
+            attachment_url=links.url if self.config.attachments.enabled else None,
             secret=self.get_secret(), poll_interval=cfg.poll_interval, retry_min_delay=cfg.retry_min_delay,
             retry_max_delay=cfg.retry_max_delay, retry_for=cfg.retry_for))
 

@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import random
+import re
 from email.message import EmailMessage
 from typing import Any
 
@@ -16,6 +17,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.mail import smtp
 from twisted.trial import unittest
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import IRealm, Portal
 from zope.interface import implementer
 
 from supportchat.background import BackgroundTasks
@@ -130,6 +133,42 @@ def smtp_server(testcase: unittest.TestCase, box: Mailbox, port: int = 0) -> int
     listening = reactor.listenTCP(port, _SmtpFactory(box), interface="127.0.0.1")  # type: ignore[attr-defined]
     testcase.addCleanup(listening.stopListening)
     return int(listening.getHost().port)
+
+
+@implementer(IRealm)
+class _Realm:
+    def __init__(self, box: Mailbox, logins: list[bytes]) -> None:
+        self.box, self.logins = box, logins
+
+    def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> Any:
+        self.logins.append(avatar_id)
+        return smtp.IMessageDelivery, _Delivery(self.box), lambda: None
+
+
+class _SecureSmtpFactory(smtp.SMTPFactory):
+    """ESMTP offering STARTTLS (``context``) and AUTH LOGIN/PLAIN for user/pw, accepting mail only after AUTH."""
+
+    protocol = smtp.ESMTP
+
+    def __init__(self, box: Mailbox, context: Any, logins: list[bytes]) -> None:
+        super().__init__(Portal(_Realm(box, logins), [InMemoryUsernamePasswordDatabaseDontUse(user=b"pw")]))
+        self.context = context
+        self.tls: list[bool] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = super().buildProtocol(addr)
+        p.ctx = self.context
+        from twisted.mail.imap4 import PLAINCredentials
+
+        p.challengers = {b"LOGIN": smtp.LOGINCredentials, b"PLAIN": PLAINCredentials}
+        original = p.validateTo
+
+        def validate_to(user: Any) -> Any:
+            self.tls.append(bool(getattr(p, "startedTLS", False)))
+            return original(user)
+
+        p.validateTo = validate_to
+        return p
 
 
 # -- composing ------------------------------------------------------------------------------------------
@@ -493,6 +532,69 @@ class MariadbDispatcherTests(DispatcherTests):
     kind = "mariadb"
 
 
+class SmtpClientTests(unittest.TestCase):
+    """SmtpEmailSender against Twisted's ESMTP server with STARTTLS and AUTH."""
+
+    def secure_server(self, offer_tls: bool = True) -> tuple[Mailbox, Any, list[bytes], Any, int]:
+        import os
+
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+
+        from tests.test_websocket import self_signed
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key_path, _, pem = self_signed(directory)
+        with open(key_path, "rb") as f:
+            cert = PrivateCertificate.loadPEM(f.read() + pem)
+        box, logins = Mailbox(), []  # type: tuple[Mailbox, list[bytes]]
+        factory = _SecureSmtpFactory(box, cert.options() if offer_tls else None, logins)
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(listening.stopListening)
+        return box, factory, logins, Certificate.loadPEM(pem), int(listening.getHost().port)
+
+    def sender(self, port: int, trust: Any, **kw: Any) -> SmtpEmailSender:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return SmtpEmailSender(reactor, "localhost", port, timeout=5.0,  # type: ignore[arg-type]
+                               context_factory=optionsForClientTLS("localhost", trustRoot=trust), **kw)
+
+    @inlineCallbacks
+    def test_starttls_then_auth_delivers(self) -> Any:
+        """starttls = required with AUTH: the client upgrades (certificate checked for the host name), logs in
+        and the server receives the message after TLS."""
+        box, factory, logins, trust, port = self.secure_server()
+        yield self.sender(port, trust, username="user", password="pw", starttls="required").send(
+            "help@example.com", "v@example.org", b"Subject: hi\n\nhello\n")
+        self.assertEqual(logins, [b"user"])
+        self.assertEqual(factory.tls, [True])
+        self.assertIn(b"hello", box.received[0][1])
+
+    @inlineCallbacks
+    def test_wrong_password_or_missing_tls_fails(self) -> Any:
+        """A wrong password, an untrusted certificate, or starttls = required against a server without
+        STARTTLS: EmailError, nothing delivered (the email would stay in the outbox)."""
+        from supportchat.email.sender import EmailError
+
+        box, _, logins, trust, port = self.secure_server()
+        with self.assertRaises(EmailError):
+            yield self.sender(port, trust, username="user", password="wrong", starttls="required").send(
+                "help@example.com", "v@example.org", b"Subject: hi\n\nhello\n")
+        from twisted.internet.ssl import optionsForClientTLS
+
+        untrusted = SmtpEmailSender(reactor, "localhost", port, timeout=5.0,  # type: ignore[arg-type]
+                                    username="user", password="pw", starttls="required",
+                                    context_factory=optionsForClientTLS("localhost"))
+        with self.assertRaises(EmailError):
+            yield untrusted.send("help@example.com", "v@example.org", b"Subject: hi\n\nhello\n")
+        plain_box, _, _, trust2, plain_port = self.secure_server(offer_tls=False)
+        with self.assertRaises(EmailError):
+            yield self.sender(plain_port, trust2, username="user", password="pw", starttls="required").send(
+                "help@example.com", "v@example.org", b"Subject: hi\n\nhello\n")
+        self.assertEqual((box.received, plain_box.received), ([], []))
+        self.assertEqual(logins, [])
+
+
 # -- the whole server ----------------------------------------------------------------------------------------
 
 
@@ -531,8 +633,10 @@ class EmailServerTests(unittest.TestCase):
         writer = self.server.get_writer()
         now = self.server.reactor.seconds
         for i, text in enumerate(("first answer", "second answer")):
+            data = {"attachments": [{"id": "att_email1", "name": "invoice.pdf"}]} if i else None
             yield writer.write(AppendRequest(conversation_id=conv.id, sender_id="agent1", sender_role="agent",
-                                             kind=TEXT, body=text, ts=now(), client_msg_id=f"a{i}", join=True))
+                                             kind=TEXT, body=text, ts=now(), client_msg_id=f"a{i}", join=True,
+                                             data=data))
         yield self.server.get_workflow_store().add_note(conv.id, "agent1", "SECRET INTERNAL NOTE", now(), 2)
         yield writer.event(conv.id, "workflow", "system", "closed", {"name": "closed"}, "closed",
                            require_participant=False, key=f"closed:{conv.id}")
@@ -542,6 +646,13 @@ class EmailServerTests(unittest.TestCase):
         self.assertEqual(transcript["In-Reply-To"], second["Message-ID"])
         self.assertNotIn("SECRET INTERNAL NOTE", self.box.received[2][1].decode())
         self.assertIn("second answer", text_of(transcript))
+        # The attachment is a signed link (a week by default), never the file.
+        found = re.search(r"invoice\.pdf <(https://chat\.example\.com/api/v1/attachments/att_email1\?exp=(\d+)"
+                          r"&sig=([\w-]+))>", text_of(second))
+        assert found is not None, text_of(second)
+        self.assertGreater(int(found.group(2)), now() + 6 * 86400)
+        self.assertTrue(self.server.get_link_signer().check("att_email1", "file", found.group(2), found.group(3)))
+        self.assertEqual([p.get_content_type() for p in second.walk()], ["text/plain"])
         link = first["List-Unsubscribe"].strip("<>")
         path = link.replace("https://chat.example.com", f"http://127.0.0.1:{self.running.port}")
         r = yield self.api.http.request("GET", path + "x")

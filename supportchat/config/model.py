@@ -500,6 +500,8 @@ class EmailConfig:
     from_address: str = ""
     # Base URL for the unsubscribe and attachment links (else server.public_url).
     public_url: str = ""
+    # Attachment links in emails are signed and work this long (seconds).
+    attachment_link_ttl: float = 604800.0
     # How often the outbox is looked at (seconds).
     poll_interval: float = 5.0
     # A failed send waits retry_min_delay seconds, doubling up to
@@ -527,6 +529,8 @@ class EmailConfig:
         check.that(not self.public_url or self.public_url.startswith(("http://", "https://")), "public_url",
                    "must be an http(s) URL")
         check.that(0 < self.poll_interval <= 600, "poll_interval", "must be between 0 and 600 seconds")
+        check.that(60 <= self.attachment_link_ttl <= 90 * 86400, "attachment_link_ttl",
+                   "must be between 60 seconds and 90 days")
         check.that(self.retry_min_delay > 0, "retry_min_delay", "must be positive")
         check.that(self.retry_max_delay >= self.retry_min_delay, "retry_max_delay",
                    "must be at least retry_min_delay")
