@@ -398,6 +398,19 @@ class DispatcherTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertEqual([m["Subject"] for m in self.sent()], ["Reply to your support conversation"])
 
+    def test_transcript_only_for_a_visitor_chatting_live(self) -> None:
+        """replies=False (the widget while agents are online): agent replies are not emailed, the transcript
+        at close is."""
+        self.conversation(lang="en")
+        self.successResultOf(self.store.subscribe("c1", "v@example.org", "", True, 5000.0, replies=False))
+        self.dispatcher()
+        self.entry("c1", "agent1", "agent", TEXT, "live answer")
+        self.entry("c1", "workflow", "system", EVENT, "closed", {"name": "closed"})
+        self.clock.advance(1)
+        self.assertEqual([m["Subject"] for m in self.sent()], ["Transcript of your support conversation"])
+        self.assertIsNone(self.sent()[0]["In-Reply-To"])
+        self.assertIn("live answer", text_of(self.sent()[0]))
+
     def test_smtp_down_waits_in_outbox_with_backoff(self) -> None:
         """With the SMTP server down the email stays pending and is retried with growing delays; when the
         server is back it goes out once; after retry_for it would be dead (counted)."""
@@ -601,6 +614,9 @@ class SmtpClientTests(unittest.TestCase):
 class EmailServerTests(unittest.TestCase):
     """A real server with [email] on, sending to Twisted's SMTP server started by the test."""
 
+    def sections(self) -> dict[str, Any]:
+        return {}
+
     @inlineCallbacks
     def setUp(self) -> Any:
         self.box = Mailbox()
@@ -608,7 +624,10 @@ class EmailServerTests(unittest.TestCase):
         self.running = yield start_server(self, email={
             "enabled": True, "smtp_host": "127.0.0.1", "smtp_port": port, "starttls": "opportunistic",
             "from_address": "Support <help@example.com>", "public_url": "https://chat.example.com",
-            "poll_interval": 0.05, "retry_min_delay": 0.05, "retry_max_delay": 0.2, "timeout": 5.0})
+            "poll_interval": 0.05, "retry_min_delay": 0.05, "retry_max_delay": 0.2, "timeout": 5.0},
+            **self.sections())
+        if self.running.server.redis_mode:
+            yield self.running.server.get_redis().connected_once
         self.server = self.running.server
         self.api = Api(self.running.port)
 
@@ -626,6 +645,9 @@ class EmailServerTests(unittest.TestCase):
         self.assertEqual(code, 403, body)
         code, body = yield self.api.call("POST", "/email", alice, {"conversation": conv.id, "email": "a@b\r\nBcc: x"})
         self.assertEqual(code, 400, body)
+        code, body = yield self.api.call("POST", "/email", alice, {"conversation": conv.id, "email": "a@b.io",
+                                                                   "replies": False})
+        self.assertEqual(code, 400, body)  # neither replies nor the transcript
         code, body = yield self.api.call("POST", "/email", alice, {"conversation": conv.id,
                                                                    "email": "visitor@example.org",
                                                                    "transcript": True, "lang": "en"})
@@ -664,3 +686,17 @@ class EmailServerTests(unittest.TestCase):
         self.assertEqual(r.code, 200)
         sub = yield self.server.get_email_store().subscription(conv.id)
         self.assertIsNone(sub)
+
+
+class RedisModeEmailServerTests(EmailServerTests):
+    """The same with Redis in between: messages go to the stream, the persister writes them to SQL, and the
+    email service (on the persister's node) reads them there."""
+
+    def sections(self) -> dict[str, Any]:
+        import os
+
+        from tests import redis_support
+
+        if redis_support.REDIS_SKIP:
+            raise unittest.SkipTest(redis_support.REDIS_SKIP)
+        return {"redis": {"url": redis_support.shared().url, "prefix": f"em{os.getpid()}{id(self)}:"}}

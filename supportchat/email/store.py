@@ -80,11 +80,12 @@ class SqlEmailStore:
         self._db = db
 
     def subscribe(self, conversation_id: str, address: str, lang: str, transcript: bool,
-                  now: float, customer: str | None = None) -> "Deferred[str]":
+                  now: float, customer: str | None = None, replies: bool = True) -> "Deferred[str]":
         """Keep ``address`` for the conversation: agent replies written from
         now on are emailed; with ``transcript``, the conversation at close.
         ``lang`` empty: the language ``start`` gave, if any. With
         ``customer`` (a principal key) only that customer's conversation.
+        ``replies`` False: the transcript only (a visitor chatting live).
         Returns "ok", "missing" or "forbidden"."""
 
         def txn(cur: Cursor) -> str:
@@ -95,14 +96,14 @@ class SqlEmailStore:
             if customer is not None and conv[0] != customer:
                 return "forbidden"
             language = lang or _first_lang(cur, conversation_id)
-            cur.execute("UPDATE email_subscriptions SET address = ?, lang = ?, replies = 1, transcript = ?,"
+            cur.execute("UPDATE email_subscriptions SET address = ?, lang = ?, replies = ?, transcript = ?,"
                         " unsubscribed_at = NULL WHERE conversation_id = ?",
-                        (address, language, int(transcript), conversation_id))
+                        (address, language, int(replies), int(transcript), conversation_id))
             if cur.rowcount:
                 return "ok"
             cur.execute(f"INSERT INTO email_subscriptions ({SUB_COLS}, created_at) VALUES"
-                        " (?, ?, ?, 1, ?, 0, ?, NULL, NULL, ?)",
-                        (conversation_id, address, language, int(transcript), int(conv[1]), now))
+                        " (?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?)",
+                        (conversation_id, address, language, int(replies), int(transcript), int(conv[1]), now))
             return "ok"
 
         return self._db.run_interaction("email_subscribe", txn)

@@ -1,10 +1,12 @@
 """The visitor's side of email (docs/email.md).
 
 ``POST /api/v1/email`` (customer token; CORS for the widget's origins)
-``{"conversation": ID, "email": ADDRESS, "transcript"?: bool, "lang"?: TAG}``
-keeps the address for the customer's own conversation: agent replies are
-then emailed too, and with ``transcript`` the conversation at close.
-Answers ``200 {"conversation", "email", "transcript"}``; 400 for a bad
+``{"conversation": ID, "email": ADDRESS, "transcript"?: bool, "replies"?: bool,
+"lang"?: TAG}`` keeps the address for the customer's own conversation:
+agent replies are then emailed too (unless ``replies`` is false: a visitor
+chatting live who only wants the transcript), and with ``transcript`` the
+conversation at close. Answers ``200 {"conversation", "email", "transcript",
+"replies"}``; 400 for a bad
 address, 403 for someone else's conversation or a staff token, 404 when
 email is off or the conversation does not exist.
 
@@ -79,25 +81,29 @@ class EmailApi(AsyncJsonResource):
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "the body must be a JSON object")
         conversation, address = body.get("conversation"), body.get("email")
-        transcript, lang = body.get("transcript", False), body.get("lang", "")
+        transcript, lang, replies = body.get("transcript", False), body.get("lang", ""), body.get("replies", True)
         if not isinstance(conversation, str) or not 0 < len(conversation) <= 64:
             raise HttpError(400, "bad_request", "'conversation' must be a conversation id")
         if not valid_address(address):
             raise HttpError(400, "bad_request", "'email' must be an email address such as name@example.com")
         if not isinstance(transcript, bool):
             raise HttpError(400, "bad_request", "'transcript' must be true or false")
+        if not isinstance(replies, bool):
+            raise HttpError(400, "bad_request", "'replies' must be true or false")
+        if not (replies or transcript):
+            raise HttpError(400, "bad_request", "ask for replies, the transcript, or both")
         if not isinstance(lang, str) or (lang and not LANG.match(lang)):
             raise HttpError(400, "bad_request", "'lang' must be a language tag such as \"en\" or \"zh-CN\"")
         assert isinstance(address, str)
         outcome = await self._store.subscribe(conversation, address, lang, transcript, self._clock.seconds(),
-                                              customer=principal.key)
+                                              customer=principal.key, replies=replies)
         if outcome == "missing":
             raise HttpError(404, "not_found", "no such conversation")
         if outcome == "forbidden":
             raise HttpError(403, "forbidden", "not your conversation")
         if self._poke is not None:
             self._poke()
-        return 200, {"conversation": conversation, "email": address, "transcript": transcript}
+        return 200, {"conversation": conversation, "email": address, "transcript": transcript, "replies": replies}
 
 
 _PAGE = ('<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'

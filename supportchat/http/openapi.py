@@ -248,8 +248,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/email": {
             "post": _op("Leave an email address for the customer's own conversation (the offline form): agent "
                         "replies are then emailed too, and with transcript the conversation at close (customers; "
-                        "404 when email is off)", ok_schema=_obj({"conversation": _S, "email": _S, "transcript": _B}),
-                        body=_obj({"conversation": _S, "email": _S, "transcript": _B, "lang": _S},
+                        "404 when email is off)", ok_schema=_obj({"conversation": _S, "email": _S, "transcript": _B, "replies": _B}),
+                        body=_obj({"conversation": _S, "email": _S, "transcript": _B, "replies": _B, "lang": _S},
                                   ("conversation", "email")), tag="email", errors=(401, 403, 404, 413)),
         },
         "/api/v1/unsubscribe": {

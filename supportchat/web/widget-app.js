@@ -183,13 +183,16 @@ export function mount(opts) {
   const emailStatus = el("p", { class: "email-status", role: "status" });
   const emailSave = el("button", { type: "button", class: "sc-chip", text: t("widget.email.save") });
   // a group, not a second <form>: the message form stays the widget's only form
+  const emailOffer = el("p", {});
+  const emailCheck = el("label", { class: "check", for: "sc-email-transcript" }, emailTranscript, " ", t("widget.email.transcript"));
   const emailForm = el("div", { class: "email", role: "group", hidden: true, "aria-label": t("widget.email.form") },
-    el("p", { text: t("widget.email.offer") }),
+    emailOffer,
     el("div", { class: "row" },
       el("label", { for: "sc-email", class: "sr", text: t("widget.email.label") }), emailInput, emailSave),
-    el("label", { class: "check", for: "sc-email-transcript" }, emailTranscript, " ", t("widget.email.transcript")),
+    emailCheck,
     emailStatus);
   const emailSaved = new Set();
+  let emailMode = "replies";
   // The server refused the token and no new one could be had: say so, offer to start again.
   const authText = el("p", {});
   const authBtn = el("button", { type: "button", class: "sc-chip" });
@@ -248,7 +251,12 @@ export function mount(opts) {
     queue.textContent = c && c.queuePosition && !isClosed(c) ? queueText({ position: c.queuePosition }) : "";
     renderIntro(c, pending);
     const closed = isClosed(c);
-    emailForm.hidden = !(widgetConfig && widgetConfig.email && c && !closed && (emailSaved.has(c.id) || expectation()));
+    // Nobody can answer now: replies by email (and the transcript if asked).
+    // Someone can: only the transcript at close, so live replies are not mailed too.
+    emailForm.hidden = !(widgetConfig && widgetConfig.email && c && !closed);
+    if (!emailSaved.has(c?.id)) emailMode = expectation() ? "replies" : "transcript";
+    setText(emailOffer, emailMode === "replies" ? "widget.email.offer" : "widget.email.offerTranscript");
+    emailCheck.hidden = emailMode !== "replies";
     const ratingWasHidden = rating.hidden;
     rating.hidden = !(closed && c && c.info.status === "closed" && (!c.rating || rated.has(c.id)));
     if (ratingWasHidden && !rating.hidden) scroll.scrollTop = scroll.scrollHeight; // the last message stays in view
@@ -365,13 +373,15 @@ export function mount(opts) {
       const r = await fetch(opts.server + "/api/v1/email", {
         method: "POST",
         headers: { authorization: "Bearer " + client._token, "content-type": "application/json" },
-        body: JSON.stringify({ conversation: c.id, email: address, transcript: emailTranscript.checked, lang: navigatorTag() }),
+        body: JSON.stringify(emailMode === "replies"
+          ? { conversation: c.id, email: address, transcript: emailTranscript.checked, replies: true, lang: navigatorTag() }
+          : { conversation: c.id, email: address, transcript: true, replies: false, lang: navigatorTag() }),
       });
       if (r.status === 400) emailStatus.textContent = t("widget.email.invalid");
       else if (!r.ok) emailStatus.textContent = t("widget.email.failed");
       else {
         emailSaved.add(c.id);
-        emailStatus.textContent = t("widget.email.saved", { email: address });
+        emailStatus.textContent = t(emailMode === "replies" ? "widget.email.saved" : "widget.email.savedTranscript", { email: address });
         emailInput.value = "";
         emailInput.disabled = true;
         emailSave.disabled = true;

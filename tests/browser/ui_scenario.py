@@ -666,6 +666,9 @@ class Scenario:
             self.check("zh-CN: the bot greets in Chinese; its quick reply shows and sends Chinese; the handoff reads in Chinese")
         if workflow_enabled():
             expect(cust.locator(w + " li.sc-event[data-event=queued]")).to_have_text("正在等待客服接入")
+            # nobody online: the offline email form, in Chinese
+            expect(cust.locator(w + " .email p").first).to_have_text("留下您的邮箱地址，我们也会把回复发送到该邮箱。")
+            expect(cust.locator(w + " .email label.check")).to_contain_text("会话结束时")
         self.axe(cust, "the open widget with a conversation (zh-CN)")
 
         agent.goto(self.base + "/console")
