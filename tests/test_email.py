@@ -463,6 +463,27 @@ class DispatcherTests(unittest.TestCase):
         self.assertEqual(self.sender.sent, [])
         self.assertEqual(self.states(), {"cancelled": 1})
 
+    def test_settled_emails_are_purged_after_a_week(self) -> None:
+        """Sent and dead emails (holding the conversation) are deleted a week after their last attempt, not
+        before."""
+        from supportchat.email.dispatcher import KEEP, PURGE_EVERY
+
+        self.conversation()
+        self.successResultOf(self.store.subscribe("c1", "v@example.org", "en", False, 5000.0))
+        self.dispatcher()
+        self.entry("c1", "agent1", "agent", TEXT, "answer")
+        self.clock.advance(1)
+        self.assertEqual(self.states(), {"sent": 1})
+        self.sender.fail_with = "down"
+        self.entry("c1", "agent1", "agent", TEXT, "another")
+        self.clock.advance(1)
+        for _ in range(40):
+            self.clock.advance(50)
+        self.assertEqual(self.states(), {"sent": 1, "dead": 1})  # retry_for (1000 s) passed, not a week
+        for _ in range(int((KEEP + PURGE_EVERY) / 50) + 2):
+            self.clock.advance(50)
+        self.assertEqual(self.states(), {})
+
     def test_erase_removes_address_and_queued_emails(self) -> None:
         """Erasing a conversation (erase and retention) removes the visitor's address and its queued emails."""
         from supportchat.storage.history import _delete_conversations_batch_txn

@@ -4,7 +4,8 @@ subscribed conversations into outbox emails, then sends the due ones
 through the :class:`~supportchat.email.sender.EmailSender`. A failed send
 stays in the outbox and is retried after ``retry_min_delay`` doubling up
 to ``retry_max_delay`` (with jitter); after ``retry_for`` seconds it is
-dead. Work runs through :class:`~supportchat.background.BackgroundTasks`;
+dead. Settled emails (sent, dead, cancelled) are deleted a week after
+their last attempt (their bodies hold the conversation). Work runs through :class:`~supportchat.background.BackgroundTasks`;
 stopping waits for the round in flight."""
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from supportchat.metrics import Metrics
 from supportchat.storage.models import Message
 
 log = Logger()
+
+PURGE_EVERY = 3600.0  # settled emails are deleted this often...
+KEEP = 7 * 86400.0  # ...once their last attempt is this old
 
 
 class EmailDispatcher(Service):
@@ -51,6 +55,7 @@ class EmailDispatcher(Service):
         self._max = retry_max_delay
         self._retry_for = retry_for
         self._rng = rng or random.Random()
+        self._purged_at = -PURGE_EVERY
         self._call: IDelayedCall | None = None
         self._inflight: set[Deferred[Any]] = set()
 
@@ -107,6 +112,9 @@ class EmailDispatcher(Service):
     async def round(self) -> None:
         """Queue what the log asks for, then send what is due, one at a time."""
         now = self._clock.seconds()
+        if now - self._purged_at >= PURGE_EVERY:
+            self._purged_at = now
+            await self._store.purge(now - KEEP)
         await self._store.derive(now, self._reply, self._transcript)
         for out in await self._store.due(now):
             if not self.running:
@@ -124,5 +132,5 @@ class EmailDispatcher(Service):
                          email_id=out.email_id, kind=out.kind, outcome=outcome, attempts=attempts,
                          error=type(e).__name__)
                 continue
-            await self._store.sent(out.email_id)
+            await self._store.sent(out.email_id, self._clock.seconds())
             self._metrics.emails.labels(kind=out.kind, outcome="sent").inc()

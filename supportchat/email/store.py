@@ -124,8 +124,8 @@ class SqlEmailStore:
             cur.execute("UPDATE email_subscriptions SET unsubscribed_at = ? WHERE conversation_id = ?"
                         " AND unsubscribed_at IS NULL", (now, conversation_id))
             changed = cur.rowcount > 0
-            cur.execute("UPDATE email_outbox SET state = 'cancelled' WHERE conversation_id = ? AND state = 'pending'",
-                        (conversation_id,))
+            cur.execute("UPDATE email_outbox SET state = 'cancelled', next_at = ? WHERE conversation_id = ?"
+                        " AND state = 'pending'", (now, conversation_id))
             return changed
 
         return self._db.run_interaction("email_unsubscribe", txn)
@@ -194,10 +194,10 @@ class SqlEmailStore:
 
         return self._db.run_interaction("email_due", txn)
 
-    def sent(self, email_id: str) -> "Deferred[None]":
+    def sent(self, email_id: str, now: float) -> "Deferred[None]":
         def txn(cur: Cursor) -> None:
-            cur.execute("UPDATE email_outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL"
-                        " WHERE email_id = ?", (email_id,))
+            cur.execute("UPDATE email_outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,"
+                        " next_at = ? WHERE email_id = ?", (now, email_id))
 
         return self._db.run_interaction("email_sent", txn)
 
@@ -207,6 +207,19 @@ class SqlEmailStore:
                         " WHERE email_id = ?", ("dead" if dead else "pending", next_at, error[:200], email_id))
 
         return self._db.run_interaction("email_failed", txn)
+
+    def purge(self, before: float) -> "Deferred[int]":
+        """Delete settled emails (sent, dead, cancelled) whose last attempt
+        was before ``before``: their bodies hold the conversation."""
+
+        def txn(cur: Cursor) -> int:
+            n = 0
+            for state in ("sent", "dead", "cancelled"):
+                cur.execute("DELETE FROM email_outbox WHERE state = ? AND next_at < ?", (state, before))
+                n += cur.rowcount
+            return n
+
+        return self._db.run_interaction("email_purge", txn)
 
     def outbox_states(self) -> "Deferred[dict[str, int]]":
         """How many emails are in each state (pending, sent, dead, cancelled)."""
