@@ -155,15 +155,21 @@ class UnsubscribeResource(Resource):
     def render_POST(self, request: Request) -> Any:
         link = self._link(request)
         assert link is not None  # checked in render
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = self._store.unsubscribe(link[0], self._clock.seconds())
 
         def done(_: Any) -> None:
+            if gone:
+                return
             request.write(self._page(request, 200, "Unsubscribed / 已退订",
                                      "<p>You will get no more emails about this conversation. "
                                      "您将不再收到此会话的邮件。</p>"))
             request.finish()
 
         def failed(_: Any) -> None:
+            if gone:
+                return
             request.write(json_error(request, 503, "unavailable", "the database is unavailable; retry shortly",
                                      {"retry-after": "5"}))
             request.finish()
