@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import random
 from email.utils import parseaddr
-from typing import Any, Callable
+from typing import Callable
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
@@ -24,6 +22,7 @@ from supportchat.email.compose import as_bytes, compose_reply, compose_transcrip
 from supportchat.email.sender import EmailSender
 from supportchat.email.store import SqlEmailStore, Subscription
 from supportchat.metrics import Metrics
+from supportchat.polling import PolledService
 from supportchat.storage.models import Message
 
 log = Logger()
@@ -32,17 +31,18 @@ PURGE_EVERY = 3600.0  # settled emails are deleted this often...
 KEEP = 7 * 86400.0  # ...once their last attempt is this old
 
 
-class EmailDispatcher(Service):
+class EmailDispatcher(PolledService):
+    name_of_round = "email_dispatch"
+
     def __init__(self, clock: IReactorTime, store: SqlEmailStore, sender: EmailSender, metrics: Metrics,
                  background: BackgroundTasks, *, from_addr: str, public_url: str, secret: str,
                  attachment_url: Callable[[str], str] | None = None, poll_interval: float = 5.0,
                  retry_min_delay: float = 60.0, retry_max_delay: float = 3600.0, retry_for: float = 172800.0,
                  rng: random.Random | None = None) -> None:
-        self._clock = clock
+        super().__init__(clock, background, poll_interval, retry_min_delay, retry_max_delay, rng)
         self._store = store
         self._sender = sender
         self._metrics = metrics
-        self._background = background
         self._from = from_addr
         self._envelope_from = parseaddr(from_addr)[1] or from_addr
         self._domain = self._envelope_from.rpartition("@")[2] or "localhost"
@@ -50,41 +50,8 @@ class EmailDispatcher(Service):
         self._secret = secret
         self._attachment_url = attachment_url or (
             lambda a: f"{public_url.rstrip('/')}/api/v1/attachments/{a}")
-        self._poll = poll_interval
-        self._min = retry_min_delay
-        self._max = retry_max_delay
         self._retry_for = retry_for
-        self._rng = rng or random.Random()
         self._purged_at = -PURGE_EVERY
-        self._call: IDelayedCall | None = None
-        self._inflight: set[Deferred[Any]] = set()
-
-    def startService(self) -> None:
-        super().startService()
-        self._schedule(0)
-
-    def stopService(self) -> "Deferred[Any]":
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        return DeferredList(list(self._inflight), consumeErrors=True)
-
-    def poke(self) -> None:
-        """Run a round now instead of at the next tick."""
-        if self.running and self._call is not None and self._call.active():
-            self._call.reset(0)
-
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        d = self._background.run("email_dispatch", lambda: Deferred.fromCoroutine(self.round()))
-        self._inflight.add(d)
-        d.addBoth(lambda _: self._inflight.discard(d))
-        d.addBoth(lambda _: self._schedule(self._poll))
 
     # -- one round --
 
@@ -105,10 +72,6 @@ class EmailDispatcher(Service):
                                  now=self._clock.seconds())
         return str(msg["Message-ID"]), as_bytes(msg)
 
-    def _delay(self, attempts: int) -> float:
-        base = min(self._max, self._min * 2 ** max(0, attempts - 1))
-        return base * self._rng.uniform(0.5, 1.0)
-
     async def round(self) -> None:
         """Queue what the log asks for, then send what is due, one at a time."""
         now = self._clock.seconds()
@@ -125,7 +88,7 @@ class EmailDispatcher(Service):
                 attempts = out.attempts + 1
                 at = self._clock.seconds()
                 dead = at - out.created_at >= self._retry_for
-                await self._store.failed(out.email_id, at + self._delay(attempts), str(e), dead)
+                await self._store.failed(out.email_id, at + self.backoff(attempts), str(e), dead)
                 outcome = "dead" if dead else "failed"
                 self._metrics.emails.labels(kind=out.kind, outcome=outcome).inc()
                 log.warn("email {email_id} ({kind}) {outcome} after {attempts} attempts: {error}",

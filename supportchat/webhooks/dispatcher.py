@@ -23,14 +23,14 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from supportchat.background import BackgroundTasks
 from supportchat.bus.interfaces import Delivery, MessageBus
 from supportchat.metrics import Metrics
+from supportchat.polling import PolledService
 from supportchat.webhooks.client import DeliveryError, Response, TargetRefused, WebhookClient
 from supportchat.webhooks.events import Event, headers_for, to_event
 from supportchat.webhooks.store import Attempt, Endpoint, Pending, SqlOutbox, SqlWebhookStore, attempt_id
@@ -47,7 +47,9 @@ KEEP_ATTEMPTS = 30 * 86400.0  # the deliveries list reaches back this far (or re
 OUTBOX_TYPES = ("note.created", "conversation.rated", "customer.updated", "customer.erased")
 
 
-class WebhookDispatcher(Service):
+class WebhookDispatcher(PolledService):
+    name_of_round = "webhook_dispatch"
+
     def __init__(self, clock: IReactorTime, store: SqlWebhookStore, client: WebhookClient, metrics: Metrics,
                  background: BackgroundTasks, *, poll_interval: float = 1.0, retry_min_delay: float = 10.0,
                  retry_max_delay: float = 3600.0, retry_for: float = 86400.0, concurrency: int = 4,
@@ -56,24 +58,17 @@ class WebhookDispatcher(Service):
         """``bus``: on the embedded node, where a published message is already
         in SQL, its deliveries wake the dispatcher (at most every WAKE_DELAY
         seconds) instead of waiting for the next poll."""
-        self._clock = clock
+        super().__init__(clock, background, poll_interval, retry_min_delay, retry_max_delay, rng)
         self._store = store
         self._client = client
         self._metrics = metrics
-        self._background = background
-        self._poll = poll_interval
-        self._min = retry_min_delay
-        self._max = retry_max_delay
         self._retry_for = retry_for
         self._concurrency = concurrency
-        self._rng = rng or random.Random()
         self._outbox_store = outbox
         self._purged_at = -PURGE_EVERY
-        self._call: IDelayedCall | None = None
         self._busy: set[str] = set()
         self._swept: dict[str, float] = {}  # endpoint -> when its last full scan started
         self._gone: set[str] = set()
-        self._inflight: set[Deferred[Any]] = set()
         self._bus = bus
         self._unsubscribe: Callable[[], None] | None = None
         self._has_endpoints = False
@@ -83,25 +78,15 @@ class WebhookDispatcher(Service):
     # -- service --
 
     def startService(self) -> None:
-        super().startService()
         if self._bus is not None:
             self._unsubscribe = self._bus.subscribe(self._delivered)
-        self._schedule(0)
+        super().startService()
 
     def stopService(self) -> "Deferred[Any]":
-        super().stopService()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        return DeferredList(list(self._inflight), consumeErrors=True)
-
-    def poke(self) -> None:
-        """Run a round now (new endpoint, replay) instead of at the next tick."""
-        if self.running and self._call is not None and self._call.active():
-            self._call.reset(0)
+        return super().stopService()
 
     def _delivered(self, delivery: Delivery) -> None:
         """A bus delivery (on the message's path: kept to a few comparisons)."""
@@ -111,27 +96,14 @@ class WebhookDispatcher(Service):
             if call is not None and call.active() and call.getTime() > self._clock.seconds() + WAKE_DELAY:
                 call.reset(WAKE_DELAY)
 
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._call = self._clock.callLater(delay, self._tick)
-
-    def _track(self, d: "Deferred[Any]") -> None:
-        self._inflight.add(d)
-
-        def done(result: Any) -> Any:
-            self._inflight.discard(d)
-            return result
-
-        d.addBoth(done)
-
-    def _tick(self) -> None:
-        self._call = None
+    def _started_round(self) -> None:
         self._tick_wakes = self._wakes
-        d = self._background.run("webhook_dispatch", lambda: Deferred.fromCoroutine(self._start_rounds()))
-        self._track(d)
-        d.addBoth(lambda _: self._schedule(WAKE_DELAY if self._wakes != self._tick_wakes else self._poll))
 
-    async def _start_rounds(self) -> None:
+    def next_delay(self) -> float:
+        """Soon again when deliveries asked for a round meanwhile, else the poll interval."""
+        return WAKE_DELAY if self._wakes != self._tick_wakes else self._poll
+
+    async def round(self) -> None:
         self._gone.clear()
         endpoints = await self._store.endpoints()
         self._has_endpoints = bool(endpoints)
@@ -210,13 +182,6 @@ class WebhookDispatcher(Service):
                 cursor = skip
             if len(entries) < PAGE:
                 return
-
-    def backoff(self, attempt: int) -> float:
-        """The wait after failed attempt number ``attempt`` (1, 2, ...):
-        min_delay doubled each time up to max_delay, then a random half to
-        whole of it (jitter)."""
-        base = min(self._max, self._min * 2.0 ** min(attempt - 1, 40))
-        return base / 2 + self._rng.random() * base / 2
 
     async def _deliver(self, endpoint: Endpoint, event: Event, cursor: int, attempts: int,
                        first: float | None) -> bool:
