@@ -737,7 +737,7 @@ class RealClamdTests(unittest.TestCase):
 
     timeout = 120
 
-    def setUp(self) -> None:
+    def setUp(self) -> "Deferred[None]":
         if CLAMD is None:
             raise unittest.SkipTest("clamd is not installed (apt-get install clamav-daemon)")
         import hashlib
@@ -756,13 +756,21 @@ class RealClamdTests(unittest.TestCase):
                     + ("User root\n" if os.getuid() == 0 else ""))
         self.proc = subprocess.Popen([CLAMD, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(self._stop)
+        return self._socket_open()
+
+    @inlineCallbacks
+    def _socket_open(self) -> Any:
+        """Waits, on the reactor (nothing blocks), for clamd to open its
+        socket: loading the signatures takes a moment."""
+        from twisted.internet import reactor, task
+
         deadline = time.monotonic() + 60
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None:
                 raise unittest.SkipTest("clamd did not start: " + open(f"{self.dir}/clamd.log").read()[-300:])
             if time.monotonic() > deadline:
                 self.fail("clamd did not open its socket within 60 s")
-            time.sleep(0.1)  # polling a subprocess's start-up, not waiting for test time
+            yield task.deferLater(reactor, 0.1, lambda: None)
 
     def _stop(self) -> None:
         self.proc.terminate()
