@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import urllib.request
 from typing import Any
 
@@ -123,7 +124,6 @@ class HopScrape:
 def py_spy() -> str | None:
     """The py-spy next to this interpreter (``pip install py-spy`` into the
     virtualenv), or one on the PATH."""
-    import sys
     here = os.path.join(os.path.dirname(sys.executable), "py-spy")
     return here if os.access(here, os.X_OK) else shutil.which("py-spy")
 

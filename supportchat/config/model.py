@@ -440,6 +440,13 @@ class AttachmentsConfig:
         check.that(self.orphan_grace >= 60, "orphan_grace", "must be at least 60 seconds")
 
 
+def _check_retries(check: "_Checker", min_delay: float, max_delay: float, retry_for: float) -> None:
+    """The back-off settings of an outbox (webhooks, email): min doubled up to max, for retry_for."""
+    check.that(min_delay > 0, "retry_min_delay", "must be positive")
+    check.that(max_delay >= min_delay, "retry_max_delay", "must be at least retry_min_delay")
+    check.that(retry_for >= 0, "retry_for", "must not be negative")
+
+
 @dataclass
 class WebhooksConfig:
     """Signed webhooks from the durable log (docs/webhooks.md)."""
@@ -472,10 +479,7 @@ class WebhooksConfig:
             except ValueError:
                 ok = False
             check.that(ok, f"allowed_private_networks[{i}]", "must be a network in CIDR form, like 10.0.0.0/8")
-        check.that(self.retry_min_delay > 0, "retry_min_delay", "must be positive")
-        check.that(self.retry_max_delay >= self.retry_min_delay, "retry_max_delay",
-                   "must be at least retry_min_delay")
-        check.that(self.retry_for >= 0, "retry_for", "must not be negative")
+        _check_retries(check, self.retry_min_delay, self.retry_max_delay, self.retry_for)
         check.that(0 < self.timeout <= 300, "timeout", "must be between 0 and 300 seconds")
         check.that(0 < self.poll_interval <= 60, "poll_interval", "must be between 0 and 60 seconds")
         check.that(1 <= self.concurrency <= 64, "concurrency", "must be between 1 and 64")
@@ -531,10 +535,7 @@ class EmailConfig:
         check.that(0 < self.poll_interval <= 600, "poll_interval", "must be between 0 and 600 seconds")
         check.that(60 <= self.attachment_link_ttl <= 90 * 86400, "attachment_link_ttl",
                    "must be between 60 seconds and 90 days")
-        check.that(self.retry_min_delay > 0, "retry_min_delay", "must be positive")
-        check.that(self.retry_max_delay >= self.retry_min_delay, "retry_max_delay",
-                   "must be at least retry_min_delay")
-        check.that(self.retry_for >= 0, "retry_for", "must not be negative")
+        _check_retries(check, self.retry_min_delay, self.retry_max_delay, self.retry_for)
 
 
 @dataclass
