@@ -464,6 +464,25 @@ class NodeTests(unittest.TestCase):
         self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q1", "body": "opening hours"})
         self.assertEqual(len(self.bot_messages(t)), before)
 
+    def test_stream_entries_it_cannot_answer_are_skipped_undecoded(self) -> None:
+        """may_answer (the stream consumer's filter on the entry's c/r/k
+        fields) lets through customers' texts of conversations without a
+        human and the system's events; it turns away staff and bot messages,
+        other events, and the texts of a conversation an agent holds once
+        the node has seen that. Entries without the fields always pass."""
+        s, t, conv = self.start()
+        self.assertTrue(self.node.may_answer(conv, "customer", "text"))
+        self.assertTrue(self.node.may_answer(conv, "system", "event"))
+        self.assertFalse(self.node.may_answer(conv, "agent", "text"))
+        self.assertFalse(self.node.may_answer(conv, "bot", "text"))
+        self.assertFalse(self.node.may_answer(conv, "customer", "event"))
+        agent, at = self.connect("ag", "agent")
+        self.send(agent, {"type": "accept", "ref": "a", "conversation": conv})
+        self.send(s, {"type": "message", "conversation": conv, "client_msg_id": "q1", "body": "opening hours"})
+        self.assertFalse(self.node.may_answer(conv, "customer", "text"))
+        self.assertTrue(self.node.may_answer("other", "customer", "text"))
+        self.assertTrue(self.node.may_answer(None, None, None))
+
     def test_handoff_event_reaches_participants_and_metrics(self) -> None:
         """Asking for a human posts the handoff event with the transcript range; counted by reason."""
         s, t, conv = self.start()

@@ -159,6 +159,19 @@ class BotNode:
             return True
         return False
 
+    def may_answer(self, conversation_id: str | None, sender_role: str | None, kind: str | None) -> bool:
+        """Whether a stream entry with these fields (conversation, sender
+        role, kind: the APPEND script writes them beside the message) can
+        concern the bot; false ones are acknowledged without decoding them:
+        staff messages, events other than the system's, and every message
+        of a conversation a human has. Entries without the fields (written
+        by older nodes) may."""
+        if sender_role is None or conversation_id is None:
+            return True
+        if sender_role == "system":
+            return kind == EVENT
+        return sender_role == "customer" and kind == TEXT and conversation_id not in self._silenced
+
     def is_silenced(self, conversation_id: str) -> bool:
         """Known to have a human in it: the bot never answers there again."""
         return conversation_id in self._silenced
@@ -405,6 +418,9 @@ class StreamBotConsumer(StreamConsumer):
         work: list[Deferred[Any]] = []
         ids: list[str] = []
         for entry_id, fields in entries:
+            if not self._node.may_answer(fields.get("c"), fields.get("r"), fields.get("k")):
+                done.append(entry_id)  # skipped without decoding it
+                continue
             try:
                 msg = decode_message(fields["m"])
             except Exception:

@@ -15,13 +15,17 @@ class Delivery:
 
     ``exclude_connection`` skips the connection that caused it (the sender
     already has its ack). ``team`` narrows the ``roles`` part to the staff
-    of that team (admins always; ``user_ids`` are not narrowed)."""
+    of that team (admins always; ``user_ids`` are not narrowed).
+    ``local_only``: other nodes have it already (the chat store sent it with
+    the append, see ``AppendResult.fanned_out``); deliver on this node only.
+    It is not part of the JSON form."""
 
     frame: dict[str, Any]
     user_ids: tuple[str, ...] = ()  # principal keys (storage.models.principal_key)
     roles: tuple[str, ...] = ()
     exclude_connection: str | None = None
     team: str | None = None
+    local_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

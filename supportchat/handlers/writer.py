@@ -90,6 +90,7 @@ class MessageWriter:
             frame=frame,
             user_ids=tuple(p.user_id for p in result.participants),
             exclude_connection=exclude_connection,
+            local_only=result.fanned_out,
         ))
         publish.since(started)
         return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.logger import Logger
 
 from supportchat.bus.interfaces import Delivery, DeliveryCallback
@@ -53,6 +53,8 @@ class RedisBus:
 
     def publish(self, delivery: Delivery) -> "Deferred[None]":
         self._local.publish(delivery)
+        if delivery.local_only:
+            return succeed(None)  # the APPEND script sent it to the other nodes
         return Deferred.fromCoroutine(self._route(delivery))
 
     async def _route(self, delivery: Delivery) -> None:
@@ -65,15 +67,18 @@ class RedisBus:
                 await self._redis.execute("PUBLISH", f"{self._p}broadcast", text)
                 self.published_remote += 1
                 return
-            nodes: set[str] = set()
-            for user in delivery.user_ids:
-                nodes |= await self._presence.nodes_for(user)
+            # All presence reads at once, then all PUBLISHes at once: two
+            # round trips whatever the number of recipients.
+            found = await gatherResults([self._presence.nodes_for(u) for u in delivery.user_ids],
+                                        consumeErrors=True)
+            nodes: set[str] = set().union(*found) if found else set()
             nodes.discard(self.node_id)
-            for node in sorted(nodes):
-                await self._redis.execute("PUBLISH", f"{self._p}node:{node}", text)
-                self.published_remote += 1
+            sent = [self._redis.execute("PUBLISH", f"{self._p}node:{node}", text) for node in sorted(nodes)]
+            await gatherResults(sent, consumeErrors=True)
+            self.published_remote += len(sent)
         except Exception as e:
-            log.warn("cross-node delivery skipped: {error}", error=str(e))
+            cause = e.subFailure.value if isinstance(e, FirstError) else e
+            log.warn("cross-node delivery skipped: {error}", error=str(cause))
 
 
 def make_subscriber_hook(bus: RedisBus) -> Callable[[Any], Any]:

@@ -35,6 +35,16 @@ def message_fields(msg: Message) -> dict[str, Any]:
     }
 
 
+def frame_tail(draft: Message) -> str:
+    """The message's delivery frame (``Message.to_wire``) as JSON after its
+    seq: ``'{"seq":' + str(seq) + frame_tail(draft)`` is the frame of the
+    message once the APPEND script has given it ``seq``."""
+    frame = draft.to_wire()
+    del frame["seq"]
+    rest = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return "," + rest[1:]
+
+
 def encode_message(msg: Message) -> str:
     head, tail = split_message_json(message_fields(msg))
     return f"{head}{msg.seq}{tail}"

@@ -11,30 +11,68 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from supportchat.redis.connection import RedisClient
+from supportchat.redis.scripts import PRESENCE
+
+# Presence writes sent in one script at most (a reconnect storm queues more).
+BATCH_MAX = 2000
 
 
 class RedisPresenceStore:
+    """Writes (touch, remove) are coalesced: the first is sent at once; the
+    ones made while it is in flight wait and then go together, in order, as
+    one PRESENCE script. Ten thousand connections refresh their presence
+    every ``ttl / 3`` seconds; that is one Redis command per round trip, not
+    three per connection."""
+
     def __init__(self, clock: IReactorTime, redis: RedisClient, ttl: float, node_id: str, prefix: str = "sc:") -> None:
         self._clock = clock
         self._redis = redis
         self._ttl = ttl
         self._node = node_id
         self._p = prefix
+        self._queued: list[tuple[str, str, str, str]] = []
+        self._waiters: list[Deferred[None]] = []
+        self._in_flight = False
+        self.batches = 0
 
     def touch(self, user_id: str, connection_id: str) -> "Deferred[None]":
         if not self._redis.connected:
             return succeed(None)  # best effort: presence repairs itself on the next heartbeat
         expires = self._clock.seconds() + self._ttl
-        key = f"{self._p}presence:{user_id}"
-        self._redis.execute("HSET", key, connection_id, f"{self._node}|{expires}").addErrback(lambda _: None)
-        self._redis.execute("PEXPIRE", key, int(self._ttl * 1000)).addErrback(lambda _: None)
-        d = self._redis.execute("ZADD", f"{self._p}online", expires, user_id)
-        return d.addBoth(lambda _: None)
+        return self._write("t", user_id, connection_id, f"{self._node}|{expires}")
 
     def remove(self, user_id: str, connection_id: str) -> "Deferred[None]":
         if not self._redis.connected:
             return succeed(None)
-        return self._redis.execute("HDEL", f"{self._p}presence:{user_id}", connection_id).addBoth(lambda _: None)
+        return self._write("r", user_id, connection_id, "")
+
+    def _write(self, op: str, user_id: str, connection_id: str, value: str) -> "Deferred[None]":
+        """Queue one write; the Deferred fires (with None, also when Redis
+        failed: presence is best effort) once its batch has been answered."""
+        d: Deferred[None] = Deferred()
+        self._queued.append((op, user_id, connection_id, value))
+        self._waiters.append(d)
+        if not self._in_flight:
+            self._send()
+        return d
+
+    def _send(self) -> None:
+        ops, waiters = self._queued[:BATCH_MAX], self._waiters[:BATCH_MAX]
+        del self._queued[:BATCH_MAX], self._waiters[:BATCH_MAX]
+        args: list[object] = [self._p, int(self._ttl * 1000)]
+        for op in ops:
+            args.extend(op)
+        self._in_flight = True
+        self.batches += 1
+
+        def done(_: object) -> None:
+            self._in_flight = False
+            for waiter in waiters:
+                waiter.callback(None)
+            if self._queued and not self._in_flight:
+                self._send()
+
+        self._redis.eval(PRESENCE, [], args).addBoth(done)
 
     async def _entries(self, user_id: str) -> dict[str, str]:
         flat = await self._redis.execute("HGETALL", f"{self._p}presence:{user_id}")

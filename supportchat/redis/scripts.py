@@ -23,16 +23,27 @@ the migration rewrote (see docs/deploy.md, "Upgrading").
 """
 
 # ARGV: prefix, conv, sender, client_msg_id ('' for none), kind, head, tail,
-#       msg_id, ts, require_participant ('1'/'0'), window, key_ttl, floor
+#       msg_id, ts, require_participant ('1'/'0'), window, key_ttl, floor,
+#       [origin, now, frame_tail, sender_role]
 # The message JSON is head .. seq .. tail (head ends with '"seq":').
 # ``floor`` is the highest seq the calling node has seen in the conversation:
 # if Redis lost writes (fail-over, a restart from an older file), its counter
 # is raised before use, so new messages never reuse seqs already handed out.
+# Fan-out in the same round trip: with ``origin`` (the calling node's id;
+# '' for none), the script also publishes the delivery to every
+# other node where a participant has a live connection ({p}presence:U
+# entries "node|expires_at" with expires_at > ``now``), as the JSON
+# {"origin":..,"user_ids":[participants],"frame":{"seq":N <frame_tail>}:
+# the same delivery redis/bus.py would publish after the reply, without the
+# presence reads and PUBLISHes of another round trip per message. The
+# stream entry also carries the conversation (c), sender role (r) and kind
+# (k), so consumers (the bots) can skip entries without decoding them.
 APPEND = r"""
 local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local floor = tonumber(ARGV[13] or "0")
+local origin, now, ftail, role = ARGV[14] or "", tonumber(ARGV[15] or "0"), ARGV[16], ARGV[17] or ""
 local idem = p .. "dedup:" .. sender .. ":" .. cmid
 if cmid ~= "" then
   local prior = redis.call("GET", idem)
@@ -50,7 +61,7 @@ end
 if tonumber(redis.call("GET", seq_key)) < floor then redis.call("SET", seq_key, floor) end
 local seq = redis.call("INCR", seq_key)
 local msg = head .. seq .. tail
-redis.call("XADD", p .. "stream", "*", "m", msg)
+redis.call("XADD", p .. "stream", "*", "m", msg, "c", conv, "r", role, "k", kind)
 redis.call("ZADD", p .. "recent:" .. conv, seq, msg)
 redis.call("HSET", p .. "meta:" .. conv, "last_seq", seq, "last_msg_id", msg_id, "last_ts", ts)
 local parts = redis.call("HGETALL", parts_key)
@@ -75,7 +86,31 @@ end
 if cmid ~= "" then
   redis.call("SET", idem, msg, "EX", window)
 end
-return {"ok", msg, unpack(parts)}
+local fanned = "0"
+if origin ~= "" then
+  local users, nodes, order = {}, {}, {}
+  for i = 1, #parts, 2 do
+    users[#users + 1] = parts[i]
+    local live = redis.call("HGETALL", p .. "presence:" .. parts[i])
+    for j = 2, #live, 2 do
+      local node, expires = string.match(live[j], "^(.*)|([^|]*)$")
+      if node and not nodes[node] and (tonumber(expires) or 0) > now then
+        nodes[node] = true
+        order[#order + 1] = node
+      end
+    end
+  end
+  local payload = nil
+  for _, node in ipairs(order) do
+    if node ~= origin then
+      payload = payload or ('{"origin":' .. cjson.encode(origin) .. ',"user_ids":' .. cjson.encode(users)
+                            .. ',"frame":{"seq":' .. seq .. ftail .. '}')
+      redis.call("PUBLISH", p .. "node:" .. node, payload)
+    end
+  end
+  fanned = "1"
+end
+return {"ok", msg, fanned, unpack(parts)}
 """
 
 # Seed (or raise) a conversation's counter and participants from SQL.
@@ -113,6 +148,24 @@ REMEMBER = r"""
 local p, window = ARGV[1], tonumber(ARGV[2])
 for i = 3, #ARGV, 3 do
   redis.call("SET", p .. "dedup:" .. ARGV[i] .. ":" .. ARGV[i + 1], ARGV[i + 2], "EX", window, "NX")
+end
+return 1
+"""
+
+# Presence writes, in order. ARGV: prefix, ttl_ms, then quadruples
+# op ('t' touch / 'r' remove), user, connection, "node|expires_at" ('' for r).
+PRESENCE = r"""
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 4 do
+  local key = p .. "presence:" .. ARGV[i + 1]
+  if ARGV[i] == "t" then
+    redis.call("HSET", key, ARGV[i + 2], ARGV[i + 3])
+    redis.call("PEXPIRE", key, ttl)
+    local _, expires = string.match(ARGV[i + 3], "^(.*)|([^|]*)$")
+    redis.call("ZADD", p .. "online", expires, ARGV[i + 1])
+  else
+    redis.call("HDEL", key, ARGV[i + 2])
+  end
 end
 return 1
 """

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from supportchat.redis.codec import decode_message, encode_message, message_fields, split_message_json
+from supportchat.redis.codec import decode_message, encode_message, frame_tail, message_fields, split_message_json
 from supportchat.redis.connection import RedisClient, RedisUnavailable, is_unavailable
 from supportchat.redis.replicas import ReplicasBehind, ReplicaWait
 from supportchat.redis.scripts import APPEND, MARK_READ, REMEMBER, SEED
@@ -63,8 +63,13 @@ class RedisChatStore:
     """ConversationStore + SessionStateStore over Redis with SQL behind it."""
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:",
-                 retry_after: float = 2.0, wait_replicas: int = 0, wait_timeout: float = 0.5) -> None:
+                 retry_after: float = 2.0, wait_replicas: int = 0, wait_timeout: float = 0.5,
+                 node_id: str = "") -> None:
         self.retry_after = retry_after
+        # Fan-out with the append (one round trip per message): the script
+        # publishes the delivery to the other nodes. Not with wait_replicas
+        # (nobody may hear of a message before the replicas confirm it).
+        self._fanout_origin = node_id if wait_replicas <= 0 else ""
         # [redis] wait_replicas: acknowledge only what replicas have (WAIT).
         self.replicas: ReplicaWait | None = (
             ReplicaWait(clock, redis, wait_replicas, wait_timeout, retry_after, f"{prefix}wait-fence")
@@ -249,15 +254,20 @@ class RedisChatStore:
         draft = Message(req.conversation_id, msg_id, 0, req.sender_id, req.sender_role, req.client_msg_id,
                         req.kind, req.body, req.ts, req.data)
         head, tail = split_message_json(message_fields(draft))
+        origin = self._fanout_origin
+        if origin and req.data is not None and "attachments" in req.data:
+            origin = ""  # its frame gets signed links: the bus publishes it
         for _ in range(3):
             reply = await self._redis.eval(APPEND, [], [
                 self.prefix, req.conversation_id, req.sender_id, req.client_msg_id or "", req.kind,
                 head, tail, msg_id, repr(req.ts), "1" if req.require_participant else "0",
                 int(req.idempotency_window), KEY_TTL, self._hints.get(req.conversation_id, 0),
+                origin, repr(self._clock.seconds()), frame_tail(draft) if origin else "", req.sender_role,
             ])
             status = reply[0]
             if status == "ok":
-                return AppendResult(decode_message(reply[1]), False, tuple(_pairs(reply[2:])))
+                return AppendResult(decode_message(reply[1]), False, tuple(_pairs(reply[3:])),
+                                    fanned_out=reply[2] == "1")
             if status == "dup":
                 return AppendResult(decode_message(reply[1]), True, tuple(_pairs(reply[2:])))
             if status == "notfound":

@@ -164,6 +164,10 @@ class AppendResult:
     message: Message
     duplicate: bool
     participants: tuple[Participant, ...] = field(default_factory=tuple)
+    # The store has already sent the message to the participants on other
+    # nodes, in the append's own round trip (Redis mode): only this node's
+    # sessions are left to deliver to.
+    fanned_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,167 @@
+"""The Redis hot path's round trips: the APPEND script fans a message out to
+the other nodes in the same round trip, and presence writes are coalesced
+(real Redis: the shared private test server)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from supportchat.bus.interfaces import Delivery
+from supportchat.storage.models import AppendRequest, customer_key
+from supportchat.storage.sql import SqlConversationStore
+from tests.test_storage_contract import threadless_sqlite
+
+
+class Channels:
+    """A subscriber connection on every node channel, recording what arrives."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, Any]]] = []
+        self._waiting: list[tuple[int, Deferred[None]]] = []
+
+    def on_message(self, channel: str, message: str) -> None:
+        self.got.append((channel, json.loads(message)))
+        for n, d in list(self._waiting):
+            if len(self.got) >= n:
+                self._waiting.remove((n, d))
+                d.callback(None)
+
+    def wait_for(self, n: int) -> "Deferred[None]":
+        d: Deferred[None] = Deferred()
+        if len(self.got) >= n:
+            d.callback(None)
+        else:
+            self._waiting.append((n, d))
+        return d
+
+
+class FanoutTests(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        from supportchat.redis.connection import RedisClient
+        from tests.redis_support import connected_client, shared
+
+        server = shared()
+        server.cli("FLUSHALL")
+        self.redis = yield connected_client(self, server.url)
+        self.channels = Channels()
+        subscribed: Deferred[None] = Deferred()
+
+        def hook(proto: Any) -> Any:
+            d = proto.subscribe(["sc:node:node-a", "sc:node:node-b", "sc:node:node-c"])
+            d.addCallback(lambda _: subscribed.called or subscribed.callback(None))
+            return d
+
+        sub = RedisClient(reactor, server.url, subscriber=True, on_connect=hook, on_message=self.channels.on_message)
+        sub.service.startService()
+        self.addCleanup(sub.service.stopService)
+        yield subscribed
+        self.sql = SqlConversationStore(threadless_sqlite(self))
+
+    def store(self, **kwargs: Any) -> Any:
+        from twisted.internet import reactor
+
+        from supportchat.redis.store import RedisChatStore
+
+        return RedisChatStore(reactor, self.redis, self.sql, **kwargs)
+
+    def presence(self, node: str, clock: Any = None) -> Any:
+        from twisted.internet import reactor
+
+        from supportchat.redis.presence import RedisPresenceStore
+
+        return RedisPresenceStore(clock or reactor, self.redis, 35, node)
+
+    @inlineCallbacks
+    def conversation(self) -> Any:
+        conv, _ = yield self.sql.open_conversation(customer_key("cu"), 1.0)
+        yield self.sql.add_participant(conv.id, "ag", "agent", 2.0)
+        return conv.id
+
+    def text(self, conv: str, body: str, key: str, data: Any = None) -> AppendRequest:
+        return AppendRequest(conversation_id=conv, sender_id=customer_key("cu"), sender_role="customer",
+                             client_msg_id=key, kind="text", body=body, ts=3.0, data=data)
+
+    @inlineCallbacks
+    def test_the_append_publishes_to_the_other_nodes_in_its_round_trip(self) -> Any:
+        """With a node id, the APPEND script publishes the delivery to each
+        other node where a participant has a live connection (once per
+        node), never to the sender's own node or a node whose presence has
+        lapsed; the delivery is what the bus would publish (the stored
+        message's frame, every participant), and the result says so."""
+        conv = yield self.conversation()
+        lapsed = Clock()  # node-c's entry expired long ago
+        yield gatherResults([
+            self.presence("node-a").touch(customer_key("cu"), "s1"),
+            self.presence("node-b").touch("ag", "s2"),
+            self.presence("node-b").touch("ag", "s3"),
+            self.presence("node-c", lapsed).touch("ag", "s4"),
+        ])
+        store = self.store(node_id="node-a")
+        first = yield store.append(self.text(conv, "héllo \"there\"", "k1"))
+        self.assertTrue(first.fanned_out)
+        second = yield store.append(self.text(conv, "again", "k2"))
+        yield self.channels.wait_for(2)
+        self.assertEqual([c for c, _ in self.channels.got], ["sc:node:node-b", "sc:node:node-b"])
+        for (_, payload), result in zip(self.channels.got, (first, second)):
+            self.assertEqual(payload["origin"], "node-a")
+            delivery = Delivery.from_json(payload)
+            self.assertEqual(delivery.frame, result.message.to_wire())
+            self.assertEqual(sorted(delivery.user_ids), sorted(p.user_id for p in result.participants))
+        self.assertEqual(self.channels.got[0][1]["frame"]["body"], "héllo \"there\"")
+
+    @inlineCallbacks
+    def test_duplicates_attachments_and_no_node_id_are_left_to_the_bus(self) -> Any:
+        """A duplicate is not fanned out again; a message with attachments
+        (its frame gets signed links per node) and a store without a node
+        id leave the fan-out to the bus: nothing is published by the
+        script, and the result says so."""
+        conv = yield self.conversation()
+        yield self.presence("node-b").touch("ag", "s2")
+        store = self.store(node_id="node-a")
+        yield store.append(self.text(conv, "one", "k1"))
+        again = yield store.append(self.text(conv, "one", "k1"))
+        self.assertTrue(again.duplicate)
+        self.assertFalse(again.fanned_out)
+        files = yield store.append(self.text(conv, "", "k2", data={"attachments": [{"id": "a1"}]}))
+        self.assertFalse(files.fanned_out)
+        plain = yield self.store().append(self.text(conv, "no node", "k3"))
+        self.assertFalse(plain.fanned_out)
+        last = yield store.append(self.text(conv, "last", "k4"))
+        yield self.channels.wait_for(2)
+        self.assertEqual([p["frame"]["body"] for _, p in self.channels.got], ["one", "last"])
+        self.assertEqual(last.message.seq, 4)
+
+    @inlineCallbacks
+    def test_stream_entries_name_conversation_role_and_kind(self) -> Any:
+        """Each stream entry carries c, r and k beside the message, so
+        consumers can skip it without decoding the JSON."""
+        conv = yield self.conversation()
+        yield self.store(node_id="node-a").append(self.text(conv, "hi", "k1"))
+        [[_, flat]] = yield self.redis.execute("XRANGE", "sc:stream", "-", "+")
+        fields = dict(zip(flat[::2], flat[1::2]))
+        self.assertEqual((fields["c"], fields["r"], fields["k"]), (conv, "customer", "text"))
+        self.assertEqual(json.loads(fields["m"])["body"], "hi")
+
+    @inlineCallbacks
+    def test_presence_writes_made_together_go_in_one_script(self) -> Any:
+        """Touches made while one is in flight wait and go together, in
+        order: fifty touches cost two round trips, and a touch followed by a
+        remove of the same connection leaves no entry."""
+        presence = self.presence("node-a")
+        users = [f"u{i}" for i in range(50)]
+        yield gatherResults([presence.touch(u, f"s-{u}") for u in users])
+        self.assertEqual(presence.batches, 2)
+        found = yield gatherResults([presence.nodes_for(u) for u in users])
+        self.assertEqual(found, [{"node-a"}] * 50)
+        yield gatherResults([presence.touch("x", "s1"), presence.touch("y", "s2"), presence.remove("y", "s2")])
+        self.assertEqual((yield presence.nodes_for("x")), {"node-a"})
+        self.assertEqual((yield presence.nodes_for("y")), set())
+        self.assertEqual((yield presence.online_users())[:2], ["u0", "u1"])
