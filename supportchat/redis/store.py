@@ -266,8 +266,9 @@ class RedisChatStore:
             ])
             status = reply[0]
             if status == "ok":
-                return AppendResult(decode_message(reply[1]), False, tuple(_pairs(reply[3:])),
-                                    fanned_out=reply[2] == "1")
+                # The stored JSON is head + seq + tail: only the seq is new.
+                stored = replace(draft, seq=int(reply[1][len(head):reply[1].index(",", len(head))]))
+                return AppendResult(stored, False, tuple(_pairs(reply[3:])), fanned_out=reply[2] == "1")
             if status == "dup":
                 return AppendResult(decode_message(reply[1]), True, tuple(_pairs(reply[2:])))
             if status == "notfound":
