@@ -165,3 +165,59 @@ class FanoutTests(unittest.TestCase):
         self.assertEqual((yield presence.nodes_for("x")), {"node-a"})
         self.assertEqual((yield presence.nodes_for("y")), set())
         self.assertEqual((yield presence.online_users())[:2], ["u0", "u1"])
+
+
+class ReplyDeadlineTests(unittest.TestCase):
+    """The command connection's liveness deadline (redis/connection.py
+    _Protocol), on a fake transport and clock."""
+
+    def connect(self) -> tuple[Any, Any, Clock]:
+        from twisted.internet.testing import StringTransport
+
+        from supportchat.redis.connection import _Protocol
+
+        clock = Clock()
+        proto = _Protocol(clock, replyTimeout=5.0, charset="utf-8", errors="strict", convertNumbers=False)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport, clock
+
+    def test_slow_replies_are_not_a_dead_connection(self) -> None:
+        """Replies that keep arriving keep the connection alive however long
+        each command waits: the second command, owed for 9 s while bytes
+        arrived 4 s before, still gets its reply; only 5 s of silence with
+        replies owed fails what is owed (TimeoutError) and aborts."""
+        import txredisapi
+
+        proto, transport, clock = self.connect()
+        first = proto.execute_command("GET", "a")
+        second = proto.execute_command("GET", "b")
+        clock.advance(4.0)
+        proto.dataReceived(b"$1\r\nx\r\n")
+        self.assertEqual(self.successResultOf(first), "x")
+        clock.advance(4.5)  # 8.5 s owed, 4.5 s silent
+        self.assertNoResult(second)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"$1\r\ny\r\n")
+        self.assertEqual(self.successResultOf(second), "y")
+        third = proto.execute_command("GET", "c")
+        clock.advance(5.0)
+        self.failureResultOf(third, txredisapi.TimeoutError)
+        self.assertTrue(transport.disconnecting)
+
+    def test_an_idle_connection_is_not_dead_and_the_timer_stops_with_it(self) -> None:
+        """Owing nothing, silence is fine: a command sent after a minute
+        of quiet gets the full 5 s; losing the connection cancels the timer."""
+        from twisted.python.failure import Failure
+        from twisted.internet.error import ConnectionDone
+
+        proto, transport, clock = self.connect()
+        clock.advance(60.0)
+        self.assertFalse(transport.disconnecting)
+        late = proto.execute_command("GET", "a")
+        clock.advance(4.0)
+        self.assertNoResult(late)
+        self.assertFalse(transport.disconnecting)
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(late)
+        self.assertEqual(clock.getDelayedCalls(), [])

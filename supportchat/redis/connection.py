@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+# A command connection owing replies that hears nothing for this long is dead.
 REPLY_TIMEOUT = 5.0
 
 
@@ -46,9 +47,55 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 class _Protocol(txredisapi.RedisProtocol):
-    def __init__(self, reactor: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    """txredisapi's protocol with a liveness deadline instead of a reply
+    timeout per command: the connection is dead when it has owed replies
+    for ``replyTimeout`` seconds without receiving a byte. Under load a
+    healthy connection can take longer than that to answer one command (its
+    replies queue behind thousands of others while the reactor catches up);
+    a timer per command would then declare it dead and send the gateway
+    into degraded mode for nothing. One timer per connection, not a
+    callLater and a cancel per command."""
+
+    def __init__(self, reactor: Any, replyTimeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(replyTimeout=None, **kwargs)
         self.callLater = reactor.callLater
+        self._clock = reactor
+        self._deadline = replyTimeout
+        self._heard = 0.0
+        self._watch: Any = None
+
+    def connectionMade(self) -> Any:
+        self._heard = self._clock.seconds()
+        if self._deadline:
+            self._watch = self._clock.callLater(self._deadline / 4, self._check)
+        return super().connectionMade()
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.replyQueue.waiting:
+            self._heard = self._clock.seconds()  # owed nothing until now
+        return super().execute_command(*args, **kwargs)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self._heard = self._clock.seconds()
+        super().dataReceived(data, unpause)
+
+    def _check(self) -> None:
+        self._watch = None
+        assert self._deadline is not None
+        silent = self._clock.seconds() - self._heard
+        if self.replyQueue.waiting and silent >= self._deadline:
+            error = f"Redis sent nothing for {silent:.1f} s while replies were due"
+            while self.replyQueue.waiting:
+                self.replyQueue.put(txredisapi.TimeoutError(error))
+            self.transport.abortConnection()
+            return
+        self._watch = self._clock.callLater(self._deadline / 4, self._check)
+
+    def connectionLost(self, why: Any) -> None:
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+        super().connectionLost(why)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
