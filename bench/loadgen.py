@@ -20,6 +20,7 @@ import json
 import os
 import random
 import resource
+import socket
 import sys
 import time
 from typing import Any
@@ -74,6 +75,9 @@ class Worker:
         self.host = cfg["host"]
         self.port = int(cfg["port"])
         self.path = cfg.get("path", "/ws")
+        # loopback source addresses to bind client sockets to, round-robin
+        # (one address pair has only ~28,000 ephemeral ports); empty: the kernel's choice
+        self.sources: list[str] = list(cfg.get("sources") or [])
         self.secret = os.environ["BENCH_JWT_SECRET"]
         self.counters = Counters()
         self.conns: list[Conn] = []
@@ -121,7 +125,11 @@ class Worker:
         conn.ws = ws
         self.by_ws[id(ws)] = conn
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: ws, self.host, self.port), OPEN_TIMEOUT)
+            if self.sources:
+                await asyncio.wait_for(self.connect_from(ws, self.sources[conn.idx % len(self.sources)]),
+                                       OPEN_TIMEOUT)
+            else:
+                await asyncio.wait_for(loop.create_connection(lambda: ws, self.host, self.port), OPEN_TIMEOUT)
             await asyncio.wait_for(ws.handshake, OPEN_TIMEOUT)
             await asyncio.wait_for(hello, OPEN_TIMEOUT)
         except BaseException:
@@ -131,6 +139,22 @@ class Worker:
             raise
         self.conns.append(conn)
         return conn
+
+    async def connect_from(self, ws: WsClient, source: str) -> None:
+        """TCP connect from ``source`` (port chosen at connect time:
+        IP_BIND_ADDRESS_NO_PORT), then hand the socket to ``ws``."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            sock.bind((source, 0))
+            await loop.sock_connect(sock, (self.host, self.port))
+            await loop.create_connection(lambda: ws, sock=sock)
+        except BaseException:
+            if ws.transport is None:
+                sock.close()
+            raise
 
     async def request(self, conn: Conn, frame: dict[str, Any]) -> dict[str, Any]:
         conn.ref += 1
@@ -482,7 +506,7 @@ class Worker:
 
     def cmd_counters(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {"bytes_in": self.counters.bytes_in, "bytes_out": self.counters.bytes_out,
-                "connections": len(self.conns)}
+                "connections": len(self.conns), "fds": len(os.listdir("/proc/self/fd"))}
 
 
 def thin(samples: list[float]) -> list[float]:
