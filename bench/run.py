@@ -1026,6 +1026,17 @@ def phase_probes(server: Server, args: argparse.Namespace, phase: str, seconds: 
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = os.path.join(args.profile, f"{server.kind}-{phase}-{stamp}.svg")
         probes["profile"] = Profile(server.pid, path, seconds)
+        if server.extras or server.redis is not None:
+            # Redis mode: every process of every role (python ones; py-spy
+            # cannot read redis-server), named by role.
+            for role, pids in server.roles().items():
+                if role in ("redis-server", "postgres"):
+                    continue
+                for i, pid in enumerate(pids):
+                    if pid == server.pid:
+                        continue
+                    probes[f"profile-{role}-{i}"] = Profile(
+                        pid, os.path.join(args.profile, f"{server.kind}-{phase}-{role}{i}-{stamp}.svg"), seconds)
     return probes
 
 
@@ -1121,8 +1132,8 @@ def show_phase(title: str, r: dict[str, Any]) -> None:
     for h in r.get("hops", []):
         say(f"      hop {h['hop']}: n {h['count']} mean {h['mean_ms']} p50 {h['p50_ms']} p99 {h['p99_ms']} "
             f"p99.9 {h['p999_ms']} ms")
-    if r.get("profile"):
-        say(f"      flame graph: {r['profile']['flamegraph']} (py-spy rc {r['profile']['rc']})")
+    for name in sorted(k for k in r if k == "profile" or k.startswith("profile-")):
+        say(f"      flame graph: {r[name]['flamegraph']} (py-spy rc {r[name]['rc']})")
 
 
 def med(xs: list[float]) -> float | None:
