@@ -577,7 +577,8 @@ class Worker:
         # connections that failed for good during setup stay out of the run
         self.clients = [c for c in self.clients if c.state == "open"]
         self.pairs = [(a, b) for a, b in self.pairs if a.state == "open" and b.state == "open"]
-        self.initial = False
+        if msg.get("last", True):
+            self.initial = False  # from now on, drops are reconnected and counted
         gc.collect()
         gc.freeze()
         return {"pairs": pairs, "idle": idles, "open": len(self.clients), "failures": {**pfail, **ifail},

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reconnect storm: kill -9 one of two gateways and watch its clients come back.
 
-    .venv/bin/python bench/storm.py                       # 19,800 connections, 500 pairs, 1,000 msg/s
+    .venv/bin/python bench/storm.py --victim 10000        # 19,800 connections, 500 pairs, 1,000 msg/s
     .venv/bin/python bench/storm.py --connections 2000 --pairs 100 --rate 200   # a quick look
 
 Issue 14, target 6. The script starts, all on 127.0.0.1 and in a temporary
@@ -30,7 +30,9 @@ deduped"), and a final sync from 0 of every conversation shows seqs
 The survivor ends up holding every connection, and one process may hold
 at most 20,000 open files here (a hard limit), some of which the gateway
 needs for itself (Redis, SQLite, listening sockets, its log): the default
-total is therefore 19,800, not 20,000.
+total is therefore 19,800, not 20,000. To have the killed gateway hold
+10,000 of them (``--victim 10000``), 200 idle customers connect while it
+runs alone; the rest split between the two gateways.
 
 Results are printed, saved as JSON in bench/results/storm-*.json and, with
 ``--docs``, written into docs/benchmarks.md between the storm markers.
@@ -342,34 +344,43 @@ async def run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                              "--listen", f"tcp:{mport}:interface=127.0.0.1"],
                       dict(env, SUPPORTCHAT_SERVER_NODE_ID=name), os.path.join(workdir, f"{name}.log"))
             procs.append(gw)
-            await gw.start()
             gws.append((name, gw, mport))
-        for name, gw, mport in gws:
-            await gw.ready(mport)
+        # gw-a alone first, for the connections that put it at --victim
+        # once the rest have split evenly between the two
+        lead = max(0, min(args.connections - 2 * args.pairs, 2 * (args.victim or 0) - args.connections))
+        await gws[0][1].start()
+        await gws[0][1].ready(gws[0][2])
         res["command_servers"] = (f"{shown_env(env)} {twistd} -n --pidfile= supportchat gateway --data-dir <tmp>/data "
                                   f"--listen reuseport:<port>:interface=127.0.0.1 --listen tcp:<metrics port>:"
                                   f"interface=127.0.0.1 (x2; SUPPORTCHAT_SERVER_NODE_ID=gw-a, gw-b), one "
                                   f"`supportchat persister` with the same environment, redis-server --appendonly yes "
                                   f"--appendfsync everysec --save ''")
+        for i in range(args.workers):
+            g = LoadGen(i, port, f"127.0.0.{2 + i}", secret, os.path.join(workdir, f"resume-{i}.log"))
+            gens.append(g)
+            await g.start()
+        t0 = time.monotonic()
+        opened = []
+        if lead:
+            opened += await on_all(gens, "open", [{"pairs": 0, "idle": n, "concurrency": args.connect_concurrency,
+                                                   "last": False} for n in split(lead, args.workers)])
+            say(f"storm: {lead} connections opened on gw-a alone")
+        await gws[1][1].start()
+        await gws[1][1].ready(gws[1][2])
         base_fds = {name: open_fds(gw.pid) for name, gw, _ in gws}
         res["gateway_fds_before"] = base_fds
-        need = args.connections + max(base_fds.values()) + 100
+        need = args.connections + min(base_fds.values()) + 100
         if need > FD_LIMIT:
             say(f"storm: warning: the survivor will need about {need} open files, above the {FD_LIMIT} one "
                 f"process may hold here: some reconnects will fail (EMFILE)")
         say(f"storm: redis pid {redis.pid}, persister pid {persister.pid}, gateways "
             + ", ".join(f"{n} pid {g.pid} (metrics :{m}, {base_fds[n]} fds)" for n, g, m in gws)
             + f", shared port {port}")
-
-        for i in range(args.workers):
-            g = LoadGen(i, port, f"127.0.0.{2 + i}", secret, os.path.join(workdir, f"resume-{i}.log"))
-            gens.append(g)
-            await g.start()
-        idle = args.connections - 2 * args.pairs
+        idle = args.connections - 2 * args.pairs - lead
         per = [{"pairs": p, "idle": n, "concurrency": args.connect_concurrency}
                for p, n in zip(split(args.pairs, args.workers), split(idle, args.workers))]
-        t0 = time.monotonic()
-        opened = await on_all(gens, "open", per)
+        opened += await on_all(gens, "open", per)
+        opened = opened[-len(gens):] + [dict(o, open=0, pairs=0) for o in opened[:-len(gens)]]
         res["open"] = {"seconds": round(time.monotonic() - t0, 1), "clients": sum(o["open"] for o in opened),
                        "pairs": sum(o["pairs"] for o in opened),
                        "failures": {k: v for o in opened for k, v in o["failures"].items()}}
@@ -649,6 +660,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="total connections (default 19800: the survivor must hold them all within 20,000 files)")
     p.add_argument("--pairs", type=int, default=500, help="customer/agent pairs sending messages (default 500)")
     p.add_argument("--rate", type=float, default=1000.0, help="offered msg/s over the pairs (default 1000)")
+    p.add_argument("--victim", type=int,
+                   help="connections wanted on the gateway that is killed, e.g. 10000 (default: the kernel's even "
+                        "split): 2 x VICTIM - CONNECTIONS idle ones are opened while it runs alone, then the rest "
+                        "split between both")
     p.add_argument("--workers", type=int, default=4, help="load-generator processes (default 4)")
     p.add_argument("--connect-concurrency", type=int, default=32, help="opening handshakes in flight per worker")
     p.add_argument("--before", type=float, default=10.0, help="seconds of traffic before the kill (default 10)")
