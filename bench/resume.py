@@ -301,6 +301,7 @@ class Worker:
         for fut in c.waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("connection lost"))
+                fut.exception()  # retrieved: whoever awaits it still gets it, nobody else logs it
         c.waiters.clear()
         c.refs.clear()
         c.syncing = False
