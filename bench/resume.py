@@ -52,7 +52,11 @@ from wsclient import Counters, HandshakeError, WsClient  # noqa: E402
 
 perf = time.perf_counter
 wall = time.time
-OPEN_TIMEOUT = 20.0  # TCP connect + upgrade + hello of one attempt
+# TCP connect + upgrade + hello of one attempt. The widget sets no timeout
+# of its own (the browser gives up on a dead TCP connection much later), so
+# this is only a bound: a shorter one makes clients queued at a busy server
+# start over at the back of the queue.
+OPEN_TIMEOUT = 90.0
 REPLY_TIMEOUT = 30.0
 SYNC_LIMIT = 200
 TICK = 0.002
@@ -67,6 +71,12 @@ def log(*args: Any) -> None:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    """Mark a future's exception as seen (its attempt was already given up)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 15.0,
@@ -252,6 +262,7 @@ class Worker:
         c.ws = ws
         self.by_ws[id(ws)] = c
         ws.lost.add_done_callback(functools.partial(self._lost_cb, c, ws))
+        ws.handshake.add_done_callback(_retrieve)
         deadline = perf() + OPEN_TIMEOUT
         stage = "connect"
         try:
@@ -259,7 +270,8 @@ class Worker:
                 loop.create_connection(lambda: ws, self.host, self.port, local_addr=(self.src, 0)),
                 OPEN_TIMEOUT)
             stage = "upgrade"
-            await asyncio.wait_for(ws.handshake, max(0.01, deadline - perf()))
+            # shielded: a timeout must not cancel the future WsClient completes later
+            await asyncio.wait_for(asyncio.shield(ws.handshake), max(0.01, deadline - perf()))
             if not self.initial:
                 self.ev_handshake.append(wall())
             stage = "hello"

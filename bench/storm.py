@@ -612,6 +612,11 @@ def report_markdown(results: dict[str, Any]) -> str:
              f"gaps {fmt(eo['conversations_with_gaps'])}, client_msg_id stored twice "
              f"{fmt(eo['repeated_client_msg_id'])}, acked but absent {fmt(eo['acked_not_in_log'])}, at another seq "
              f"{fmt(eo['acked_at_other_seq'])} |")
+    dr = r.get("drained") or []
+    if dr:
+        L.append(f"| after the sending stopped: outstanding acks and deliveries settled in | "
+                 f"{fmt(max(d['seconds'] for d in dr), 1)} s (bound {fmt(a['drain'], 0)} s; left: outbox "
+                 f"{fmt(sum(d['outbox'] for d in dr))}, undelivered {fmt(sum(d['undelivered'] for d in dr))}) |")
     L.append(f"| verdict | {'**exactly once: yes**' if eo['ok'] else '**exactly once: NO**'} |")
     L.append("")
     L.append("Timeline, by second after the kill (t = 0 is the first second after it, t = -1 the second before it; "
@@ -675,8 +680,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="load-generator processes (default 4)")
     p.add_argument("--connect-concurrency", type=int, default=32, help="opening handshakes in flight per worker")
     p.add_argument("--before", type=float, default=10.0, help="seconds of traffic before the kill (default 10)")
-    p.add_argument("--storm-timeout", type=float, default=90.0,
-                   help="give up waiting for every client after this many seconds (default 90)")
+    p.add_argument("--storm-timeout", type=float, default=120.0,
+                   help="give up waiting for every client after this many seconds (default 120)")
     p.add_argument("--after", type=float, default=5.0, help="seconds of traffic once all are back (default 5)")
     p.add_argument("--drain", type=float, default=30.0,
                    help="bound on waiting for outstanding acks and deliveries after the sending stops (default 30)")
