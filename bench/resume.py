@@ -236,6 +236,7 @@ class Worker:
         self.sending: asyncio.Task[None] | None = None
         self.stop_sending = False
         self.initial = True
+        self.quitting = False  # quit closes every connection: no reconnecting then
 
     # -- connections -------------------------------------------------------
     def token(self, user: str, role: str) -> str:
@@ -319,7 +320,7 @@ class Worker:
         c.syncing = False
         was_open = c.state == "open"
         c.state = "down"
-        if was_open and not self.initial:
+        if was_open and not self.initial and not self.quitting:
             c.dropped_at = wall()
             c.drops += 1
             c.attempts = 0
@@ -737,6 +738,7 @@ class Worker:
 
     async def cmd_quit(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.stop_sending = True
+        self.quitting = True
         conns = [c.ws for c in self.clients if c.ws is not None]
         for ws in conns:
             ws.close()
