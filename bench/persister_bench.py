@@ -435,19 +435,19 @@ def worker_main(spec: dict[str, Any]) -> None:
                     counters = {"flushed": persister.flushed, "batches": persister.batches}
                     os.write(1, json.dumps(counters).encode() + b"\n")  # before the reactor (and its writes) stop
                     db.close()
-                    reactor.stop()  # type: ignore[attr-defined]
+                    reactor.stop()
                 maybeDeferred(persister.stopService).addBoth(done)
 
     control = Control()
     stdio.StandardIO(control, reactor=reactor)
     redis.service.startService()
     redis.connected_once.addCallback(lambda _: control.sendLine(b"ready"))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 @defer.inlineCallbacks
 def run(reactor: Any, args: argparse.Namespace) -> Any:
-    results = []
+    results: list[dict[str, Any]] = []
     for kind in [ALIASES.get(e, e) for e in args.engines.split(",")]:
         for path in args.paths.split(","):
             if path == "stream":
