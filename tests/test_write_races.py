@@ -60,17 +60,17 @@ class SeqTakenByAnotherWriterTests(unittest.TestCase):
 
         def racing(cur: Any, messages: list[Message], window: float) -> Any:
             # The rival commits after the batch checked which seqs are taken.
-            original = cur.executemany
+            original = cur.execute
 
-            def executemany(sql: str, rows: list[tuple[Any, ...]]) -> None:
+            def execute(sql: str, args: Any = ()) -> None:
                 if sql.lstrip().upper().startswith("INSERT") and "messages" in sql and "idempotency" not in sql:
-                    cur.execute(
+                    original(
                         "INSERT INTO messages (conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id,"
                         " kind, body, ts, data) VALUES (?, 'm-rival', ?, 'agent', 'agent', NULL, 'text', 'r', 1.0,"
                         " NULL)", (self.conv.id, stored.seq))
-                original(sql, rows)
+                original(sql, args)
 
-            cur.executemany = executemany
+            cur.execute = execute
             return persist_batch_txn(cur, messages, window)
 
         self.failureResultOf(self.db.run_interaction("persist", racing, [stored], 86400.0), RowSkipped)

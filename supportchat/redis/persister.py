@@ -11,8 +11,10 @@ below the oldest entry any consumer group still needs.
 from __future__ import annotations
 
 
+from twisted.internet.defer import FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from supportchat.metrics import Metrics
 from supportchat.redis.codec import decode_message
@@ -36,6 +38,15 @@ class _NotAnOutage(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of the first command that failed, not gatherResults' wrapper."""
+    error = failure.value
+    if isinstance(error, FirstError):
+        sub: Failure = error.subFailure
+        return sub
+    return failure
 
 
 async def stream_backlog(redis: RedisClient, stream: str, group: str) -> int:
@@ -83,7 +94,7 @@ class Persister(StreamConsumer):
         self._replica_wait = replica_wait
 
     async def handle(self, entries: Entries, retry: bool) -> None:
-        await self._flush(entries)
+        await self._flush(entries, retry)
 
     async def after_claim(self) -> None:
         behind = await trim_stream(self._redis, self.stream, self._keep_for_others)
@@ -94,7 +105,7 @@ class Persister(StreamConsumer):
             log.info("consumer group {group} has caught up with the stream", group=group)
         self._behind = behind
 
-    async def _flush(self, entries: Entries) -> None:
+    async def _flush(self, entries: Entries, retry: bool = True) -> None:
         decoded: list[tuple[str, Message]] = []
         bad: list[str] = []
         for entry_id, fields in entries:
@@ -104,7 +115,8 @@ class Persister(StreamConsumer):
                 bad.append(entry_id)
         if bad:
             await self._dead_letter(bad, "undecodable")
-        over = await self.over_delivered([e for e, _ in decoded])
+        # Entries read for the first time (retry false) were delivered once.
+        over = await self.over_delivered([e for e, _ in decoded]) if retry else set()
         if over:
             await self._dead_letter(sorted(over), "too many attempts")
             decoded = [(e, m) for e, m in decoded if e not in over]
@@ -122,14 +134,19 @@ class Persister(StreamConsumer):
         for conv, top in result.resequenced.items():
             # Redis lost writes and handed out seqs SQL already had: raise its counter.
             log.warn("moved messages to the end of a conversation after a seq clash (up to {top})", top=top)
-            await self._redis.eval(SEED, [], [self._p, conv, top, KEY_TTL])
-        inserted = result.inserted
-        await self._redis.execute("XACK", self.stream, GROUP, *ids)
         tops: dict[str, int] = {}
         for m in keep:
             tops[m.conversation_id] = max(tops.get(m.conversation_id, 0), m.seq)
-        for conv, top in tops.items():
-            await self._redis.execute("ZREMRANGEBYSCORE", f"{self._p}recent:{conv}", "-inf", top)
+        # One round trip for the lot: the commands are sent at once (one
+        # connection, replies in order) and awaited together. The counters
+        # are raised before the entries are acknowledged.
+        sent = [self._redis.eval(SEED, [], [self._p, conv, top, KEY_TTL])
+                for conv, top in result.resequenced.items()]
+        sent.append(self._redis.execute("XACK", self.stream, GROUP, *ids))
+        sent += [self._redis.execute("ZREMRANGEBYSCORE", f"{self._p}recent:{conv}", "-inf", top)
+                 for conv, top in tops.items()]
+        await gatherResults(sent, consumeErrors=True).addErrback(_first_error)
+        inserted = result.inserted
         self.flushed += inserted
         self.batches += 1
         self._metrics.persisted.inc(inserted)

@@ -8,7 +8,8 @@ version ran about nine statements per conversation; each statement is a
 trip out of Python into SQLite and back, and every return has to win the
 interpreter lock back from the busy reactor thread, which is what made a
 saturated batch of 512 messages take 130-380 ms (docs/benchmarks.md,
-issue 13).
+issue 13). The set-based statements themselves live in storage/bulk.py,
+shared with the Redis persister's flush (storage/persist.py).
 
 Seq safety with several writers (PostgreSQL, MySQL: other nodes, other pool
 threads): the conversations' rows are read with ``SELECT ... ORDER BY id
@@ -33,10 +34,17 @@ is retried rather than acknowledged.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from supportchat.storage.database import Cursor, RowSkipped
+from supportchat.storage.bulk import (
+    conversations_txn,
+    idempotency_many_txn,
+    insert_rows,
+    members_txn,
+    messages_by_id_txn,
+    update_rows,
+)
+from supportchat.storage.database import Cursor
 from supportchat.storage.models import (
     EVENT,
     AppendRequest,
@@ -48,114 +56,7 @@ from supportchat.storage.models import (
     Participant,
     new_id,
 )
-from supportchat.storage.rows import MSG_COLS, get_message_txn, msg_from_row, participants_txn, placeholders
-
-# Bound parameters per statement: SQLite before 3.32 allowed 999; MySQL and
-# PostgreSQL allow far more. Every chunk below stays under this.
-MAX_PARAMS = 990
-
-_IDEM_COLS = "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at"
-
-
-def chunks(items: Sequence[Any], per_row: int) -> Iterator[Sequence[Any]]:
-    """Slices of ``items`` whose parameters (``per_row`` each) fit one statement."""
-    size = max(1, MAX_PARAMS // per_row)
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def rows_placeholders(columns: int, rows: int) -> str:
-    """``?, ?), (?, ?`` for the ``VALUES ({...})`` of a multi-row insert."""
-    one = placeholders(columns)
-    return "), (".join([one] * rows)
-
-
-def insert_rows(cur: Cursor, table: str, columns: str, rows: list[tuple[Any, ...]], key: str, what: str,
-                every: bool) -> None:
-    """Multi-row insert-ignore; with ``every``, a skipped row raises RowSkipped."""
-    width = columns.count(",") + 1
-    for part in chunks(rows, width):
-        sql = cur.engine.insert_ignore(table, columns, rows_placeholders(width, len(part)), key)
-        cur.execute(sql, [v for row in part for v in row])
-        if every and cur.rowcount != len(part):
-            raise RowSkipped(f"{len(part) - cur.rowcount} of {len(part)} {what} rows clashed with another writer")
-
-
-def update_rows(cur: Cursor, table: str, keys: tuple[str, ...], assignments: str, rows: list[tuple[Any, ...]]) -> None:
-    """UPDATE one row per tuple ``(*keys, *values)``; ``assignments`` names
-    the values ``{0}``, ``{1}``... (e.g. ``"unread = unread + {0}"``).
-    Engines that can (SQLite, PostgreSQL) do it in one statement per chunk,
-    ``UPDATE ... FROM (VALUES ...)``; the others one statement per row."""
-    if not rows:
-        return
-    nvalues = len(rows[0]) - len(keys)
-    width = len(rows[0])
-    if cur.engine.update_from_values:
-        names = [f"k{i}" for i in range(len(keys))] + [f"v{i}" for i in range(nvalues)]
-        sets = assignments.format(*(f"v.v{i}" for i in range(nvalues)))
-        where = " AND ".join(f"{table}.{k} = v.k{i}" for i, k in enumerate(keys))
-        for part in chunks(rows, width):
-            values = cur.engine.values_table(names, len(part))
-            cur.execute(f"UPDATE {table} SET {sets} FROM {values} WHERE {where}", [x for row in part for x in row])
-        return
-    sets = assignments.format(*(["?"] * nvalues))
-    where = " AND ".join(f"{k} = ?" for k in keys)
-    cur.executemany(f"UPDATE {table} SET {sets} WHERE {where}",
-                    [tuple(row[len(keys):]) + tuple(row[:len(keys)]) for row in rows])
-
-
-def _conversations_txn(cur: Cursor, ids: list[str]) -> dict[str, int]:
-    """last_seq of each existing conversation, rows locked in id order."""
-    out: dict[str, int] = {}
-    for part in chunks(ids, 1):
-        cur.execute(
-            f"SELECT id, last_seq FROM conversations WHERE id IN ({placeholders(len(part))}) ORDER BY id"
-            + cur.engine.for_update(),
-            list(part),
-        )
-        out.update((str(r[0]), int(r[1])) for r in cur.fetchall())
-    return out
-
-
-def _members_txn(cur: Cursor, ids: list[str]) -> dict[str, dict[str, Participant]]:
-    out: dict[str, dict[str, Participant]] = {i: {} for i in ids}
-    for part in chunks(ids, 1):
-        cur.execute(
-            "SELECT conversation_id, user_id, role FROM participants"
-            f" WHERE conversation_id IN ({placeholders(len(part))}) ORDER BY conversation_id, joined_at, user_id",
-            list(part),
-        )
-        for conv, user, role in cur.fetchall():
-            out[str(conv)][str(user)] = Participant(user, role)
-    return out
-
-
-def messages_by_id_txn(cur: Cursor, msg_ids: list[str]) -> dict[str, Message]:
-    out: dict[str, Message] = {}
-    for part in chunks(msg_ids, 1):
-        cur.execute(f"SELECT {MSG_COLS} FROM messages WHERE msg_id IN ({placeholders(len(part))})", list(part))
-        for row in cur.fetchall():
-            m = msg_from_row(row)
-            out[m.msg_id] = m
-    return out
-
-
-def idempotency_many_txn(
-    cur: Cursor, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[IdempotencyRecord, float]]:
-    """Stored idempotency records (live or expired) for (sender, client_msg_id)
-    pairs: one statement per chunk, each pair an index lookup on the key."""
-    out: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
-    for part in chunks(sorted(set(keys)), 2):
-        where = " OR ".join(["(sender_id = ? AND client_msg_id = ?)"] * len(part))
-        cur.execute(
-            "SELECT sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at FROM idempotency_keys"
-            f" WHERE {where}",
-            [x for pair in part for x in pair],
-        )
-        for r in cur.fetchall():
-            out[(str(r[0]), str(r[1]))] = (IdempotencyRecord(r[2], r[3], int(r[4]), float(r[5])), float(r[6]))
-    return out
+from supportchat.storage.rows import IDEM_COLS, MSG_COLS, get_message_txn, msg_to_row, participants_txn
 
 
 class _Writes:
@@ -187,7 +88,7 @@ class _Writes:
                 self.expired,
             )
         if self.idempotency:
-            insert_rows(cur, "idempotency_keys", _IDEM_COLS, self.idempotency, "sender_id, client_msg_id",
+            insert_rows(cur, "idempotency_keys", IDEM_COLS, self.idempotency, "sender_id, client_msg_id",
                         "idempotency key", every=False)
 
 
@@ -199,8 +100,8 @@ def append_batch_txn(cur: Cursor, requests: list[AppendRequest]) -> list[AppendR
     for i, req in enumerate(requests):
         groups.setdefault(req.conversation_id, []).append(i)
     ids = sorted(groups)
-    last_seqs = _conversations_txn(cur, ids)
-    members = _members_txn(cur, [i for i in ids if i in last_seqs])
+    last_seqs = conversations_txn(cur, ids, lock=True)
+    members = members_txn(cur, [i for i in ids if i in last_seqs])
     stored = messages_by_id_txn(cur, [r.msg_id for r in requests if r.msg_id is not None])
     known = idempotency_many_txn(cur, [
         (r.sender_id, r.client_msg_id) for r in requests
@@ -280,10 +181,7 @@ def _decide_group(
             sender_id=req.sender_id, sender_role=req.sender_role, client_msg_id=req.client_msg_id,
             kind=req.kind, body=req.body, ts=req.ts, data=req.data,
         )
-        writes.messages.append((
-            msg.conversation_id, msg.msg_id, msg.seq, msg.sender_id, msg.sender_role, msg.client_msg_id,
-            msg.kind, msg.body, msg.ts, None if msg.data is None else json.dumps(msg.data),
-        ))
+        writes.messages.append(msg_to_row(msg))
         if req.sender_id in members:
             reads[req.sender_id] = ("set", msg.seq, 0)
         if req.kind != EVENT:

@@ -1,34 +1,45 @@
 """Flushing already-sequenced messages (from the Redis stream) into SQL.
 
 Idempotent: a message is inserted only if its msg_id is new, so a batch
-replayed after a persister crash changes nothing the second time. Work is
-set-based (a few statements per batch and per conversation, not per
-message), so larger batches cost fewer round trips on server databases.
+replayed after a persister crash changes nothing the second time.
+
+Set-based like the append transaction (storage/append.py, with the
+statements of storage/bulk.py): a batch costs a fixed handful of
+statements whatever its size and however many conversations it spans:
+one read each for the msg_ids already stored, the conversations
+(``last_seq``), the seqs already taken (only for messages at or below a
+conversation's ``last_seq``, which a lone persister never sees), the
+idempotency keys and the participants; multi-row inserts of the messages
+and their keys; one ``UPDATE ... FROM (VALUES ...)`` each for the
+conversations and the participants (row by row on MySQL). The first
+version ran four or more statements per conversation in the batch.
+
+Several persisters may flush at once (a consumer group): nothing is
+locked in the common case. The conversation update only moves
+``last_seq`` forward (``WHERE last_seq < new``), unread counts are
+increments, a read position only moves forward, and a row another writer
+inserted first makes the insert fail (:class:`RowSkipped`, or the unique
+index) and the batch retried. Only a seq clash locks: the clashing
+conversations' rows, in id order, before their top seq is read.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from typing import Iterable, NamedTuple, Sequence, TypeVar
+from typing import NamedTuple
 
-from supportchat.storage.database import Cursor, insert_every
-from supportchat.storage.models import EVENT, Message
-
-_COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
-_IDEM_COLS = "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at"
-CHUNK = 200
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
+from supportchat.storage.bulk import (
+    chunks,
+    conversations_txn,
+    idempotency_many_txn,
+    insert_rows,
+    members_txn,
+    messages_by_id_txn,
+    update_rows,
+)
+from supportchat.storage.database import Cursor
+from supportchat.storage.models import EVENT, Message, Participant
+from supportchat.storage.rows import IDEM_COLS, MSG_COLS, msg_to_row, placeholders
 
 
 class PersistResult(NamedTuple):
@@ -43,56 +54,37 @@ class PersistResult(NamedTuple):
 def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: float) -> PersistResult:
     """Insert the messages not stored yet (by msg_id). Two conflicts that only
     follow Redis losing writes are repaired rather than dropped, because each
-    message was acknowledged: a seq already taken by another message moves the
-    newcomer to the end of the conversation; a client_msg_id already stored as
-    another message (a retry Redis no longer recognised) becomes a
-    ``duplicate`` event at its seq, so the sequence keeps no hole."""
+    message was acknowledged: a seq already taken by another message (stored,
+    or earlier in the batch) moves the newcomer to the end of the
+    conversation; a client_msg_id already stored as another message (a retry
+    Redis no longer recognised) becomes a ``duplicate`` event at its seq, so
+    the sequence keeps no hole."""
     if not messages:
         return PersistResult(0, [], {})
-    existing: set[str] = set()
-    for chunk in _chunks([m.msg_id for m in messages]):
-        cur.execute(f"SELECT msg_id FROM messages WHERE msg_id IN ({_marks(len(chunk))})", tuple(chunk))
-        existing.update(r[0] for r in cur.fetchall())
-    todo = [m for m in messages if m.msg_id not in existing]
-    refused: list[str] = []
-    by_conv: dict[str, list[Message]] = {}
-    for m in todo:
-        by_conv.setdefault(m.conversation_id, []).append(m)
-    known: set[str] = set()
-    for chunk in _chunks(sorted(by_conv)):
-        cur.execute(f"SELECT id FROM conversations WHERE id IN ({_marks(len(chunk))})", tuple(chunk))
-        known.update(r[0] for r in cur.fetchall())
+    stored = messages_by_id_txn(cur, [m.msg_id for m in messages])
+    todo: list[Message] = []
+    seen: set[str] = set()
+    for m in messages:
+        if m.msg_id not in stored and m.msg_id not in seen:
+            seen.add(m.msg_id)
+            todo.append(m)
+    last_seqs = conversations_txn(cur, list({m.conversation_id for m in todo}), lock=False)
+    refused = [m.msg_id for m in todo if m.conversation_id not in last_seqs]
+    todo = [m for m in todo if m.conversation_id in last_seqs]
+    # Only a seq at or below the conversation's last_seq can be taken.
+    used = _taken_txn(cur, [(m.conversation_id, m.seq) for m in todo if m.seq <= last_seqs[m.conversation_id]])
     keep: list[Message] = []
     moved: list[Message] = []
-    for conv, msgs in by_conv.items():
-        if conv not in known:
-            refused.extend(m.msg_id for m in msgs)
-            continue
-        taken: set[int] = set()
-        for seqs in _chunks([m.seq for m in msgs]):
-            cur.execute(
-                f"SELECT seq FROM messages WHERE conversation_id = ? AND seq IN ({_marks(len(seqs))})",
-                (conv, *seqs),
-            )
-            taken.update(int(r[0]) for r in cur.fetchall())
-        for m in msgs:
-            (moved if m.seq in taken else keep).append(m)
-    by_sender: dict[str, list[Message]] = {}
-    for m in keep + moved:
-        if m.client_msg_id is not None:
-            by_sender.setdefault(m.sender_id, []).append(m)
+    for m in todo:
+        slot = (m.conversation_id, m.seq)
+        (moved if slot in used else keep).append(m)
+        used.add(slot)
+    known = idempotency_many_txn(cur, [(m.sender_id, m.client_msg_id) for m in todo if m.client_msg_id is not None])
     original: dict[str, str] = {}
-    for sender, sent in by_sender.items():
-        for group in _chunks(sent):
-            cur.execute(
-                f"SELECT client_msg_id, msg_id FROM idempotency_keys WHERE sender_id = ?"
-                f" AND client_msg_id IN ({_marks(len(group))})",
-                (sender, *[m.client_msg_id for m in group]),
-            )
-            stored = {r[0]: r[1] for r in cur.fetchall()}
-            for m in group:
-                if stored.get(m.client_msg_id, m.msg_id) != m.msg_id:
-                    original[m.msg_id] = stored[m.client_msg_id]
+    for m in todo:
+        found = known.get((m.sender_id, m.client_msg_id)) if m.client_msg_id is not None else None
+        if found is not None and found[0].msg_id != m.msg_id:
+            original[m.msg_id] = found[0].msg_id
     # A retry stored already: its seq slot becomes a visible no-op event.
     keep = [
         replace(m, kind=EVENT, body="", client_msg_id=None, data={"name": "duplicate", "of": original[m.msg_id]})
@@ -100,65 +92,97 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
         for m in keep
     ]
     moved = [m for m in moved if m.msg_id not in original]  # stored already, and its slot is taken
-    resequenced: dict[str, int] = {}
-    if keep:
-        _insert_txn(cur, keep, idempotency_window)
-    for m in sorted(moved, key=lambda x: (x.conversation_id, x.seq)):
-        # Lock the conversation row (as appends do) before reading the top seq.
-        cur.execute("SELECT last_seq FROM conversations WHERE id = ?" + cur.engine.for_update(), (m.conversation_id,))
-        cur.fetchone()
-        cur.execute("SELECT MAX(seq) FROM messages WHERE conversation_id = ?", (m.conversation_id,))
-        top = max(int(cur.fetchone()[0] or 0), resequenced.get(m.conversation_id, 0))
-        fresh = replace(m, seq=top + 1)
-        _insert_txn(cur, [fresh], idempotency_window)
-        resequenced[m.conversation_id] = fresh.seq
-        keep.append(fresh)
-    if keep:
-        _update_conversations_txn(cur, keep)
+    resequenced = _resequence_txn(cur, keep, moved)
+    if not keep:
+        return PersistResult(0, refused, resequenced)
+    insert_rows(cur, "messages", MSG_COLS, [msg_to_row(m) for m in keep], "msg_id", "message", every=True)
+    insert_rows(cur, "idempotency_keys", IDEM_COLS, [
+        (m.sender_id, m.client_msg_id, m.conversation_id, m.msg_id, m.seq, m.ts, m.ts + idempotency_window)
+        for m in keep if m.client_msg_id is not None
+    ], "sender_id, client_msg_id", "idempotency key", every=False)
+    _update_conversations_txn(cur, keep)
     return PersistResult(len(keep), refused, resequenced)
 
 
-def _insert_txn(cur: Cursor, msgs: list[Message], idempotency_window: float) -> None:
-    insert_every(
-        cur, cur.engine.insert_ignore("messages", _COLS, _marks(10), key="msg_id"),
-        [(m.conversation_id, m.msg_id, m.seq, m.sender_id, m.sender_role, m.client_msg_id, m.kind, m.body, m.ts,
-          None if m.data is None else json.dumps(m.data)) for m in msgs], "message",
-    )
-    keyed = [m for m in msgs if m.client_msg_id is not None]
-    if keyed:
-        cur.executemany(
-            cur.engine.insert_ignore("idempotency_keys", _IDEM_COLS, _marks(7), key="sender_id, client_msg_id"),
-            [(m.sender_id, m.client_msg_id, m.conversation_id, m.msg_id, m.seq, m.ts, m.ts + idempotency_window)
-             for m in keyed],
-        )
+def _taken_txn(cur: Cursor, slots: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The (conversation, seq) slots among ``slots`` that stored messages
+    hold: one range per conversation, one statement per chunk."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for conv, seq in slots:
+        low, high = ranges.get(conv, (seq, seq))
+        ranges[conv] = (min(low, seq), max(high, seq))
+    wanted = set(slots)
+    out: set[tuple[str, int]] = set()
+    for part in chunks(sorted(ranges.items()), 3):
+        where = " OR ".join(["(conversation_id = ? AND seq BETWEEN ? AND ?)"] * len(part))
+        cur.execute(f"SELECT conversation_id, seq FROM messages WHERE {where}",
+                    [x for conv, (low, high) in part for x in (conv, low, high)])
+        out.update(slot for slot in ((str(r[0]), int(r[1])) for r in cur.fetchall()) if slot in wanted)
+    return out
+
+
+def _resequence_txn(cur: Cursor, keep: list[Message], moved: list[Message]) -> dict[str, int]:
+    """Give each moved message the next seq after everything its
+    conversation holds (stored, or kept in this batch) and add it to
+    ``keep``; returns the highest seq handed out per conversation. The
+    conversations' rows are locked first (as appends do), in id order."""
+    if not moved:
+        return {}
+    ids = sorted({m.conversation_id for m in moved})
+    conversations_txn(cur, ids, lock=True)
+    top: dict[str, int] = dict.fromkeys(ids, 0)
+    for part in chunks(ids, 1):
+        cur.execute(f"SELECT conversation_id, MAX(seq) FROM messages WHERE conversation_id IN"
+                    f" ({placeholders(len(part))}) GROUP BY conversation_id", list(part))
+        top.update((str(r[0]), int(r[1] or 0)) for r in cur.fetchall())
+    for m in keep:
+        if m.conversation_id in top:
+            top[m.conversation_id] = max(top[m.conversation_id], m.seq)
+    resequenced: dict[str, int] = {}
+    for m in sorted(moved, key=lambda x: (x.conversation_id, x.seq)):
+        top[m.conversation_id] += 1
+        keep.append(replace(m, seq=top[m.conversation_id]))
+        resequenced[m.conversation_id] = top[m.conversation_id]
+    return resequenced
 
 
 def _update_conversations_txn(cur: Cursor, kept: list[Message]) -> None:
     """Last message per conversation; read positions and unread counts (the
-    SQL copy of the session state, used when Redis has lost it)."""
+    SQL copy of the session state, used when Redis has lost it), as the
+    append transaction keeps them: a participant who sent a message has
+    read up to it, and the other participants' texts after it are unread;
+    a participant who sent nothing gains the others' texts as unread."""
     by_conv: dict[str, list[Message]] = {}
     for m in kept:
         by_conv.setdefault(m.conversation_id, []).append(m)
-    for conv, msgs in sorted(by_conv.items()):
-        last = max(msgs, key=lambda m: m.seq)
-        cur.execute(
-            "UPDATE conversations SET last_seq = ?, last_msg_id = ?, last_ts = ? WHERE id = ? AND last_seq < ?",
-            (last.seq, last.msg_id, last.ts, conv, last.seq),
-        )
-        texts: dict[str, int] = {}
-        latest: dict[str, int] = {}
-        for m in msgs:
-            latest[m.sender_id] = max(latest.get(m.sender_id, 0), m.seq)
-            if m.kind != EVENT:
-                texts[m.sender_id] = texts.get(m.sender_id, 0) + 1
-        for sender, count in sorted(texts.items()):
-            cur.execute(
-                "UPDATE participants SET unread = unread + ? WHERE conversation_id = ? AND user_id <> ?",
-                (count, conv, sender),
-            )
-        for sender, seq in sorted(latest.items()):
-            cur.execute(
-                "UPDATE participants SET last_read_seq = ?, unread = 0"
-                " WHERE conversation_id = ? AND user_id = ? AND last_read_seq < ?",
-                (seq, conv, sender, seq),
-            )
+    members = members_txn(cur, sorted(by_conv))
+    conversations: list[tuple[str, int, str, float]] = []
+    participants: list[tuple[str, str, int, int]] = []
+    for conv in sorted(by_conv):
+        msgs = sorted(by_conv[conv], key=lambda m: m.seq)
+        last = msgs[-1]
+        conversations.append((conv, last.seq, last.msg_id, last.ts))
+        for user, (read_to, unread) in sorted(_reads(msgs, members[conv]).items()):
+            participants.append((conv, user, read_to, unread))
+    update_rows(cur, "conversations", ("id",), "last_seq = {0}, last_msg_id = {1}, last_ts = {2}", conversations,
+                guard="last_seq < {0}")
+    # read_to 0: nothing sent, only unread texts to add. A read position
+    # never moves back (a read receipt may have moved it further).
+    update_rows(cur, "participants", ("conversation_id", "user_id"),
+                "unread = CASE WHEN last_read_seq < {0} THEN {1} ELSE unread + {1} END,"
+                " last_read_seq = CASE WHEN last_read_seq < {0} THEN {0} ELSE last_read_seq END", participants)
+
+
+def _reads(msgs: list[Message], members: dict[str, Participant]) -> dict[str, tuple[int, int]]:
+    """Per participant touched by the messages (in seq order): (the seq of
+    their last message or 0, texts of others after it)."""
+    reads: dict[str, tuple[int, int]] = {}
+    for m in msgs:
+        if m.sender_id in members:
+            reads[m.sender_id] = (m.seq, 0)
+        if m.kind != EVENT:
+            for user in members:
+                if user != m.sender_id:
+                    read_to, unread = reads.get(user, (0, 0))
+                    reads[user] = (read_to, unread + 1)
+    return reads

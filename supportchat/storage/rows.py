@@ -11,6 +11,7 @@ from supportchat.storage.models import Conversation, Message, Participant
 
 CONV_COLS = "id, customer_id, status, created_at, last_seq, last_msg_id, last_ts, closed_at"
 MSG_COLS = "conversation_id, msg_id, seq, sender_id, sender_role, client_msg_id, kind, body, ts, data"
+IDEM_COLS = "sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at"
 
 
 def conv_from_row(row: Any) -> Conversation:
@@ -28,6 +29,12 @@ def msg_from_row(row: Any) -> Message:
         sender_role=row[4], client_msg_id=row[5], kind=row[6], body=row[7],
         ts=float(row[8]), data=None if row[9] is None else json.loads(row[9]),
     )
+
+
+def msg_to_row(m: Message) -> tuple[Any, ...]:
+    """The values of ``MSG_COLS`` for a message."""
+    return (m.conversation_id, m.msg_id, m.seq, m.sender_id, m.sender_role, m.client_msg_id, m.kind, m.body, m.ts,
+            None if m.data is None else json.dumps(m.data))
 
 
 def placeholders(n: int) -> str:

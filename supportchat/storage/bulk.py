@@ -1,0 +1,146 @@
+"""Set-based SQL shared by the batch writers (pool thread only): the group
+commit's append transaction (storage/append.py) and the Redis persister's
+flush (storage/persist.py).
+
+A batch costs a fixed handful of statements whatever its size: reads of
+many keys in one ``IN (...)`` or ``OR`` list, multi-row INSERTs and one
+``UPDATE ... FROM (VALUES ...)`` per table where the engine has it (SQLite,
+PostgreSQL; MySQL updates row by row). Every statement stays under
+:data:`MAX_PARAMS` bound parameters; longer lists are cut into chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator, Sequence
+
+from supportchat.storage.database import Cursor, RowSkipped
+from supportchat.storage.models import IdempotencyRecord, Message, Participant
+from supportchat.storage.rows import MSG_COLS, msg_from_row, placeholders
+
+# Bound parameters per statement: SQLite before 3.32 allowed 999; MySQL and
+# PostgreSQL allow far more. Every chunk below stays under this.
+MAX_PARAMS = 990
+
+# ``{0}``, ``{1}``... in the assignments and guards of update_rows.
+_SLOT = re.compile(r"\{(\d+)\}")
+
+
+def chunks(items: Sequence[Any], per_row: int) -> Iterator[Sequence[Any]]:
+    """Slices of ``items`` whose parameters (``per_row`` each) fit one statement."""
+    size = max(1, MAX_PARAMS // per_row)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def rows_placeholders(columns: int, rows: int) -> str:
+    """``?, ?), (?, ?`` for the ``VALUES ({...})`` of a multi-row insert."""
+    one = placeholders(columns)
+    return "), (".join([one] * rows)
+
+
+def insert_rows(cur: Cursor, table: str, columns: str, rows: list[tuple[Any, ...]], key: str, what: str,
+                every: bool) -> None:
+    """Multi-row insert-ignore; with ``every``, a skipped row raises RowSkipped."""
+    width = columns.count(",") + 1
+    for part in chunks(rows, width):
+        sql = cur.engine.insert_ignore(table, columns, rows_placeholders(width, len(part)), key)
+        cur.execute(sql, [v for row in part for v in row])
+        if every and cur.rowcount != len(part):
+            raise RowSkipped(f"{len(part) - cur.rowcount} of {len(part)} {what} rows clashed with another writer")
+
+
+def update_rows(cur: Cursor, table: str, keys: tuple[str, ...], assignments: str, rows: list[tuple[Any, ...]],
+                guard: str = "") -> None:
+    """UPDATE one row per tuple ``(*keys, *values)``; ``assignments`` names
+    the values ``{0}``, ``{1}``... (e.g. ``"unread = unread + {0}"``), and
+    so may ``guard``, a condition the row must also meet (e.g.
+    ``"last_seq < {0}"``); a value may be named more than once. Engines
+    that can (SQLite, PostgreSQL) do it in one statement per chunk,
+    ``UPDATE ... FROM (VALUES ...)``; the others one statement per row.
+    Assignments see the row as it was before the statement on every engine
+    only if each column is assigned after every assignment that reads it
+    (MySQL assigns left to right)."""
+    if not rows:
+        return
+    nkeys = len(keys)
+    nvalues = len(rows[0]) - nkeys
+    width = len(rows[0])
+    if cur.engine.update_from_values:
+        names = [f"k{i}" for i in range(nkeys)] + [f"v{i}" for i in range(nvalues)]
+        values = [f"v.v{i}" for i in range(nvalues)]
+        sets = assignments.format(*values)
+        where = " AND ".join(f"{table}.{k} = v.k{i}" for i, k in enumerate(keys))
+        if guard:
+            where += f" AND {guard.format(*values)}"
+        for part in chunks(rows, width):
+            table_sql = cur.engine.values_table(names, len(part))
+            cur.execute(f"UPDATE {table} SET {sets} FROM {table_sql} WHERE {where}", [x for row in part for x in row])
+        return
+    set_slots = [int(i) for i in _SLOT.findall(assignments)]
+    guard_slots = [int(i) for i in _SLOT.findall(guard)]
+    where = " AND ".join(f"{k} = ?" for k in keys)
+    if guard:
+        where += f" AND {_SLOT.sub('?', guard)}"
+    cur.executemany(
+        f"UPDATE {table} SET {_SLOT.sub('?', assignments)} WHERE {where}",
+        [tuple(row[nkeys + i] for i in set_slots) + tuple(row[:nkeys]) + tuple(row[nkeys + i] for i in guard_slots)
+         for row in rows],
+    )
+
+
+def conversations_txn(cur: Cursor, ids: list[str], lock: bool) -> dict[str, int]:
+    """last_seq of each existing conversation; with ``lock``, the rows are
+    locked (``FOR UPDATE``) in id order, so two batches cannot deadlock."""
+    out: dict[str, int] = {}
+    for part in chunks(sorted(ids), 1):
+        cur.execute(
+            f"SELECT id, last_seq FROM conversations WHERE id IN ({placeholders(len(part))}) ORDER BY id"
+            + (cur.engine.for_update() if lock else ""),
+            list(part),
+        )
+        out.update((str(r[0]), int(r[1])) for r in cur.fetchall())
+    return out
+
+
+def members_txn(cur: Cursor, ids: list[str]) -> dict[str, dict[str, Participant]]:
+    """Each conversation's participants, in the order they joined."""
+    out: dict[str, dict[str, Participant]] = {i: {} for i in ids}
+    for part in chunks(ids, 1):
+        cur.execute(
+            "SELECT conversation_id, user_id, role FROM participants"
+            f" WHERE conversation_id IN ({placeholders(len(part))}) ORDER BY conversation_id, joined_at, user_id",
+            list(part),
+        )
+        for conv, user, role in cur.fetchall():
+            out[str(conv)][str(user)] = Participant(user, role)
+    return out
+
+
+def messages_by_id_txn(cur: Cursor, msg_ids: list[str]) -> dict[str, Message]:
+    """The stored messages among ``msg_ids``."""
+    out: dict[str, Message] = {}
+    for part in chunks(msg_ids, 1):
+        cur.execute(f"SELECT {MSG_COLS} FROM messages WHERE msg_id IN ({placeholders(len(part))})", list(part))
+        for row in cur.fetchall():
+            m = msg_from_row(row)
+            out[m.msg_id] = m
+    return out
+
+
+def idempotency_many_txn(
+    cur: Cursor, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[IdempotencyRecord, float]]:
+    """Stored idempotency records (live or expired) for (sender, client_msg_id)
+    pairs: one statement per chunk, each pair an index lookup on the key."""
+    out: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
+    for part in chunks(sorted(set(keys)), 2):
+        where = " OR ".join(["(sender_id = ? AND client_msg_id = ?)"] * len(part))
+        cur.execute(
+            "SELECT sender_id, client_msg_id, conversation_id, msg_id, seq, ts, expires_at FROM idempotency_keys"
+            f" WHERE {where}",
+            [x for pair in part for x in pair],
+        )
+        for r in cur.fetchall():
+            out[(str(r[0]), str(r[1]))] = (IdempotencyRecord(r[2], r[3], int(r[4]), float(r[5])), float(r[6]))
+    return out
