@@ -85,14 +85,19 @@ class Engine:
         """Suffix that row-locks what a SELECT reads until commit."""
         return ""
 
-    # ``UPDATE t SET ... FROM <values_table> WHERE ...`` works (one
-    # statement for many rows; storage/append.py ``update_rows``).
+    # ``values_table`` works, in joins and in ``update_values`` (one
+    # statement for many rows; storage/bulk.py).
     update_from_values = False
 
     def values_table(self, names: list[str], rows: int) -> str:
         """A derived table of ``rows`` rows of placeholders whose columns are
         ``names``, aliased ``v``."""
         raise NotImplementedError
+
+    def update_values(self, table: str, sets: str, values: str, where: str) -> str:
+        """UPDATE ``table`` from the rows of the derived table ``values``
+        (``v``) that meet ``where``."""
+        return f"UPDATE {table} SET {sets} FROM {values} WHERE {where}"
 
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         raise NotImplementedError
@@ -421,6 +426,20 @@ class MysqlEngine(_ServerEngine):
 
     def insert_ignore(self, table: str, columns: str, values: str, key: str | None = None) -> str:
         return f"INSERT IGNORE INTO {table} ({columns}) VALUES ({values})"
+
+    update_from_values = True
+
+    def values_table(self, names: list[str], rows: int) -> str:
+        # A union of one-row SELECTs: MySQL and MariaDB spell a VALUES table
+        # differently, both take this.
+        first = "SELECT " + ", ".join(f"? AS {n}" for n in names)
+        other = " UNION ALL SELECT " + ", ".join("?" * len(names))
+        return f"({first}{other * (rows - 1)}) AS v"
+
+    def update_values(self, table: str, sets: str, values: str, where: str) -> str:
+        # A multi-table UPDATE. Its assignments run in no set order: each must
+        # read only the values and the column it assigns.
+        return f"UPDATE {table} JOIN {values} ON {where} SET {sets}"
 
     def is_transient(self, error: BaseException) -> bool:
         import pymysql

@@ -166,11 +166,15 @@ def _update_conversations_txn(cur: Cursor, kept: list[Message]) -> None:
             participants.append((conv, user, read_to, unread))
     update_rows(cur, "conversations", ("id",), "last_seq = {0}, last_msg_id = {1}, last_ts = {2}", conversations,
                 guard="last_seq < {0}")
-    # read_to 0: nothing sent, only unread texts to add. A read position
-    # never moves back (a read receipt may have moved it further).
-    update_rows(cur, "participants", ("conversation_id", "user_id"),
-                "unread = CASE WHEN last_read_seq < {0} THEN {1} ELSE unread + {1} END,"
-                " last_read_seq = CASE WHEN last_read_seq < {0} THEN {0} ELSE last_read_seq END", participants)
+    # A read position never moves back (a read receipt may have moved it
+    # further): there the others' texts are added to the unread count, as
+    # for a participant who sent nothing (read_to 0). Added first, while
+    # last_read_seq still tells the two cases apart.
+    keys = ("conversation_id", "user_id")
+    update_rows(cur, "participants", keys, "unread = unread + {1}", [p for p in participants if p[3]],
+                guard="last_read_seq >= {0}")
+    update_rows(cur, "participants", keys, "last_read_seq = {0}, unread = {1}", [p for p in participants if p[2]],
+                guard="last_read_seq < {0}")
 
 
 def _reads(msgs: list[Message], members: dict[str, Participant]) -> dict[str, tuple[int, int]]:
