@@ -318,6 +318,24 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _server_cpu_seconds(kind: str) -> float:
+    """CPU of every process of the SQL server (0 for SQLite): the shared
+    server's, so other clients' work counts too."""
+    names = {"postgresql": ("postgres",), "mysql": ("mariadbd", "mysqld")}.get(kind, ())
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() not in names:
+                    continue
+            total += _cpu_seconds(int(pid))
+        except OSError:
+            continue
+    return total
+
+
 def _group_done(redis: Resp, last_id: str) -> bool:
     for info in redis.call("XINFO", "GROUPS", f"{PREFIX}stream") or []:
         fields = dict(zip(info[::2], info[1::2]))
@@ -364,7 +382,7 @@ def bench_stream(kind: str, engine: Engine, messages: int, conversations: int, c
                                         "--pid", str(workers[0].pid), "--rate", "250", "--threads", "-o", profile],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)  # py-spy attaches
-            cpu0 = [_cpu_seconds(w.pid) for w in workers] + [_cpu_seconds(redis.proc.pid)]
+            cpu0 = [_cpu_seconds(w.pid) for w in workers] + [_cpu_seconds(redis.proc.pid), _server_cpu_seconds(kind)]
             start = time.perf_counter()
             for w in workers:
                 assert w.stdin is not None
@@ -376,7 +394,7 @@ def bench_stream(kind: str, engine: Engine, messages: int, conversations: int, c
                     raise RuntimeError("the persisters did not finish")
                 time.sleep(0.01)
             elapsed = time.perf_counter() - start
-            cpu1 = [_cpu_seconds(w.pid) for w in workers] + [_cpu_seconds(redis.proc.pid)]
+            cpu1 = [_cpu_seconds(w.pid) for w in workers] + [_cpu_seconds(redis.proc.pid), _server_cpu_seconds(kind)]
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -402,8 +420,8 @@ def bench_stream(kind: str, engine: Engine, messages: int, conversations: int, c
                                f" {messages} sent, {left} left in recent sets")
     used = [b - a for a, b in zip(cpu0, cpu1)]
     return {"rows_per_s": messages / elapsed, "seconds": elapsed, "transactions": sum(s["batches"] for s in stats),
-            "consumers": consumers, "persister_cpu_s": sum(used[:-1]), "redis_cpu_s": used[-1],
-            "cpu_ms_per_1000_rows": sum(used[:-1]) * 1e6 / messages}
+            "consumers": consumers, "persister_cpu_s": sum(used[:-2]), "redis_cpu_s": used[-2],
+            "sql_server_cpu_s": used[-1], "cpu_ms_per_1000_rows": sum(used[:-2]) * 1e6 / messages}
 
 
 def worker_main(spec: dict[str, Any]) -> None:
@@ -461,7 +479,8 @@ def run(reactor: Any, args: argparse.Namespace) -> Any:
                         results.append(r)
                         print(f"{kind:10} stream   consumers={consumers} batch={batch:<5} {args.stream_messages:6} msgs"
                               f" {r['rows_per_s']:9.0f} rows/s ({r['seconds']:.2f}s, persister CPU"
-                              f" {r['persister_cpu_s']:.1f}s, Redis CPU {r['redis_cpu_s']:.1f}s)", flush=True)
+                              f" {r['persister_cpu_s']:.1f}s, Redis CPU {r['redis_cpu_s']:.1f}s, SQL server CPU"
+                              f" {r['sql_server_cpu_s']:.1f}s)", flush=True)
                 continue
             for batch in [int(b) for b in args.batches.split(",")]:
                 n = min(args.messages, args.messages_unbatched) if batch == 1 else args.messages

@@ -45,6 +45,11 @@ class StreamConsumer(Service):
     """One consumer of one group; several may run against one stream."""
 
     what = "stream consumer"
+    # True when ``handle`` acknowledges (or dead-letters) every entry it is
+    # given unless it raises: then a round that went well leaves nothing
+    # pending, and the next round skips reading this consumer's pending
+    # entries (and re-creating the group): one Redis round trip less each.
+    acks_all = False
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, consumer: str, stream: str, group: str,
                  batch: int, block_ms: int, claim_idle_ms: int, max_deliveries: int, claim_every: int) -> None:
@@ -60,6 +65,9 @@ class StreamConsumer(Service):
         self._claim_every = claim_every
         self._loop: Deferred[None] | None = None
         self._stopping = False
+        # Something may be pending for this consumer (a restart under the
+        # same name, a failed round, a handler that leaves entries).
+        self._unsure = True
 
     async def handle(self, entries: Entries, retry: bool) -> None:
         """Process a batch and XACK what is done; ``retry`` is true for
@@ -89,23 +97,32 @@ class StreamConsumer(Service):
         while not self._stopping:
             try:
                 if not self._redis.connected:
+                    self._unsure = True
                     await self._pause(0.2)
                     continue
-                await ensure_group(self._redis, self.stream, self.group)
-                pending = await self._read("0", block=False)
-                if pending:
-                    await self.handle(pending, retry=True)
-                    continue
+                if self._unsure:
+                    await ensure_group(self._redis, self.stream, self.group)
+                    pending = await self._read("0", block=False)
+                    if pending:
+                        await self.handle(pending, retry=True)
+                        continue
+                    self._unsure = False
                 rounds += 1
                 if rounds % self._claim_every == 1:
+                    self._unsure = True  # claimed entries may stay pending
                     await self._claim()
                     await self.after_claim()
+                    self._unsure = not self.acks_all
                 fresh = await self._read(">", block=True)
                 if fresh:
+                    self._unsure = True
                     await self.handle(fresh, retry=False)
+                    self._unsure = not self.acks_all
             except RedisUnavailable:
+                self._unsure = True
                 await self._pause(0.2)
             except Exception:
+                self._unsure = True
                 log.failure("{what} round failed; retrying", what=self.what)
                 await self._pause(1.0)
 

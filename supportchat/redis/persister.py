@@ -31,6 +31,22 @@ log = Logger()
 
 GROUP = "persisters"
 
+# XACK the flushed entries and trim each conversation's recent set up to
+# the highest seq now in SQL. KEYS: the stream, then the recent sets;
+# ARGV: the group, the number of entry ids, the ids, then one top seq per
+# recent set. Returns the number acknowledged.
+ACK_AND_TRIM = """
+local n = tonumber(ARGV[2])
+local acked = 0
+for i = 3, 2 + n, 4000 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(2 + n, i + 3999)))
+end
+for k = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', ARGV[1 + n + k])
+end
+return acked
+"""
+
 
 class _NotAnOutage(Exception):
     """Persisting failed for what the batch holds, not for the database."""
@@ -73,6 +89,7 @@ class Persister(StreamConsumer):
     """One persister consumer; several may run against one stream."""
 
     what = "Persister"
+    acks_all = True  # every entry is stored, or dead-lettered, and acknowledged
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
                  prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
@@ -138,13 +155,15 @@ class Persister(StreamConsumer):
         for m in keep:
             tops[m.conversation_id] = max(tops.get(m.conversation_id, 0), m.seq)
         # One round trip for the lot: the commands are sent at once (one
-        # connection, replies in order) and awaited together. The counters
-        # are raised before the entries are acknowledged.
+        # connection, replies in order) and awaited together; the counters
+        # are raised before the entries are acknowledged. XACK and every
+        # recent-set trim are one script (one command, not one per
+        # conversation).
         sent = [self._redis.eval(SEED, [], [self._p, conv, top, KEY_TTL])
                 for conv, top in result.resequenced.items()]
-        sent.append(self._redis.execute("XACK", self.stream, GROUP, *ids))
-        sent += [self._redis.execute("ZREMRANGEBYSCORE", f"{self._p}recent:{conv}", "-inf", top)
-                 for conv, top in tops.items()]
+        sent.append(self._redis.eval(
+            ACK_AND_TRIM, [self.stream, *(f"{self._p}recent:{conv}" for conv in tops)],
+            [GROUP, len(ids), *ids, *tops.values()]))
         await gatherResults(sent, consumeErrors=True).addErrback(_first_error)
         inserted = result.inserted
         self.flushed += inserted
