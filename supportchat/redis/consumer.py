@@ -50,6 +50,10 @@ class StreamConsumer(Service):
     # pending, and the next round skips reading this consumer's pending
     # entries (and re-creating the group): one Redis round trip less each.
     acks_all = False
+    # True: while a full batch is handled, the next one is read already
+    # (without blocking), so reading and parsing it overlaps the handling
+    # (the persister's SQL commit, on a pool thread).
+    read_ahead = False
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, consumer: str, stream: str, group: str,
                  batch: int, block_ms: int, claim_idle_ms: int, max_deliveries: int, claim_every: int) -> None:
@@ -68,6 +72,7 @@ class StreamConsumer(Service):
         # Something may be pending for this consumer (a restart under the
         # same name, a failed round, a handler that leaves entries).
         self._unsure = True
+        self._ahead: Entries = []
 
     async def handle(self, entries: Entries, retry: bool) -> None:
         """Process a batch and XACK what is done; ``retry`` is true for
@@ -97,7 +102,7 @@ class StreamConsumer(Service):
         while not self._stopping:
             try:
                 if not self._redis.connected:
-                    self._unsure = True
+                    self._unsure, self._ahead = True, []
                     await self._pause(0.2)
                     continue
                 if self._unsure:
@@ -113,16 +118,26 @@ class StreamConsumer(Service):
                     await self._claim()
                     await self.after_claim()
                     self._unsure = not self.acks_all
-                fresh = await self._read(">", block=True)
+                fresh, self._ahead = self._ahead or await self._read(">", block=True), []
                 if fresh:
                     self._unsure = True
-                    await self.handle(fresh, retry=False)
+                    ahead = None
+                    if self.read_ahead and len(fresh) >= self._batch:
+                        ahead = Deferred.fromCoroutine(self._read(">", block=False))
+                    try:
+                        await self.handle(fresh, retry=False)
+                    except BaseException:
+                        if ahead is not None:  # what it reads is re-read as pending
+                            ahead.addErrback(lambda _: None)
+                        raise
+                    if ahead is not None:
+                        self._ahead = await ahead
                     self._unsure = not self.acks_all
             except RedisUnavailable:
-                self._unsure = True
+                self._unsure, self._ahead = True, []
                 await self._pause(0.2)
             except Exception:
-                self._unsure = True
+                self._unsure, self._ahead = True, []
                 log.failure("{what} round failed; retrying", what=self.what)
                 await self._pause(1.0)
 

@@ -90,6 +90,7 @@ class Persister(StreamConsumer):
 
     what = "Persister"
     acks_all = True  # every entry is stored, or dead-lettered, and acknowledged
+    read_ahead = True
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
                  prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
