@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from twisted.enterprise import adbapi
@@ -47,6 +47,8 @@ def redact_url(url: str) -> str:
 def convert_placeholders(sql: str) -> str:
     """``?`` -> ``%s`` outside quoted literals, with literal ``%`` doubled
     (psycopg and PyMySQL both use the ``format`` style)."""
+    if "'" not in sql and '"' not in sql and "`" not in sql and "%" not in sql:
+        return sql.replace("?", "%s")  # the common case, without a loop in Python
     out: list[str] = []
     quote: str | None = None
     for ch in sql:
@@ -98,6 +100,25 @@ class Engine:
         """UPDATE ``table`` from the rows of the derived table ``values``
         (``v``) that meet ``where``."""
         return f"UPDATE {table} SET {sets} FROM {values} WHERE {where}"
+
+    # Many rows travel as one array parameter per column (``values_rows``,
+    # ``in_list``), not one placeholder per value: a statement's text stays
+    # short and the same for any number of rows, so neither the driver nor
+    # the server parses thousands of placeholders per batch (PostgreSQL).
+    array_rows = False
+
+    def values_rows(self, names: list[str], rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        """A derived table ``v`` whose columns are ``names`` holding
+        ``rows``, and its parameters."""
+        return self.values_table(names, len(rows)), [x for row in rows for x in row]
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column IN (...)`` over ``values``, and its parameters."""
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
+    def insert_ignore_select(self, table: str, columns: str, select: str, key: str) -> str:
+        """``insert_ignore`` of the rows a SELECT returns (array_rows engines)."""
+        raise NotImplementedError
 
     def connect_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         raise NotImplementedError
@@ -344,6 +365,19 @@ class PostgresEngine(_ServerEngine):
         one = "(" + ", ".join("?" * len(names)) + ")"
         return f"(VALUES {', '.join([one] * rows)}) AS v ({', '.join(names)})"
 
+    array_rows = True
+
+    def values_rows(self, names: list[str], rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        columns = [list(c) for c in zip(*rows)]
+        arrays = ", ".join(f"?::{_pg_array_type(c)}" for c in columns)
+        return f"unnest({arrays}) AS v ({', '.join(names)})", list(columns)
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::{_pg_array_type(values)})", [list(values)]
+
+    def insert_ignore_select(self, table: str, columns: str, select: str, key: str) -> str:
+        return f"INSERT INTO {table} ({columns}) {select} ON CONFLICT ({key}) DO NOTHING"
+
     def is_transient(self, error: BaseException) -> bool:
         import psycopg
 
@@ -372,6 +406,16 @@ MYSQL_OUTAGE = MYSQL_TRANSIENT | {1021, 1040, 1044, 1045, 1049, 1114, 1152, 1153
                                   1792, 1836}
 # OperationalErrors about a value: incorrect string/datetime value, bad character.
 MYSQL_BAD_VALUE = {1292, 1300, 1366, 1367}
+
+
+def _pg_array_type(values: Sequence[Any]) -> str:
+    """The PostgreSQL array type for a column of Python values."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int}:
+        return "bigint[]"
+    if kinds and kinds <= {int, float}:
+        return "float8[]"
+    return "text[]"
 
 
 class MysqlEngine(_ServerEngine):

@@ -29,17 +29,17 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from supportchat.storage.bulk import (
-    chunks,
     conversations_txn,
     idempotency_many_txn,
     insert_rows,
     members_txn,
     messages_by_id_txn,
+    parts,
     update_rows,
 )
 from supportchat.storage.database import Cursor
 from supportchat.storage.models import EVENT, Message, Participant
-from supportchat.storage.rows import IDEM_COLS, MSG_COLS, msg_to_row, placeholders
+from supportchat.storage.rows import IDEM_COLS, MSG_COLS, msg_to_row
 
 
 class PersistResult(NamedTuple):
@@ -113,10 +113,14 @@ def _taken_txn(cur: Cursor, slots: list[tuple[str, int]]) -> set[tuple[str, int]
         ranges[conv] = (min(low, seq), max(high, seq))
     wanted = set(slots)
     out: set[tuple[str, int]] = set()
-    for part in chunks(sorted(ranges.items()), 3):
-        where = " OR ".join(["(conversation_id = ? AND seq BETWEEN ? AND ?)"] * len(part))
-        cur.execute(f"SELECT conversation_id, seq FROM messages WHERE {where}",
-                    [x for conv, (low, high) in part for x in (conv, low, high)])
+    for part in parts(cur, [(conv, low, high) for conv, (low, high) in sorted(ranges.items())], 3):
+        if cur.engine.update_from_values:  # a join with the ranges, as for idempotency keys
+            values, args = cur.engine.values_rows(["c", "lo", "hi"], part)
+            cur.execute(f"SELECT m.conversation_id, m.seq FROM messages m JOIN {values}"
+                        " ON m.conversation_id = v.c AND m.seq BETWEEN v.lo AND v.hi", args)
+        else:
+            where = " OR ".join(["(conversation_id = ? AND seq BETWEEN ? AND ?)"] * len(part))
+            cur.execute(f"SELECT conversation_id, seq FROM messages WHERE {where}", [x for r in part for x in r])
         out.update(slot for slot in ((str(r[0]), int(r[1])) for r in cur.fetchall()) if slot in wanted)
     return out
 
@@ -131,9 +135,9 @@ def _resequence_txn(cur: Cursor, keep: list[Message], moved: list[Message]) -> d
     ids = sorted({m.conversation_id for m in moved})
     conversations_txn(cur, ids, lock=True)
     top: dict[str, int] = dict.fromkeys(ids, 0)
-    for part in chunks(ids, 1):
-        cur.execute(f"SELECT conversation_id, MAX(seq) FROM messages WHERE conversation_id IN"
-                    f" ({placeholders(len(part))}) GROUP BY conversation_id", list(part))
+    for part in parts(cur, ids, 1):
+        where, args = cur.engine.in_list("conversation_id", part)
+        cur.execute(f"SELECT conversation_id, MAX(seq) FROM messages WHERE {where} GROUP BY conversation_id", args)
         top.update((str(r[0]), int(r[1] or 0)) for r in cur.fetchall())
     for m in keep:
         if m.conversation_id in top:
