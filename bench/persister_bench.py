@@ -504,7 +504,7 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=50)
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--consumers", default="1,2", help="stream path: persister processes sharing the group")
-    parser.add_argument("--persister-batch", default="500", help="stream path: [redis] persister_batch values")
+    parser.add_argument("--persister-batch", default="2000", help="stream path: [redis] persister_batch values")
     parser.add_argument("--stream-messages", type=int, default=60000)
     parser.add_argument("--stream-conversations", type=int, default=500)
     parser.add_argument("--gateway-rate", type=float, default=5000.0,

@@ -230,7 +230,7 @@ class RedisConfig:
     retry_after: float = 2.0
     monitor_interval: float = 1.0
     node_ttl: float = 15.0
-    persister_batch: int = 500
+    persister_batch: int = 2000
     persister_claim_idle: float = 15.0
     persister_max_deliveries: int = 5
     stream_keep_for_others: float = 3600.0

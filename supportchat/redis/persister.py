@@ -93,7 +93,7 @@ class Persister(StreamConsumer):
     read_ahead = True
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, db: Database, metrics: Metrics, consumer: str,
-                 prefix: str = "sc:", batch: int = 500, block_ms: int = 500, claim_idle_ms: int = 15000,
+                 prefix: str = "sc:", batch: int = 2000, block_ms: int = 500, claim_idle_ms: int = 15000,
                  max_deliveries: int = 5, idempotency_window: float = 86400.0,
                  keep_for_others: float = 3600.0, replica_wait: ReplicaWait | None = None) -> None:
         super().__init__(clock, redis, consumer, f"{prefix}stream", GROUP, batch, block_ms, claim_idle_ms,
