@@ -306,7 +306,8 @@ def _fill(redis: Resp, convs: list[tuple[str, str, str]], messages: int) -> None
             conversation_id=conv, msg_id=new_id("m", ts), seq=seqs[n], sender_id=agent if agent_turn else cust,
             sender_role="agent" if agent_turn else "customer", client_msg_id=f"k{i}", kind=TEXT, body=body, ts=ts,
         ))
-        commands.append(("XADD", f"{PREFIX}stream", "*", "m", text))
+        commands.append(("XADD", f"{PREFIX}stream", "*", "m", text, "c", conv,
+                         "r", "agent" if agent_turn else "customer", "k", TEXT))
         commands.append(("ZADD", f"{PREFIX}recent:{conv}", seqs[n], text))
     redis.pipeline(commands)
     redis.call("XGROUP", "CREATE", f"{PREFIX}stream", GROUP, "0", "MKSTREAM")
