@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from supportchat.metrics import Hop, Metrics
 from supportchat.storage.append import append_batch_txn
+from supportchat.storage.batched import BatchedReads
 from supportchat.storage.database import Cursor, Database
 from supportchat.storage.rows import CONV_COLS as _CONV_COLS
 from supportchat.storage.rows import MSG_COLS as _MSG_COLS
@@ -157,17 +158,21 @@ def _get_messages_txn(cur: Cursor, conversation_id: str, after_seq: int, limit: 
     return [_msg(r) for r in cur.fetchall()]
 
 
-def _get_states_txn(cur: Cursor, user_id: str) -> list[SessionState]:
+def _get_states_txn(cur: Cursor, user_ids: list[str]) -> dict[str, list[SessionState]]:
+    """The open conversations' states of several users at once (the
+    ``hello``s asked for together, storage/batched.py)."""
+    out: dict[str, list[SessionState]] = {u: [] for u in user_ids}
+    marks = ", ".join("?" * len(user_ids))
     cur.execute(
-        "SELECT c.id, p.unread, p.last_read_seq, c.last_seq, c.last_msg_id, c.last_ts, c.status"
+        "SELECT p.user_id, c.id, p.unread, p.last_read_seq, c.last_seq, c.last_msg_id, c.last_ts, c.status"
         " FROM participants p JOIN conversations c ON c.id = p.conversation_id"
-        " WHERE p.user_id = ? AND c.status = 'open' ORDER BY c.id",
-        (user_id,),
+        f" WHERE p.user_id IN ({marks}) AND c.status = 'open' ORDER BY p.user_id, c.id",
+        tuple(user_ids),
     )
-    return [
-        SessionState(r[0], int(r[1]), int(r[2]), int(r[3]), r[4], None if r[5] is None else float(r[5]), r[6])
-        for r in cur.fetchall()
-    ]
+    for r in cur.fetchall():
+        out[r[0]].append(SessionState(r[1], int(r[2]), int(r[3]), int(r[4]), r[5],
+                                      None if r[6] is None else float(r[6]), r[7]))
+    return out
 
 
 def _read_positions_txn(cur: Cursor, conversation_id: str) -> dict[str, int]:
@@ -244,6 +249,9 @@ class SqlConversationStore:
         # and appends refused because the database could not store them.
         self.isolations = 0
         self.unstorable = 0
+        # Session states (each hello) asked for together are read together.
+        self._states: BatchedReads[str, list[SessionState]] = BatchedReads(
+            lambda users: db.run_interaction("get_states", _get_states_txn, users))
 
     def open_conversation(self, customer_id: str, now: float) -> "Deferred[tuple[Conversation, bool]]":
         return self._db.run_interaction("open_conversation", _open_conversation_txn, customer_id, now)
@@ -270,7 +278,7 @@ class SqlConversationStore:
         return self._db.run_interaction("get_messages", _get_messages_txn, conversation_id, after_seq, limit)
 
     def get_states(self, user_id: str) -> "Deferred[list[SessionState]]":
-        return self._db.run_interaction("get_states", _get_states_txn, user_id)
+        return self._states.get(user_id)
 
     def read_positions(self, conversation_id: str) -> "Deferred[dict[str, int]]":
         return self._db.run_interaction("read_positions", _read_positions_txn, conversation_id)
