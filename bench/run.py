@@ -911,6 +911,15 @@ async def run_target(kind: str, args: argparse.Namespace, workdir: str) -> dict[
         say(f"   pairs: {n_pairs}/{args.pairs} in {secs:.1f}s; RSS {s2['VmRSS']} kB -> "
             f"{res['rss_per_active_kb']} kB per active connection; {res['connections']} connections open")
 
+        # the upkeep of the connections held (pings, presence refresh,
+        # timers) with no message sent: a sizing figure per connection
+        await quiet(server.members)
+        meter = CpuMeter(pids, roles)
+        await asyncio.sleep(args.held_seconds)
+        res["held_cpu"] = meter.read()
+        say(f"   holding {res['connections']} connections, no messages, {args.held_seconds:g} s: server CPU "
+            f"{res['held_cpu']['server']}% of a core" + (f"; by role {res['held_cpu']['roles']}" if roles else ""))
+
         res["latency"] = await phase_with_retries(
             server, args, f"latency @ {args.rate:g} msg/s offered",
             lambda: load_phase(workers, pids, "open", args.duration, args.warmup, roles=roles, backlog=backlog,
@@ -1481,6 +1490,7 @@ def report_markdown(results: dict[str, Any]) -> str:
          lambda r: f"{r['latency'].get('refused', 0):,} / {r['saturation'].get('refused', 0):,}", False)
     line("open files, busiest server process / load generator",
          lambda r: f"{r['fds']['server_max']:,} / {r['fds']['loadgen_max']:,}" if r.get("fds") else None, False)
+    line("server CPU holding all connections, no messages (% of one core)", lambda r: r["held_cpu"]["server"])
     line("lost (unacked / undelivered after drain)", lambda r: f"{r['latency']['unacked'] + r['saturation']['unacked']} / {r['latency']['undelivered'] + r['saturation']['undelivered']}", False)
     if any("gc" in t[k] for k in kinds):
         line("time in our GC, latency / saturation (% of wall time, gcdiag hook)",
@@ -1560,6 +1570,12 @@ def role_table(t: dict[str, Any]) -> list[str]:
          "| phase | delivered msg/s | gateways (each) | persister | bot | redis-server |" + (" postgres backends |" if pg else "")
          + " total | CPU-s / 1,000 msgs | refused | stream backlog at end (after drain) |",
          "| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: |" if pg else "") + " ---: | ---: | ---: | --- |"]
+    held = (red.get("held_cpu") or {}).get("roles")
+    if held:
+        each = " + ".join(f"{v:g}" for v in held.get("gateway_processes", []))
+        L.append(f"| {red['connections']:,} held, no messages | 0 | {held.get('gateways')} ({each}) | "
+                 f"{held.get('persister')} | {held.get('bot')} | {held.get('redis-server')} | "
+                 + (f"{held.get('postgres')} | " if pg else "") + f"{held.get('total')} | - | - | - |")
     for phase in ("latency", "saturation"):
         r = red[phase]
         c = r["cpu"]["roles"]
@@ -1698,6 +1714,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=2, help="unacknowledged messages per sender in saturation (default 2)")
     p.add_argument("--workers", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--connect-concurrency", type=int, default=32, help="handshakes in flight per worker (default 32)")
+    p.add_argument("--held-seconds", type=float,
+                   help="seconds measuring the CPU of holding every connection with no message sent "
+                        "(default 10; quick 5)")
     p.add_argument("--wire-pairs", type=int, default=5, help="pairs per setting in the wire phase (default 5)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for our server, e.g. SUPPORTCHAT_DATABASE_SQLITE_SYNCHRONOUS=NORMAL "
@@ -1722,6 +1741,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.duration = a.duration or (10.0 if q else 30.0)
     a.sat_duration = a.sat_duration or (8.0 if q else 20.0)
     a.warmup = a.warmup if a.warmup is not None else (2.0 if q else 3.0)
+    a.held_seconds = a.held_seconds or (5.0 if q else 10.0)
     if 2 * a.pairs > a.connections:
         p.error("--connections must be at least twice --pairs")
     if a.duration <= a.warmup or a.sat_duration <= a.warmup:
