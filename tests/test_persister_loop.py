@@ -112,3 +112,31 @@ class PersisterLoopTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         yield self.assert_stored_once(25)
         self.assertEqual(self.calls, [(10, False), (10, True), (10, True), (5, False)])
+
+    @inlineCallbacks
+    def test_linger_gathers_what_arrives_after_a_small_batch(self) -> Any:
+        """With a linger, a batch that was not full is followed by a pause:
+        entries that arrive meanwhile are read (and committed) as one batch,
+        not one round each; nothing is stored twice."""
+        self.persister.linger = 1.0
+        yield self.fill(3)
+        self.persister.startService()
+        for _ in range(100):
+            if self.persister.flushed >= 3:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        for i in range(3, 10):  # while it lingers
+            n = i % 3
+            msg = Message(self.convs[n], f"m{i}", i // 3 + 1, f"c:cust{n}", "customer", f"k{i}", TEXT, f"b{i}",
+                          1000.0 + i)
+            yield self.redis.execute("XADD", f"{PREFIX}stream", "*", "m", encode_message(msg))
+        for _ in range(300):
+            if self.persister.flushed >= 10:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield self.persister.stopService()
+        self.assertEqual(self.calls, [(3, False), (7, False)])
+        stored = []
+        for conv in self.convs:
+            stored += (yield self.store.get_messages(conv, 0, 100))
+        self.assertEqual(sorted(m.msg_id for m in stored), sorted(f"m{i}" for i in range(10)))

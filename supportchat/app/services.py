@@ -134,6 +134,7 @@ def _add_persister(server: SupportChatServer, top: MultiService) -> None:
                                  config.redis.retry_after, f"{config.redis.prefix}wait-fence")
         if config.redis.wait_replicas > 0 else None,
     )
+    persister.linger = config.redis.stream_linger
     persister.setName("persister")
     persister.setServiceParent(top)
 
@@ -150,9 +151,11 @@ def _bot_service(server: SupportChatServer) -> IService:
 
         client = RedisClient.from_config(server.reactor, server.config.redis, name="redis-bot", reply_timeout=30.0)
         client.service.setServiceParent(service)
-        StreamBotConsumer(
+        consumer = StreamBotConsumer(
             server.reactor, client, node, server.get_node_id(), prefix=server.config.redis.prefix,
             claim_idle_ms=int(server.config.bot.claim_idle * 1000), max_deliveries=server.config.bot.max_deliveries,
-        ).setServiceParent(service)
+        )
+        consumer.linger = server.config.redis.stream_linger
+        consumer.setServiceParent(service)
     service.setName("bot")
     return service

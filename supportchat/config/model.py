@@ -233,6 +233,7 @@ class RedisConfig:
     persister_batch: int = 2000
     persister_claim_idle: float = 15.0
     persister_max_deliveries: int = 5
+    stream_linger: float = 0.05
     stream_keep_for_others: float = 3600.0
     sentinels: list[str] = field(default_factory=list)
     sentinel_master: str = "mymaster"
@@ -262,6 +263,7 @@ class RedisConfig:
         check.that(self.node_ttl > self.monitor_interval, "node_ttl", "must exceed monitor_interval")
         check.that(1 <= self.persister_batch <= 10000, "persister_batch", "must be between 1 and 10000")
         check.that(self.persister_claim_idle > 0, "persister_claim_idle", "must be positive")
+        check.that(0 <= self.stream_linger <= 5, "stream_linger", "must be between 0 and 5 seconds")
         check.that(self.persister_max_deliveries >= 1, "persister_max_deliveries", "must be at least 1")
         check.that(self.stream_keep_for_others >= 0, "stream_keep_for_others", "must be 0 (wait for ever) or positive")
 
