@@ -40,7 +40,9 @@ class Channels:
         return d
 
 
-class FanoutTests(unittest.TestCase):
+class RedisBase(unittest.TestCase):
+    """A fresh shared private Redis, a subscriber on node channels, SQLite."""
+
     @inlineCallbacks
     def setUp(self) -> Any:
         from twisted.internet import reactor
@@ -88,6 +90,10 @@ class FanoutTests(unittest.TestCase):
     def text(self, conv: str, body: str, key: str, data: Any = None) -> AppendRequest:
         return AppendRequest(conversation_id=conv, sender_id=customer_key("cu"), sender_role="customer",
                              client_msg_id=key, kind="text", body=body, ts=3.0, data=data)
+
+
+class FanoutTests(RedisBase):
+    """Fan-out in the append's round trip, stream fields, presence batches."""
 
     @inlineCallbacks
     def test_the_append_publishes_to_the_other_nodes_in_its_round_trip(self) -> Any:
@@ -221,3 +227,57 @@ class ReplyDeadlineTests(unittest.TestCase):
         proto.connectionLost(Failure(ConnectionDone()))
         self.failureResultOf(late)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BotStreamTests(RedisBase):
+    """What the APPEND script gives the bots' stream ({p}bot)."""
+
+    @inlineCallbacks
+    def bot_entries(self) -> Any:
+        rows = yield self.redis.execute("XRANGE", "sc:bot", "-", "+")
+        return [dict(zip(flat[::2], flat[1::2])) for _, flat in rows or []]
+
+    @inlineCallbacks
+    def test_only_what_the_bot_can_answer_reaches_its_stream(self) -> Any:
+        """With a bot in the cluster, a customer's text in a conversation
+        without an agent goes to the bots' stream, and so does a system
+        event; staff and bot messages do not, and once an agent is a
+        member neither do the customer's texts. Every message is in the
+        main stream regardless."""
+        from supportchat.storage.models import EVENT
+
+        conv, _ = yield self.sql.open_conversation(customer_key("cu"), 1.0)
+        store = self.store(node_id="node-a", bot_keep=3600.0)
+        yield store.append(self.text(conv.id, "hello bot", "k1"))
+        yield store.append(AppendRequest(conversation_id=conv.id, sender_id="workflow", sender_role="system",
+                                         client_msg_id=None, kind=EVENT, body="", ts=3.0, data={"name": "created"},
+                                         require_participant=False))
+        yield store.append(AppendRequest(conversation_id=conv.id, sender_id="bot", sender_role="bot",
+                                         client_msg_id="b1", kind="text", body="hi", ts=3.0,
+                                         require_participant=False))
+        yield store.append(AppendRequest(conversation_id=conv.id, sender_id="ag", sender_role="agent",
+                                         client_msg_id="j1", kind=EVENT, body="", ts=3.0, data={"name": "joined"},
+                                         join=True))
+        yield store.append(self.text(conv.id, "now a human has it", "k2"))
+        entries = yield self.bot_entries()
+        self.assertEqual([(e["r"], e["k"]) for e in entries], [("customer", "text"), ("system", "event")])
+        self.assertEqual(json.loads(entries[0]["m"])["body"], "hello bot")
+        self.assertEqual((yield self.redis.execute("XLEN", "sc:stream")), 5)
+
+    @inlineCallbacks
+    def test_no_bot_no_bots_stream_and_old_entries_are_trimmed(self) -> Any:
+        """Without a bot (no bot_keep) the bots' stream is never written;
+        with one, entries older than bot_keep go as it grows."""
+        conv = yield self.conversation()
+        yield self.store(node_id="node-a").append(self.text(conv, "x", "k0"))
+        self.assertEqual((yield self.redis.execute("EXISTS", "sc:bot")), 0)
+        solo, _ = yield self.sql.open_conversation(customer_key("solo"), 1.0)
+        old = self.store(bot_keep=3600.0)
+        for i in range(300):
+            yield self.redis.execute("XADD", "sc:bot", "1000-%d" % (i + 1), "m", "{}")
+        yield old.append(AppendRequest(conversation_id=solo.id, sender_id=customer_key("solo"),
+                                       sender_role="customer", client_msg_id="s1", kind="text", body="late",
+                                       ts=3.0))
+        entries = yield self.bot_entries()
+        self.assertLess(len(entries), 301)
+        self.assertEqual(json.loads(entries[-1]["m"])["body"], "late")

@@ -2,7 +2,9 @@
 append path, keeping its dialogue state in a ``BotStateStore``.
 
 Sources of work:
-- Redis mode: ``StreamBotConsumer`` reads ``{prefix}stream`` as consumer
+- Redis mode: ``StreamBotConsumer`` reads ``{prefix}bot`` (the APPEND
+  script adds there only what the bot can answer: customers' texts in
+  conversations without an agent, and the system's events) as consumer
   group ``bots`` (at-least-once; entries of a dead node are claimed after
   ``claim_idle``), and greetings come from new-conversation deliveries.
 - Embedded default: ``LocalBotFeed`` sees every delivery on the in-process
@@ -390,14 +392,14 @@ class BotService(MultiService):
 
 
 class StreamBotConsumer(StreamConsumer):
-    """Consumer group ``bots`` on the message stream (Redis mode)."""
+    """Consumer group ``bots`` on the bots' stream ``{prefix}bot`` (Redis mode)."""
 
     GROUP = "bots"
     what = "Bot consumer"
 
     def __init__(self, clock: IReactorTime, redis: Any, node: BotNode, consumer: str, prefix: str = "sc:",
                  batch: int = 100, block_ms: int = 500, claim_idle_ms: int = 10000, max_deliveries: int = 5) -> None:
-        super().__init__(clock, redis, consumer, f"{prefix}stream", self.GROUP, batch, block_ms, claim_idle_ms,
+        super().__init__(clock, redis, consumer, f"{prefix}bot", self.GROUP, batch, block_ms, claim_idle_ms,
                          max_deliveries, claim_every=5)
         self._node = node
         self.acked = 0

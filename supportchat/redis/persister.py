@@ -116,6 +116,11 @@ class Persister(StreamConsumer):
 
     async def after_claim(self) -> None:
         behind = await trim_stream(self._redis, self.stream, self._keep_for_others)
+        # The bots' stream: what they have read (or what is older than
+        # keep_for_others) goes; nothing while no bot has made its group.
+        bots = f"{self._p}bot"
+        if int(await self._redis.execute("EXISTS", bots)):
+            behind |= await trim_stream(self._redis, bots, self._keep_for_others)
         for group in sorted(behind - self._behind):
             log.warn("consumer group {group} is over {seconds:.0f} s behind the stream (are its nodes running?); "
                      "older entries are trimmed without it", group=group, seconds=self._keep_for_others)

@@ -24,7 +24,7 @@ the migration rewrote (see docs/deploy.md, "Upgrading").
 
 # ARGV: prefix, conv, sender, client_msg_id ('' for none), kind, head, tail,
 #       msg_id, ts, require_participant ('1'/'0'), window, key_ttl, floor,
-#       [origin, now, frame_tail, sender_role]
+#       [origin, now, frame_tail, sender_role, bot_keep]
 # The message JSON is head .. seq .. tail (head ends with '"seq":').
 # ``floor`` is the highest seq the calling node has seen in the conversation:
 # if Redis lost writes (fail-over, a restart from an older file), its counter
@@ -37,13 +37,20 @@ the migration rewrote (see docs/deploy.md, "Upgrading").
 # the same delivery redis/bus.py would publish after the reply, without the
 # presence reads and PUBLISHes of another round trip per message. The
 # stream entry also carries the conversation (c), sender role (r) and kind
-# (k), so consumers (the bots) can skip entries without decoding them.
+# (k), so consumers can skip entries without decoding them.
+# With ``bot_keep`` ('' for no bot in the cluster; '0' for no age limit,
+# else seconds) what the bot can answer is also added to {p}bot, the bots'
+# stream: a customer's text in a conversation without an agent or admin
+# among its members, and the system's events. Conversations a human holds
+# cost the bots nothing. Entries older than bot_keep are trimmed as it
+# grows (XADD MINID ~), what the bots have read by the persisters' trim.
 APPEND = r"""
 local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local floor = tonumber(ARGV[13] or "0")
 local origin, now, ftail, role = ARGV[14] or "", tonumber(ARGV[15] or "0"), ARGV[16], ARGV[17] or ""
+local bot_keep = ARGV[18] or ""
 local idem = p .. "dedup:" .. sender .. ":" .. cmid
 if cmid ~= "" then
   local prior = redis.call("GET", idem)
@@ -65,6 +72,24 @@ redis.call("XADD", p .. "stream", "*", "m", msg, "c", conv, "r", role, "k", kind
 redis.call("ZADD", p .. "recent:" .. conv, seq, msg)
 redis.call("HSET", p .. "meta:" .. conv, "last_seq", seq, "last_msg_id", msg_id, "last_ts", ts)
 local parts = redis.call("HGETALL", parts_key)
+if bot_keep ~= "" then
+  local for_bot = role == "system" and kind == "event"
+  if role == "customer" and kind ~= "event" then
+    for_bot = true
+    for i = 2, #parts, 2 do
+      if parts[i] == "agent" or parts[i] == "admin" then for_bot = false end
+    end
+  end
+  if for_bot then
+    local keep = tonumber(bot_keep)
+    if keep > 0 then
+      redis.call("XADD", p .. "bot", "MINID", "~", math.floor((now - keep) * 1000), "*",
+                 "m", msg, "c", conv, "r", role, "k", kind)
+    else
+      redis.call("XADD", p .. "bot", "*", "m", msg, "c", conv, "r", role, "k", kind)
+    end
+  end
+end
 for i = 1, #parts, 2 do
   local sk = p .. "state:" .. parts[i] .. ":" .. conv
   if parts[i] == sender then

@@ -64,8 +64,11 @@ class RedisChatStore:
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:",
                  retry_after: float = 2.0, wait_replicas: int = 0, wait_timeout: float = 0.5,
-                 node_id: str = "") -> None:
+                 node_id: str = "", bot_keep: float | None = None) -> None:
         self.retry_after = retry_after
+        # With a bot in the cluster: what it can answer also goes to the
+        # bots' stream ({p}bot), kept this many seconds at most (0: no limit).
+        self._bot_keep = "" if bot_keep is None else repr(float(bot_keep))
         # Fan-out with the append (one round trip per message): the script
         # publishes the delivery to the other nodes. Not with wait_replicas
         # (nobody may hear of a message before the replicas confirm it).
@@ -263,6 +266,7 @@ class RedisChatStore:
                 head, tail, msg_id, repr(req.ts), "1" if req.require_participant else "0",
                 int(req.idempotency_window), KEY_TTL, self._hints.get(req.conversation_id, 0),
                 origin, repr(self._clock.seconds()), frame_tail(draft) if origin else "", req.sender_role,
+                self._bot_keep,
             ])
             status = reply[0]
             if status == "ok":
