@@ -201,7 +201,7 @@ class SupportChatServer:
         return self._once("redis_chat_store", lambda: RedisChatStore(
             self.reactor, self.get_redis(), self.get_store(), self.config.redis.prefix, self.config.redis.retry_after,
             self.config.redis.wait_replicas, self.config.redis.wait_timeout, self.get_node_id(),
-            self.config.redis.stream_keep_for_others if self.config.bot.enabled else None,
+            self.config.redis.stream_keep_for_others,
         ))
 
     def get_redis_presence(self) -> RedisPresenceStore:

@@ -239,13 +239,14 @@ class BotStreamTests(RedisBase):
 
     @inlineCallbacks
     def test_only_what_the_bot_can_answer_reaches_its_stream(self) -> Any:
-        """With a bot in the cluster, a customer's text in a conversation
-        without an agent goes to the bots' stream, and so does a system
+        """Once a bot node made the bots' stream, a customer's text in a
+        conversation without an agent goes there, and so does a system
         event; staff and bot messages do not, and once an agent is a
         member neither do the customer's texts. Every message is in the
         main stream regardless."""
         from supportchat.storage.models import EVENT
 
+        yield self.redis.execute("XGROUP", "CREATE", "sc:bot", "bots", "0", "MKSTREAM")
         conv, _ = yield self.sql.open_conversation(customer_key("cu"), 1.0)
         store = self.store(node_id="node-a", bot_keep=3600.0)
         yield store.append(self.text(conv.id, "hello bot", "k1"))
@@ -266,13 +267,14 @@ class BotStreamTests(RedisBase):
 
     @inlineCallbacks
     def test_no_bot_no_bots_stream_and_old_entries_are_trimmed(self) -> Any:
-        """Without a bot (no bot_keep) the bots' stream is never written;
-        with one, entries older than bot_keep go as it grows."""
-        conv = yield self.conversation()
-        yield self.store(node_id="node-a").append(self.text(conv, "x", "k0"))
-        self.assertEqual((yield self.redis.execute("EXISTS", "sc:bot")), 0)
+        """Before any bot node made the bots' stream nothing is written
+        there; once it exists, entries older than bot_keep go as it grows."""
         solo, _ = yield self.sql.open_conversation(customer_key("solo"), 1.0)
         old = self.store(bot_keep=3600.0)
+        yield old.append(AppendRequest(conversation_id=solo.id, sender_id=customer_key("solo"),
+                                       sender_role="customer", client_msg_id="s0", kind="text", body="early",
+                                       ts=3.0))
+        self.assertEqual((yield self.redis.execute("EXISTS", "sc:bot")), 0)
         for i in range(300):
             yield self.redis.execute("XADD", "sc:bot", "1000-%d" % (i + 1), "m", "{}")
         yield old.append(AppendRequest(conversation_id=solo.id, sender_id=customer_key("solo"),

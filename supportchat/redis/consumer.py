@@ -73,6 +73,7 @@ class StreamConsumer(Service):
         # same name, a failed round, a handler that leaves entries).
         self._unsure = True
         self._ahead: Entries = []
+        self._grouped = False
         # Seconds to wait after a batch that was not full before reading
         # again ([redis] stream_linger): at a steady rate the next read then
         # takes what arrived meanwhile, so the persister commits (and fsyncs)
@@ -113,6 +114,10 @@ class StreamConsumer(Service):
                     continue
                 if self._unsure:
                     await ensure_group(self._redis, self.stream, self.group)
+                    if not self._grouped:
+                        self._grouped = True
+                        log.info("{what} {consumer} reads {stream} as group {group}", what=self.what,
+                                 consumer=self.consumer, stream=self.stream, group=self.group)
                     pending = await self._read("0", block=False)
                     if pending:
                         await self.handle(pending, retry=True)

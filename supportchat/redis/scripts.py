@@ -38,19 +38,19 @@ the migration rewrote (see docs/deploy.md, "Upgrading").
 # presence reads and PUBLISHes of another round trip per message. The
 # stream entry also carries the conversation (c), sender role (r) and kind
 # (k), so consumers can skip entries without decoding them.
-# With ``bot_keep`` ('' for no bot in the cluster; '0' for no age limit,
-# else seconds) what the bot can answer is also added to {p}bot, the bots'
-# stream: a customer's text in a conversation without an agent or admin
-# among its members, and the system's events. Conversations a human holds
-# cost the bots nothing. Entries older than bot_keep are trimmed as it
-# grows (XADD MINID ~), what the bots have read by the persisters' trim.
+# Once a bot node has created {p}bot, the bots' stream (with its consumer
+# group), what a bot can answer is also added there: a customer's text in a
+# conversation without an agent or admin among its members, and the
+# system's events. Conversations a human holds cost the bots nothing.
+# Entries older than ``bot_keep`` seconds ('0': no age limit) are trimmed
+# as it grows (XADD MINID ~), what the bots have read by the persisters.
 APPEND = r"""
 local p, conv, sender, cmid, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local head, tail, msg_id, ts = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local require_part, window, ttl = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local floor = tonumber(ARGV[13] or "0")
 local origin, now, ftail, role = ARGV[14] or "", tonumber(ARGV[15] or "0"), ARGV[16], ARGV[17] or ""
-local bot_keep = ARGV[18] or ""
+local bot_keep = tonumber(ARGV[18] or "") or 0
 local idem = p .. "dedup:" .. sender .. ":" .. cmid
 if cmid ~= "" then
   local prior = redis.call("GET", idem)
@@ -72,7 +72,7 @@ redis.call("XADD", p .. "stream", "*", "m", msg, "c", conv, "r", role, "k", kind
 redis.call("ZADD", p .. "recent:" .. conv, seq, msg)
 redis.call("HSET", p .. "meta:" .. conv, "last_seq", seq, "last_msg_id", msg_id, "last_ts", ts)
 local parts = redis.call("HGETALL", parts_key)
-if bot_keep ~= "" then
+if redis.call("EXISTS", p .. "bot") == 1 then
   local for_bot = role == "system" and kind == "event"
   if role == "customer" and kind ~= "event" then
     for_bot = true
@@ -81,9 +81,8 @@ if bot_keep ~= "" then
     end
   end
   if for_bot then
-    local keep = tonumber(bot_keep)
-    if keep > 0 then
-      redis.call("XADD", p .. "bot", "MINID", "~", math.floor((now - keep) * 1000), "*",
+    if bot_keep > 0 then
+      redis.call("XADD", p .. "bot", "MINID", "~", math.floor((now - bot_keep) * 1000), "*",
                  "m", msg, "c", conv, "r", role, "k", kind)
     else
       redis.call("XADD", p .. "bot", "*", "m", msg, "c", conv, "r", role, "k", kind)

@@ -64,11 +64,11 @@ class RedisChatStore:
 
     def __init__(self, clock: IReactorTime, redis: RedisClient, sql: SqlConversationStore, prefix: str = "sc:",
                  retry_after: float = 2.0, wait_replicas: int = 0, wait_timeout: float = 0.5,
-                 node_id: str = "", bot_keep: float | None = None) -> None:
+                 node_id: str = "", bot_keep: float = 3600.0) -> None:
         self.retry_after = retry_after
-        # With a bot in the cluster: what it can answer also goes to the
-        # bots' stream ({p}bot), kept this many seconds at most (0: no limit).
-        self._bot_keep = "" if bot_keep is None else repr(float(bot_keep))
+        # Once bots run: what they can answer also goes to their stream
+        # ({p}bot), kept this many seconds at most (0: no limit).
+        self._bot_keep = repr(float(bot_keep))
         # Fan-out with the append (one round trip per message): the script
         # publishes the delivery to the other nodes. Not with wait_replicas
         # (nobody may hear of a message before the replicas confirm it).
