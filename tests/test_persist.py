@@ -69,6 +69,22 @@ class PersistContract:
         self.assertEqual((rows[4].msg_id, rows[4].client_msg_id), ("m-dupe-seq", "other"))
         self.assertEqual(self.persist([taken, retry, fine]).inserted, 0)  # replays change nothing
 
+    def test_a_retry_on_its_own_copys_seq_becomes_a_duplicate_at_the_end(self) -> None:
+        """The fail-over case: a copy was committed to SQL (degraded mode)
+        and the acknowledged retry through Redis got the same seq. The
+        retry's entry is neither dropped nor stored twice: it becomes a
+        'duplicate' event of the copy at the end, so its acknowledged
+        msg_id exists and names the stored message."""
+        self.persist([m(self.conv.id, 1), m(self.conv.id, 2, key="k2", msg_id="m-sql-copy")])
+        retry = m(self.conv.id, 2, key="k2", msg_id="m-acked-retry")
+        result = self.persist([retry])
+        self.assertEqual(result.resequenced, {self.conv.id: 3})
+        rows = self.successResultOf(self.store.get_messages(self.conv.id, 0, 100))  # type: ignore[attr-defined]
+        self.assertEqual([(r.seq, r.msg_id, r.client_msg_id) for r in rows],
+                         [(1, f"m-{self.conv.id}-1", "k1"), (2, "m-sql-copy", "k2"), (3, "m-acked-retry", None)])
+        self.assertEqual((rows[2].kind, rows[2].data), (EVENT, {"name": "duplicate", "of": "m-sql-copy"}))
+        self.assertEqual(self.persist([retry]).inserted, 0)  # a replay changes nothing
+
     def test_large_mixed_batch(self) -> None:
         """One batch of over a thousand messages over 250 conversations
         (more ids than one statement takes), interleaved as the stream has

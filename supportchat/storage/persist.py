@@ -85,13 +85,17 @@ def persist_batch_txn(cur: Cursor, messages: list[Message], idempotency_window: 
         found = known.get((m.sender_id, m.client_msg_id)) if m.client_msg_id is not None else None
         if found is not None and found[0].msg_id != m.msg_id:
             original[m.msg_id] = found[0].msg_id
-    # A retry stored already: its seq slot becomes a visible no-op event.
-    keep = [
-        replace(m, kind=EVENT, body="", client_msg_id=None, data={"name": "duplicate", "of": original[m.msg_id]})
-        if m.msg_id in original else m
-        for m in keep
-    ]
-    moved = [m for m in moved if m.msg_id not in original]  # stored already, and its slot is taken
+    # A retry stored already: it becomes a visible no-op event, at its seq
+    # or, when that seq is taken (by the stored copy itself, say), at the
+    # end like any moved message; so the acknowledged msg_id always exists
+    # and says which message it duplicates.
+    def as_duplicate(m: Message) -> Message:
+        if m.msg_id not in original:
+            return m
+        return replace(m, kind=EVENT, body="", client_msg_id=None, data={"name": "duplicate", "of": original[m.msg_id]})
+
+    keep = [as_duplicate(m) for m in keep]
+    moved = [as_duplicate(m) for m in moved]
     resequenced = _resequence_txn(cur, keep, moved)
     if not keep:
         return PersistResult(0, refused, resequenced)
