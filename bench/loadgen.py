@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import random
-import resource
 import socket
 import sys
 import time
@@ -29,6 +28,7 @@ import jwt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import serve_lines  # noqa: E402
 from corpus import Corpus  # noqa: E402
 from wsclient import Counters, WsClient  # noqa: E402
 
@@ -517,42 +517,16 @@ def thin(samples: list[float]) -> list[float]:
     return [round(s * 1000.0, 4) for s in samples]
 
 
+def _settle(cmd: str) -> None:
+    """Long-lived connection objects leave the collector's view so that the
+    generator's own GC pauses stay short."""
+    if cmd in ("idle", "pairs", "activate"):
+        gc.collect()
+        gc.freeze()
+
+
 async def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    worker = Worker(cfg)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
-    out.write(dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    out.flush()
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        msg = json.loads(line)
-        cmd = msg["cmd"]
-        try:
-            handler = getattr(worker, f"cmd_{cmd}")
-            result = handler(msg)
-            if asyncio.iscoroutine(result):
-                result = await result
-            reply = {"id": msg.get("id"), "ok": True, **result}
-            if cmd in ("idle", "pairs", "activate"):
-                # Long-lived connection objects leave the collector's view so
-                # that the generator's own GC pauses stay short.
-                gc.collect()
-                gc.freeze()
-        except Exception as e:
-            log(f"worker {worker.wid}: {cmd} failed: {e!r}")
-            reply = {"id": msg.get("id"), "ok": False, "error": repr(e)}
-        out.write(dumps(reply) + "\n")
-        out.flush()
-        if cmd == "quit":
-            break
+    await serve_lines(Worker, "worker", _settle)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import math
 import os
 import random
 import re
-import resource
 import sys
 import time
 from typing import Any
@@ -48,6 +47,7 @@ import jwt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import serve_lines  # noqa: E402
 from wsclient import Counters, HandshakeError, WsClient  # noqa: E402
 
 perf = time.perf_counter
@@ -751,35 +751,7 @@ class Worker:
 
 
 async def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    worker = Worker(cfg)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
-    out.write(dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    out.flush()
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        msg = json.loads(line)
-        cmd = msg["cmd"]
-        try:
-            result = getattr(worker, f"cmd_{cmd}")(msg)
-            if asyncio.iscoroutine(result):
-                result = await result
-            reply = {"id": msg.get("id"), "ok": True, **result}
-        except Exception as e:
-            log(f"resume worker {worker.wid}: {cmd} failed: {e!r}")
-            reply = {"id": msg.get("id"), "ok": False, "error": repr(e)}
-        out.write(dumps(reply) + "\n")
-        out.flush()
-        if cmd == "quit":
-            break
+    await serve_lines(Worker, "resume worker")
 
 
 if __name__ == "__main__":
